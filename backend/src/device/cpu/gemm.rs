@@ -1,0 +1,224 @@
+//! `out = x · wᵀ (+ bias)` for row-major `x [m, k]` and `w [n, k]` (the Hugging Face
+//! `Linear` layout), f32 activations and f32/bf16/f16 weights.
+//!
+//! Threads split the output columns, so each output element is computed by one
+//! thread with the fixed-order dot product of [`super::simd`]; the result is
+//! bit-identical whatever `m`, the tile shapes or the thread count.
+//!
+//! - `m == 1` (batch-1 decode) is memory-bound: 1×8 tiles stream eight weight rows
+//!   at once, widening 16-bit weights in registers, so the weights are read exactly
+//!   once at close to memory bandwidth.
+//! - `m > 1` is compute-bound: 4×4 tiles over an `m`-block of `x` sized to stay in
+//!   L2; 16-bit weight panels are widened once per block into a small f32 scratch so
+//!   the inner loop is pure loads and FMAs.
+
+use rayon::prelude::*;
+
+use super::simd::{self, Elem, Kind};
+
+const DECODE_NR: usize = 8;
+const MR: usize = 4;
+const NR: usize = 4;
+/// Bytes of `x` one m-block may occupy (about half a 2 MiB L2).
+const X_BLOCK_BYTES: usize = 1 << 20;
+
+/// A raw output pointer shared by threads that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: threads write disjoint elements (disjoint column ranges); see `linear`.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// `out[i * n + j] = Σ_k x[i * k + kk] * w[j * k + kk] + bias[j]`.
+pub fn linear<E: Elem>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[E],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    assert_eq!(x.len(), m * k, "x is not [m, k]");
+    assert_eq!(w.len(), n * k, "w is not [n, k]");
+    assert_eq!(out.len(), m * n, "out is not [m, n]");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "bias is not [n]");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Enough chunks to balance threads; each a multiple of the widest tile.
+    let threads = rayon::current_num_threads().max(1);
+    let per = n.div_ceil(threads * 4).next_multiple_of(DECODE_NR).max(DECODE_NR);
+    let chunks = n.div_ceil(per);
+    let optr = OutPtr(out.as_mut_ptr());
+    (0..chunks).into_par_iter().for_each(|c| {
+        let cols = c * per..((c + 1) * per).min(n);
+        let out = optr;
+        // SAFETY: chunk `c` writes only columns `cols` of every row of `out`, and the
+        // column ranges of different chunks are disjoint; `out` outlives the scope.
+        unsafe { linear_cols(x, m, k, w, n, bias, out.0, cols) };
+    });
+}
+
+/// Columns `cols` of the product.
+///
+/// # Safety
+/// `out` must point to `m * n` writable f32s not otherwise accessed in `cols`.
+unsafe fn linear_cols<E: Elem>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[E],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    cols: std::ops::Range<usize>,
+) {
+    let store = |i: usize, j: usize, v: f32| {
+        let v = v + bias.map_or(0.0, |b| b[j]);
+        // SAFETY: `i < m`, `j` in `cols`: inside `out` and owned by this call.
+        unsafe { *out.add(i * n + j) = v };
+    };
+
+    #[cfg(target_arch = "x86_64")]
+    if simd::has_avx512() {
+        // SAFETY: AVX-512 is present; every tile reads rows inside `x` and `w`.
+        unsafe { tiled(x, m, k, w, cols, &store) };
+        return;
+    }
+    for i in 0..m {
+        for j in cols.clone() {
+            store(i, j, simd::dot_scalar(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]));
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512 must be present; `x` is `[m, k]`, `w` is `[n, k]` with `cols ⊆ 0..n`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tiled<E: Elem>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[E],
+    cols: std::ops::Range<usize>,
+    store: &impl Fn(usize, usize, f32),
+) {
+    use simd::tile_avx512 as tile;
+    let xp = x.as_ptr();
+    let wrow = |j: usize| w[j * k..].as_ptr();
+    // SAFETY (whole body): rows `i..i+MR` of x and `j..j+NR` of w exist by the loop
+    // bounds, and the caller guarantees AVX-512.
+    unsafe {
+        if m == 1 {
+            let mut j = cols.start;
+            while j + DECODE_NR <= cols.end {
+                let mut o = [[0.0; DECODE_NR]; 1];
+                tile::<E, 1, DECODE_NR>(xp, k, wrow(j), k, k, &mut o);
+                for (jj, v) in o[0].iter().enumerate() {
+                    store(0, j + jj, *v);
+                }
+                j += DECODE_NR;
+            }
+            for j in j..cols.end {
+                let mut o = [[0.0; 1]; 1];
+                tile::<E, 1, 1>(xp, k, wrow(j), k, k, &mut o);
+                store(0, j, o[0][0]);
+            }
+            return;
+        }
+
+        let mb = (X_BLOCK_BYTES / (k * 4)).max(MR) / MR * MR;
+        let mut panel = vec![0.0f32; if E::KIND == Kind::F32 { 0 } else { NR * k }];
+        for m0 in (0..m).step_by(mb) {
+            let m1 = (m0 + mb).min(m);
+            let mut j = cols.start;
+            while j + NR <= cols.end {
+                let (pw, ldw) = if E::KIND == Kind::F32 {
+                    (wrow(j).cast::<f32>(), k)
+                } else {
+                    simd::widen_into(&w[j * k..(j + NR) * k], &mut panel);
+                    (panel.as_ptr(), k)
+                };
+                let mut i = m0;
+                while i + MR <= m1 {
+                    let mut o = [[0.0; NR]; MR];
+                    tile::<f32, MR, NR>(xp.add(i * k), k, pw, ldw, k, &mut o);
+                    for (ii, row) in o.iter().enumerate() {
+                        for (jj, v) in row.iter().enumerate() {
+                            store(i + ii, j + jj, *v);
+                        }
+                    }
+                    i += MR;
+                }
+                for i in i..m1 {
+                    let mut o = [[0.0; NR]; 1];
+                    tile::<f32, 1, NR>(xp.add(i * k), k, pw, ldw, k, &mut o);
+                    for (jj, v) in o[0].iter().enumerate() {
+                        store(i, j + jj, *v);
+                    }
+                }
+                j += NR;
+            }
+            for j in j..cols.end {
+                for i in m0..m1 {
+                    let mut o = [[0.0; 1]; 1];
+                    tile::<E, 1, 1>(xp.add(i * k), k, wrow(j), k, k, &mut o);
+                    store(i, j, o[0][0]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) % 997).map(|v| v as f32 / 500.0 - 1.0).collect()
+    }
+
+    fn reference<E: Elem>(x: &[f32], m: usize, k: usize, w: &[E], n: usize, bias: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = simd::dot_scalar(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]) + bias[j];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_shape_matches_the_scalar_reference_bit_for_bit() {
+        for (m, k, n) in [(1, 64, 40), (1, 33, 9), (2, 64, 13), (5, 100, 17), (9, 48, 64), (37, 2048, 11)] {
+            let x = data(m * k, 1);
+            let w = data(n * k, 2);
+            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let bias = data(n, 3);
+            let mut out = vec![0.0; m * n];
+            linear(&x, m, k, &w, n, Some(&bias), &mut out);
+            assert_eq!(out, reference(&x, m, k, &w, n, &bias), "f32 {m}x{k}x{n}");
+            linear(&x, m, k, &wb, n, Some(&bias), &mut out);
+            assert_eq!(out, reference(&x, m, k, &wb, n, &bias), "bf16 {m}x{k}x{n}");
+        }
+    }
+
+    #[test]
+    fn a_row_is_the_same_alone_and_in_a_batch() {
+        let (k, n) = (96, 24);
+        let x = data(7 * k, 5);
+        let w: Vec<bf16> = data(n * k, 6).iter().map(|&v| bf16::from_f32(v)).collect();
+        let mut all = vec![0.0; 7 * n];
+        linear(&x, 7, k, &w, n, None, &mut all);
+        for i in 0..7 {
+            let mut one = vec![0.0; n];
+            linear(&x[i * k..(i + 1) * k], 1, k, &w, n, None, &mut one);
+            assert_eq!(one, all[i * n..(i + 1) * n]);
+        }
+    }
+}

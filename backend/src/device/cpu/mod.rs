@@ -1,0 +1,202 @@
+//! The CPU device: the reference implementation of every op, and the default
+//! engine where no GPU is present.
+//!
+//! [`Cpu`] runs on rayon's global pool (one thread per core). Weights are the
+//! loader's [`HostTensor`]s as they are (memory-mapped, 16-bit kept 16-bit);
+//! activations are [`Mat`]s; the KV cache is [`CpuKvCache`], f32 so that cached
+//! keys are exactly the keys just computed (chunked prefill and whole-prompt
+//! prefill then agree to the bit). Linear layers go through [`gemm`], attention
+//! through [`attention`]; everything here is deterministic and batch-invariant.
+
+mod attention;
+pub mod gemm;
+pub mod simd;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::{AttentionShape, Device, KvLayout, StepPlan};
+use crate::error::LoadError;
+use crate::weights::{HostTensor, TensorData};
+
+/// A row-major f32 matrix.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mat {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Mat {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Mat { data: vec![0.0; rows * cols], rows, cols }
+    }
+
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// Per layer, K and V as `[num_blocks, BLOCK_SIZE, kv_heads, head_dim]` f32.
+#[derive(Debug)]
+pub struct CpuKvCache {
+    pub layout: KvLayout,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl CpuKvCache {
+    fn new(layout: KvLayout) -> Self {
+        // `vec![0.0; n]` is a calloc: pages are committed only when first written.
+        let layer = || vec![0.0f32; layout.layer_len()];
+        CpuKvCache {
+            layout,
+            k: (0..layout.num_layers).map(|_| layer()).collect(),
+            v: (0..layout.num_layers).map(|_| layer()).collect(),
+        }
+    }
+}
+
+/// The CPU device. Stateless: threads come from rayon's global pool.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+fn small_f32(t: &HostTensor) -> Vec<f32> {
+    t.data.to_f32()
+}
+
+impl Device for Cpu {
+    type Weight = HostTensor;
+    type Activation = Mat;
+    type Cache = CpuKvCache;
+    type Plan = StepPlan;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn weight(&self, tensor: HostTensor) -> Result<HostTensor, LoadError> {
+        Ok(tensor)
+    }
+
+    fn activation(&self, rows: usize, cols: usize) -> Mat {
+        Mat::zeros(rows, cols)
+    }
+
+    fn kv_cache(&self, layout: KvLayout) -> Result<CpuKvCache, LoadError> {
+        Ok(CpuKvCache::new(layout))
+    }
+
+    fn plan(&self, plan: &StepPlan) -> StepPlan {
+        plan.clone()
+    }
+
+    fn embed(&self, table: &HostTensor, plan: &StepPlan, out: &mut Mat) {
+        let h = table.shape[1];
+        debug_assert_eq!((out.rows, out.cols), (plan.rows(), h));
+        for (row, &tok) in out.data.chunks_exact_mut(h).zip(&plan.tokens) {
+            let range = tok as usize * h..(tok as usize + 1) * h;
+            match &table.data {
+                TensorData::F32(s) => row.copy_from_slice(&s.as_slice()[range]),
+                TensorData::Bf16(s) => simd::widen_into::<bf16>(&s.as_slice()[range], row),
+                TensorData::F16(s) => simd::widen_into::<f16>(&s.as_slice()[range], row),
+            }
+        }
+    }
+
+    fn linear(&self, x: &Mat, w: &HostTensor, bias: Option<&HostTensor>, out: &mut Mat) {
+        let (n, k) = (w.shape[0], w.shape[1]);
+        debug_assert_eq!(x.cols, k);
+        *out = Mat { data: std::mem::take(&mut out.data), rows: x.rows, cols: n };
+        out.data.resize(x.rows * n, 0.0);
+        let bias = bias.map(small_f32);
+        let b = bias.as_deref();
+        match &w.data {
+            TensorData::F32(s) => gemm::linear(&x.data, x.rows, k, s.as_slice(), n, b, &mut out.data),
+            TensorData::Bf16(s) => gemm::linear(&x.data, x.rows, k, s.as_slice(), n, b, &mut out.data),
+            TensorData::F16(s) => gemm::linear(&x.data, x.rows, k, s.as_slice(), n, b, &mut out.data),
+        }
+    }
+
+    fn rms_norm(&self, x: &Mat, weight: &HostTensor, eps: f32, out: &mut Mat) {
+        let w = small_f32(weight);
+        *out = Mat::zeros(x.rows, x.cols);
+        out.data.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).for_each(|(o, r)| {
+            let mean_sq = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
+            let inv = 1.0 / (mean_sq + eps).sqrt();
+            for ((o, v), w) in o.iter_mut().zip(r).zip(&w) {
+                *o = w * (v * inv);
+            }
+        });
+    }
+
+    fn rope(&self, x: &mut Mat, head_dim: usize, plan: &StepPlan) {
+        let half = head_dim / 2;
+        let cols = x.cols;
+        x.data.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+            let cos = &plan.rope_cos[r * half..(r + 1) * half];
+            let sin = &plan.rope_sin[r * half..(r + 1) * half];
+            for head in row.chunks_exact_mut(head_dim) {
+                let (a, b) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x0, x1) = (a[i], b[i]);
+                    a[i] = x0 * cos[i] - x1 * sin[i];
+                    b[i] = x1 * cos[i] + x0 * sin[i];
+                }
+            }
+        });
+    }
+
+    fn write_kv(&self, cache: &mut CpuKvCache, layer: usize, k: &Mat, v: &Mat, plan: &StepPlan) {
+        let width = cache.layout.kv_heads * cache.layout.head_dim;
+        debug_assert_eq!(k.cols, width);
+        for (r, &slot) in plan.slots.iter().enumerate() {
+            let at = slot as usize * width;
+            cache.k[layer][at..at + width].copy_from_slice(k.row(r));
+            cache.v[layer][at..at + width].copy_from_slice(v.row(r));
+        }
+    }
+
+    fn attention(
+        &self,
+        q: &Mat,
+        cache: &CpuKvCache,
+        layer: usize,
+        shape: AttentionShape,
+        plan: &StepPlan,
+        out: &mut Mat,
+    ) {
+        *out = Mat::zeros(q.rows, shape.heads * shape.head_dim);
+        attention::paged(q, &cache.k[layer], &cache.v[layer], shape, plan, out);
+    }
+
+    fn silu_mul(&self, gate: &Mat, up: &Mat, out: &mut Mat) {
+        *out = Mat::zeros(gate.rows, gate.cols);
+        out.data
+            .par_chunks_mut(4096)
+            .zip(gate.data.par_chunks(4096).zip(up.data.par_chunks(4096)))
+            .for_each(|(o, (g, u))| {
+                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            });
+    }
+
+    fn add_assign(&self, x: &mut Mat, y: &Mat) {
+        debug_assert_eq!(x.data.len(), y.data.len());
+        for (a, b) in x.data.iter_mut().zip(&y.data) {
+            *a += b;
+        }
+    }
+
+    fn gather_sample_rows(&self, x: &Mat, plan: &StepPlan, out: &mut Mat) {
+        *out = Mat::zeros(plan.sample_rows.len(), x.cols);
+        for (o, &r) in out.data.chunks_exact_mut(x.cols).zip(&plan.sample_rows) {
+            o.copy_from_slice(x.row(r as usize));
+        }
+    }
+
+    fn to_host(&self, x: &Mat) -> Vec<f32> {
+        x.data.clone()
+    }
+}

@@ -1,0 +1,189 @@
+//! The device op set: the small set of operations the model is written against.
+//!
+//! [`Device`] is the seam between the model (written once, in `models::llama`) and
+//! the hardware. The CPU device ([`cpu::Cpu`]) implements every op and is the
+//! reference; the CUDA device implements the same ops with its own kernels. Activations
+//! are row-major f32 matrices `[tokens, features]`; weights stay in their checkpoint
+//! dtype; the KV cache is paged (`[num_blocks, BLOCK_SIZE, kv_heads, head_dim]` per
+//! layer for K and for V, NHD) and addressed through the step's [`StepPlan`].
+//!
+//! The ops:
+//! embedding gather · linear (optional bias) · RMSNorm · rotary embedding ·
+//! KV-cache write · attention over a ragged batch from the paged cache (causal, GQA,
+//! sliding window) · SiLU-and-mul · residual add · row gather (for the LM head on
+//! sampled positions only).
+
+pub mod cpu;
+
+use rill_proto::{BLOCK_SIZE, ForwardBatch};
+
+use crate::error::LoadError;
+use crate::weights::HostTensor;
+
+/// Geometry of the paged KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLayout {
+    pub num_layers: usize,
+    pub num_blocks: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvLayout {
+    /// Bytes one block takes across all layers, K and V, at `elem` bytes per value.
+    pub fn block_bytes(num_layers: usize, kv_heads: usize, head_dim: usize, elem: usize) -> usize {
+        2 * num_layers * BLOCK_SIZE * kv_heads * head_dim * elem
+    }
+
+    /// Values in one layer's K (or V) cache.
+    pub fn layer_len(&self) -> usize {
+        self.num_blocks * BLOCK_SIZE * self.kv_heads * self.head_dim
+    }
+}
+
+/// Where one sequence's rows sit in the step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeqPlan {
+    /// First row of this sequence in the step's activations.
+    pub row: usize,
+    pub len: usize,
+    /// Position of the first row.
+    pub start_pos: usize,
+    /// Range of this sequence's entries in [`StepPlan::block_tables`].
+    pub blocks: std::ops::Range<usize>,
+}
+
+/// Per-step metadata every op may need, built once on the host from a
+/// [`ForwardBatch`] (devices copy what they need to their own memory).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepPlan {
+    /// Token id of each row.
+    pub tokens: Vec<u32>,
+    /// Position of each row in its sequence.
+    pub positions: Vec<u32>,
+    /// Cache slot (`block * BLOCK_SIZE + offset`) each row's K/V goes to.
+    pub slots: Vec<u32>,
+    /// Index into `seqs` of each row.
+    pub row_seq: Vec<u32>,
+    pub seqs: Vec<SeqPlan>,
+    /// All sequences' block tables, concatenated.
+    pub block_tables: Vec<u32>,
+    /// Rows whose logits are computed (the last row of each sampling sequence).
+    pub sample_rows: Vec<u32>,
+    /// `cos`/`sin` of each row's rotary angles, `[rows, head_dim / 2]`.
+    pub rope_cos: Vec<f32>,
+    pub rope_sin: Vec<f32>,
+}
+
+impl StepPlan {
+    /// Lay out a (validated) batch. `inv_freq` is the model's rotary table.
+    pub fn new(batch: &ForwardBatch, inv_freq: &[f32]) -> Self {
+        let mut plan = StepPlan::default();
+        for (i, seq) in batch.seqs.iter().enumerate() {
+            let first_block = plan.block_tables.len();
+            plan.block_tables.extend(seq.block_table.iter().map(|b| b.0));
+            plan.seqs.push(SeqPlan {
+                row: plan.tokens.len(),
+                len: seq.tokens.len(),
+                start_pos: seq.start_pos,
+                blocks: first_block..plan.block_tables.len(),
+            });
+            for (j, token) in seq.tokens.iter().enumerate() {
+                let pos = seq.start_pos + j;
+                let block = seq.block_table[pos / BLOCK_SIZE].0 as usize;
+                plan.tokens.push(token.0);
+                plan.positions.push(pos as u32);
+                plan.slots.push((block * BLOCK_SIZE + pos % BLOCK_SIZE) as u32);
+                plan.row_seq.push(i as u32);
+            }
+            if seq.sample {
+                plan.sample_rows.push((plan.tokens.len() - 1) as u32);
+            }
+        }
+        (plan.rope_cos, plan.rope_sin) = crate::rope::cos_sin(inv_freq, &plan.positions);
+        plan
+    }
+
+    pub fn rows(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The block table of sequence `seq`.
+    pub fn block_table(&self, seq: usize) -> &[u32] {
+        &self.block_tables[self.seqs[seq].blocks.clone()]
+    }
+}
+
+/// Attention geometry of one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Keys visible to a query at position p: `(p - window, p]`; `None` = all of `[0, p]`.
+    pub window: Option<usize>,
+}
+
+/// A compute device: where weights live and ops run.
+///
+/// Shapes are checked by the model that calls these ops; implementations may
+/// assume consistent inputs (and `debug_assert!` them).
+pub trait Device: Send + Sync + Sized + 'static {
+    /// A parameter tensor in its checkpoint dtype.
+    type Weight: Send + Sync;
+    /// An f32 activation matrix `[rows, cols]`.
+    type Activation: Send;
+    /// The paged K/V cache of every layer.
+    type Cache: Send;
+    /// A [`StepPlan`] in device memory.
+    type Plan;
+
+    fn name(&self) -> &'static str;
+    /// Move a host tensor onto the device, keeping its dtype.
+    fn weight(&self, tensor: HostTensor) -> Result<Self::Weight, LoadError>;
+    fn activation(&self, rows: usize, cols: usize) -> Self::Activation;
+    fn kv_cache(&self, layout: KvLayout) -> Result<Self::Cache, LoadError>;
+    fn plan(&self, plan: &StepPlan) -> Self::Plan;
+
+    /// `out[r] = table[plan.tokens[r]]`
+    fn embed(&self, table: &Self::Weight, plan: &Self::Plan, out: &mut Self::Activation);
+    /// `out = x · wᵀ (+ bias)`, with `w` of shape `[out_features, in_features]`.
+    fn linear(
+        &self,
+        x: &Self::Activation,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        out: &mut Self::Activation,
+    );
+    /// `out = x / rms(x) * weight`, per row.
+    fn rms_norm(&self, x: &Self::Activation, weight: &Self::Weight, eps: f32, out: &mut Self::Activation);
+    /// Rotate each head of each row in place by the row's rotary angles.
+    fn rope(&self, x: &mut Self::Activation, head_dim: usize, plan: &Self::Plan);
+    /// Store each row's K and V at its cache slot in `layer`.
+    fn write_kv(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        k: &Self::Activation,
+        v: &Self::Activation,
+        plan: &Self::Plan,
+    );
+    /// Causal attention of each row's query heads over its sequence's cached keys.
+    fn attention(
+        &self,
+        q: &Self::Activation,
+        cache: &Self::Cache,
+        layer: usize,
+        shape: AttentionShape,
+        plan: &Self::Plan,
+        out: &mut Self::Activation,
+    );
+    /// `out = silu(gate) * up`
+    fn silu_mul(&self, gate: &Self::Activation, up: &Self::Activation, out: &mut Self::Activation);
+    /// `x += y`
+    fn add_assign(&self, x: &mut Self::Activation, y: &Self::Activation);
+    /// `out[i] = x[plan.sample_rows[i]]`
+    fn gather_sample_rows(&self, x: &Self::Activation, plan: &Self::Plan, out: &mut Self::Activation);
+    /// Copy an activation back to the host.
+    fn to_host(&self, x: &Self::Activation) -> Vec<f32>;
+}

@@ -1,0 +1,28 @@
+//! Rill's backend: load a Hugging Face model directory and run it.
+//!
+//! - [`model_dir::ModelDir`] reads `config.json` ([`config::ModelConfig`], both
+//!   transformers 4.x and 5.x forms), `generation_config.json`, the tokenizer files.
+//! - [`weights`] memory-maps safetensors (single or sharded) or makes dummy weights.
+//! - [`models::Llama`] is the transformer, written once against the
+//!   [`device::Device`] op set; [`device::cpu::Cpu`] implements every op and is the
+//!   reference; the CUDA device (a later issue) implements the same ops.
+//! - [`runner::Runner`] owns device, model and paged KV cache and executes one
+//!   [`rill_proto::ForwardBatch`] per [`runner::Runner::step`].
+//!
+//! Nothing here knows about HTTP; the router drives the runner from one thread.
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod model_dir;
+pub mod models;
+pub mod rope;
+pub mod runner;
+pub mod sampler;
+pub mod weights;
+
+pub use config::{Architecture, DType, ModelConfig};
+pub use device::cpu::Cpu;
+pub use error::{LoadError, StepError};
+pub use model_dir::ModelDir;
+pub use runner::{LoadFormat, Runner, RunnerOptions};

@@ -1,0 +1,160 @@
+//! The Llama-family decoder (Llama 2/3/3.1/3.2, Mistral, Qwen2).
+//!
+//! Pre-norm blocks: `x += o(attn(rope(q(n(x))), rope(k(n(x))), v(n(x))))`, then
+//! `x += down(silu(gate(n(x))) * up(n(x)))`; a final norm and the LM head run only
+//! on the rows that will be sampled. Every op goes through the device, so the CPU
+//! and CUDA engines share this file.
+
+use crate::config::ModelConfig;
+use crate::device::{AttentionShape, Device, StepPlan};
+use crate::error::LoadError;
+use crate::weights::WeightSource;
+
+struct Linear<D: Device> {
+    weight: D::Weight,
+    bias: Option<D::Weight>,
+}
+
+struct Layer<D: Device> {
+    input_norm: D::Weight,
+    q: Linear<D>,
+    k: Linear<D>,
+    v: Linear<D>,
+    o: Linear<D>,
+    post_norm: D::Weight,
+    gate: Linear<D>,
+    up: Linear<D>,
+    down: Linear<D>,
+    attention: AttentionShape,
+}
+
+/// A loaded Llama-family model on device `D`.
+pub struct Llama<D: Device> {
+    config: ModelConfig,
+    embed: D::Weight,
+    layers: Vec<Layer<D>>,
+    norm: D::Weight,
+    /// `None` with tied embeddings: the LM head is `embed`.
+    lm_head: Option<D::Weight>,
+    inv_freq: Vec<f32>,
+}
+
+impl<D: Device> std::fmt::Debug for Llama<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Loads tensors by name with their expected shapes onto the device.
+struct Loader<'a, D: Device> {
+    source: &'a dyn WeightSource,
+    device: &'a D,
+}
+
+impl<D: Device> Loader<'_, D> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<D::Weight, LoadError> {
+        self.device.weight(self.source.load(name, shape)?)
+    }
+
+    fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<D>, LoadError> {
+        Ok(Linear {
+            weight: self.tensor(&format!("{prefix}.weight"), &[out, inp])?,
+            bias: if bias { Some(self.tensor(&format!("{prefix}.bias"), &[out])?) } else { None },
+        })
+    }
+}
+
+impl<D: Device> Llama<D> {
+    pub fn load(config: &ModelConfig, source: &dyn WeightSource, device: &D) -> Result<Self, LoadError> {
+        let c = config;
+        let ld = Loader { source, device };
+        let (h, q_dim, kv_dim) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let layers = (0..c.num_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Ok(Layer {
+                    input_norm: ld.tensor(&format!("{p}.input_layernorm.weight"), &[h])?,
+                    q: ld.linear(&format!("{p}.self_attn.q_proj"), q_dim, h, c.qkv_bias)?,
+                    k: ld.linear(&format!("{p}.self_attn.k_proj"), kv_dim, h, c.qkv_bias)?,
+                    v: ld.linear(&format!("{p}.self_attn.v_proj"), kv_dim, h, c.qkv_bias)?,
+                    o: ld.linear(&format!("{p}.self_attn.o_proj"), h, q_dim, c.o_bias)?,
+                    post_norm: ld.tensor(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                    gate: ld.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, c.mlp_bias)?,
+                    up: ld.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, c.mlp_bias)?,
+                    down: ld.linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, c.mlp_bias)?,
+                    attention: AttentionShape {
+                        heads: c.num_heads,
+                        kv_heads: c.num_kv_heads,
+                        head_dim: c.head_dim,
+                        window: c.sliding_windows[i],
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, LoadError>>()?;
+        // Some tied checkpoints still ship `lm_head.weight`; use it when present.
+        let lm_head = if !c.tie_word_embeddings || source.contains("lm_head.weight") {
+            Some(ld.tensor("lm_head.weight", &[c.vocab_size, h])?)
+        } else {
+            None
+        };
+        Ok(Llama {
+            config: c.clone(),
+            embed: ld.tensor("model.embed_tokens.weight", &[c.vocab_size, h])?,
+            layers,
+            norm: ld.tensor("model.norm.weight", &[h])?,
+            lm_head,
+            inv_freq: crate::rope::inv_freq(&c.rope, c.head_dim),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    /// One forward pass over the planned rows; returns the logits of the sample
+    /// rows, `[plan.sample_rows.len(), vocab]`.
+    pub fn forward(&self, dev: &D, cache: &mut D::Cache, host: &StepPlan, plan: &D::Plan) -> D::Activation {
+        let c = &self.config;
+        let rows = host.rows();
+        let mut x = dev.activation(rows, c.hidden_size);
+        dev.embed(&self.embed, plan, &mut x);
+        let mut normed = dev.activation(rows, c.hidden_size);
+        let (mut q, mut k, mut v) = (dev.activation(0, 0), dev.activation(0, 0), dev.activation(0, 0));
+        let (mut attn, mut proj) = (dev.activation(0, 0), dev.activation(0, 0));
+        let (mut gate, mut up, mut act) = (dev.activation(0, 0), dev.activation(0, 0), dev.activation(0, 0));
+        let linear = |x: &D::Activation, l: &Linear<D>, out: &mut D::Activation| {
+            dev.linear(x, &l.weight, l.bias.as_ref(), out)
+        };
+
+        for (i, layer) in self.layers.iter().enumerate() {
+            dev.rms_norm(&x, &layer.input_norm, c.rms_norm_eps, &mut normed);
+            linear(&normed, &layer.q, &mut q);
+            linear(&normed, &layer.k, &mut k);
+            linear(&normed, &layer.v, &mut v);
+            dev.rope(&mut q, c.head_dim, plan);
+            dev.rope(&mut k, c.head_dim, plan);
+            dev.write_kv(cache, i, &k, &v, plan);
+            dev.attention(&q, cache, i, layer.attention, plan, &mut attn);
+            linear(&attn, &layer.o, &mut proj);
+            dev.add_assign(&mut x, &proj);
+
+            dev.rms_norm(&x, &layer.post_norm, c.rms_norm_eps, &mut normed);
+            linear(&normed, &layer.gate, &mut gate);
+            linear(&normed, &layer.up, &mut up);
+            dev.silu_mul(&gate, &up, &mut act);
+            linear(&act, &layer.down, &mut proj);
+            dev.add_assign(&mut x, &proj);
+        }
+
+        let mut last = dev.activation(0, 0);
+        dev.gather_sample_rows(&x, plan, &mut last);
+        dev.rms_norm(&last, &self.norm, c.rms_norm_eps, &mut normed);
+        let mut logits = dev.activation(0, 0);
+        dev.linear(&normed, self.lm_head.as_ref().unwrap_or(&self.embed), None, &mut logits);
+        logits
+    }
+}

@@ -1,0 +1,166 @@
+//! [`Runner::step`]: execute one [`ForwardBatch`] and choose the next tokens.
+//!
+//! The runner owns the device, the model and the paged KV cache. It does not
+//! allocate blocks — the router's block manager does, and hands them over in each
+//! sequence's block table — but it checks every batch against the cache before
+//! touching it, so a bad batch is refused whole and changes nothing.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use rill_proto::{BLOCK_SIZE, ForwardBatch, SampledToken, StepOutput, TokenId};
+
+use crate::config::{DType, ModelConfig};
+use crate::device::{Device, KvLayout, StepPlan};
+use crate::error::{LoadError, StepError};
+use crate::models::Llama;
+use crate::sampler;
+use crate::weights::{DummyWeights, SafetensorsWeights, WeightSource};
+
+/// Where the weights come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadFormat {
+    /// The directory's safetensors files.
+    Safetensors,
+    /// Random weights of this dtype for the model `config.json` describes
+    /// (vLLM's `--load-format dummy`; for benchmarks).
+    Dummy(DType),
+}
+
+#[derive(Clone, Debug)]
+pub struct RunnerOptions {
+    /// Memory the KV cache may take; its block count follows from it.
+    pub kv_cache_bytes: usize,
+    pub load_format: LoadFormat,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions { kv_cache_bytes: 1 << 30, load_format: LoadFormat::Safetensors }
+    }
+}
+
+/// A model ready to step, with its KV cache.
+pub struct Runner<D: Device> {
+    device: D,
+    model: Llama<D>,
+    cache: D::Cache,
+    layout: KvLayout,
+}
+
+impl<D: Device> std::fmt::Debug for Runner<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("device", &self.device.name())
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Device> Runner<D> {
+    /// Load the model at `dir` (only `config.json` is read for dummy weights).
+    pub fn load(dir: &Path, config: &ModelConfig, device: D, opts: &RunnerOptions) -> Result<Self, LoadError> {
+        let source: Box<dyn WeightSource> = match opts.load_format {
+            LoadFormat::Safetensors => Box::new(SafetensorsWeights::open(dir)?),
+            LoadFormat::Dummy(dtype) => Box::new(DummyWeights {
+                dtype,
+                seed: 0x5eed,
+                has_lm_head: !config.tie_word_embeddings,
+            }),
+        };
+        let model = Llama::load(config, source.as_ref(), &device)?;
+        Self::new(device, model, opts.kv_cache_bytes)
+    }
+
+    pub fn new(device: D, model: Llama<D>, kv_cache_bytes: usize) -> Result<Self, LoadError> {
+        let c = model.config();
+        let block_bytes = KvLayout::block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, 4);
+        let num_blocks = kv_cache_bytes / block_bytes;
+        if num_blocks == 0 {
+            return Err(LoadError::Other(format!(
+                "a KV cache of {kv_cache_bytes} bytes holds no block; one block of {BLOCK_SIZE} tokens takes {block_bytes} bytes"
+            )));
+        }
+        let layout = KvLayout {
+            num_layers: c.num_layers,
+            num_blocks,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+        };
+        let cache = device.kv_cache(layout)?;
+        Ok(Runner { device, model, cache, layout })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    /// KV-cache blocks available to the block manager.
+    pub fn num_blocks(&self) -> usize {
+        self.layout.num_blocks
+    }
+
+    pub fn device_name(&self) -> &'static str {
+        self.device.name()
+    }
+
+    /// Run one forward pass over `batch` and pick the next token of every
+    /// sequence that samples.
+    pub fn step(&mut self, batch: &ForwardBatch) -> Result<StepOutput, StepError> {
+        self.validate(batch)?;
+        if batch.seqs.is_empty() {
+            return Ok(StepOutput::default());
+        }
+        let host = StepPlan::new(batch, self.model.inv_freq());
+        let plan = self.device.plan(&host);
+        let logits = self.model.forward(&self.device, &mut self.cache, &host, &plan);
+        let logits = self.device.to_host(&logits);
+        let vocab = self.config().vocab_size;
+        let sampled = batch
+            .seqs
+            .iter()
+            .filter(|s| s.sample)
+            .zip(logits.chunks_exact(vocab))
+            .map(|(seq, row)| {
+                let (token, logprob) = sampler::greedy(row);
+                SampledToken {
+                    id: seq.id,
+                    token,
+                    logprob,
+                    logits: batch.return_logits.then(|| row.to_vec()),
+                }
+            })
+            .collect();
+        Ok(StepOutput { sampled })
+    }
+
+    fn validate(&self, batch: &ForwardBatch) -> Result<(), StepError> {
+        let vocab = self.config().vocab_size;
+        let max = self.config().max_position_embeddings;
+        let mut seen = HashSet::with_capacity(batch.seqs.len());
+        for s in &batch.seqs {
+            let seq = s.id;
+            if !seen.insert(seq) {
+                return Err(StepError::DuplicateSequence { seq });
+            }
+            if s.tokens.is_empty() {
+                return Err(StepError::EmptySequence { seq });
+            }
+            if let Some(&TokenId(token)) = s.tokens.iter().find(|t| t.index() >= vocab) {
+                return Err(StepError::TokenOutOfRange { seq, token, vocab });
+            }
+            let end = s.end_pos();
+            if end > max {
+                return Err(StepError::TooLong { seq, end, max });
+            }
+            let needed = rill_proto::blocks_for(end);
+            if s.block_table.len() < needed {
+                return Err(StepError::BlockTableTooShort { seq, end, needed, have: s.block_table.len() });
+            }
+            if let Some(b) = s.block_table[..needed].iter().find(|b| b.index() >= self.layout.num_blocks) {
+                return Err(StepError::BlockOutOfRange { seq, block: b.0, num_blocks: self.layout.num_blocks });
+            }
+        }
+        Ok(())
+    }
+}

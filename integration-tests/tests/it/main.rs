@@ -1,0 +1,9 @@
+//! Rill's end-to-end tests, one module per area:
+//!
+//! - `oracle`: the CPU engine against Hugging Face transformers on the fixture models
+//!   (logits, greedy continuations, chunking and batching invariance, 16-bit weights).
+//! - `loading`: broken model directories give errors that name the file and field.
+
+mod harness;
+mod loading;
+mod oracle;

@@ -1,0 +1,63 @@
+//! One engine step: what to run ([`ForwardBatch`]) and what came out ([`StepOutput`]).
+
+use crate::{BlockId, SeqId, TokenId};
+
+/// The work for one sequence in one step: a prefill chunk or a single decode token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeqStep {
+    pub id: SeqId,
+    /// The new tokens to run: a chunk of the prompt, or the last sampled token.
+    pub tokens: Vec<TokenId>,
+    /// Position of `tokens[0]`; everything before it is already in the KV cache.
+    pub start_pos: usize,
+    /// Blocks holding positions `0..start_pos + tokens.len()`, in order.
+    pub block_table: Vec<BlockId>,
+    /// Whether to compute logits after the last token and choose the next one.
+    /// False for every prefill chunk but the last.
+    pub sample: bool,
+}
+
+impl SeqStep {
+    /// One past the last position written by this step.
+    pub fn end_pos(&self) -> usize {
+        self.start_pos + self.tokens.len()
+    }
+}
+
+/// Everything one forward pass runs: prefill chunks and decode tokens of
+/// different sequences, mixed freely.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ForwardBatch {
+    pub seqs: Vec<SeqStep>,
+    /// Sequences that finished or were cancelled since the last step; the
+    /// runner drops any per-sequence state it holds for them.
+    pub released: Vec<SeqId>,
+    /// Return the full logits row of every sampling sequence (tests, logprob
+    /// tooling). Costs a vocabulary-sized copy per sequence.
+    pub return_logits: bool,
+}
+
+impl ForwardBatch {
+    /// Total new tokens in the step (the budget the scheduler spends).
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.tokens.len()).sum()
+    }
+}
+
+/// The token chosen for one sampling sequence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampledToken {
+    pub id: SeqId,
+    pub token: TokenId,
+    /// Natural-log probability of `token` under the model's distribution.
+    pub logprob: f32,
+    /// The full logits row, when the batch asked for it.
+    pub logits: Option<Vec<f32>>,
+}
+
+/// The answer to one [`ForwardBatch`]: one entry per sequence that had
+/// `sample == true`, in batch order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepOutput {
+    pub sampled: Vec<SampledToken>,
+}
