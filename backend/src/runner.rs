@@ -112,9 +112,12 @@ impl<D: Device> Runner<D> {
             return Ok(StepOutput::default());
         }
         let host = StepPlan::new(batch, self.model.inv_freq());
-        let plan = self.device.plan(&host);
-        let logits = self.model.forward(&self.device, &mut self.cache, &host, &plan);
-        let logits = self.device.to_host(&logits);
+        let Runner { device, model, cache, .. } = self;
+        let logits = device.run(|| {
+            let plan = device.plan(&host);
+            let logits = model.forward(device, cache, &host, &plan);
+            device.to_host(&logits)
+        });
         let vocab = self.config().vocab_size;
         let sampled = batch
             .seqs

@@ -139,6 +139,11 @@ pub trait Device: Send + Sync + Sized + 'static {
     type Plan;
 
     fn name(&self) -> &'static str;
+    /// Run one step's work in the device's execution context (the CPU device's
+    /// thread pool); every op of a step is called from inside `work`.
+    fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        work()
+    }
     /// Move a host tensor onto the device, keeping its dtype.
     fn weight(&self, tensor: HostTensor) -> Result<Self::Weight, LoadError>;
     fn activation(&self, rows: usize, cols: usize) -> Self::Activation;

@@ -12,7 +12,7 @@ pub const BLOCKS_PER_SEQ: usize = 16;
 pub fn load(dir: &Path) -> (ModelDir, Runner<Cpu>) {
     let model = ModelDir::open(dir).unwrap_or_else(|e| panic!("{e}"));
     let opts = RunnerOptions { kv_cache_bytes: 64 << 20, ..Default::default() };
-    let runner = Runner::load(dir, &model.config, Cpu, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let runner = Runner::load(dir, &model.config, Cpu::new(), &opts).unwrap_or_else(|e| panic!("{e}"));
     (model, runner)
 }
 

@@ -21,7 +21,7 @@ fn load_err(dir: &Path) -> String {
         Ok(m) => m,
         Err(e) => return e.to_string(),
     };
-    match Runner::load(dir, &model.config, Cpu, &RunnerOptions::default()) {
+    match Runner::load(dir, &model.config, Cpu::new(), &RunnerOptions::default()) {
         Ok(_) => panic!("{} loaded", dir.display()),
         Err(e) => e.to_string(),
     }

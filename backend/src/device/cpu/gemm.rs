@@ -8,17 +8,21 @@
 //! - `m == 1` (batch-1 decode) is memory-bound: 1×8 tiles stream eight weight rows
 //!   at once, widening 16-bit weights in registers, so the weights are read exactly
 //!   once at close to memory bandwidth.
-//! - `m > 1` is compute-bound: 4×4 tiles over an `m`-block of `x` sized to stay in
-//!   L2; 16-bit weight panels are widened once per block into a small f32 scratch so
-//!   the inner loop is pure loads and FMAs.
+//! - `m > 1` is compute-bound: 4×6 tiles over an `m`-block of `x` sized to stay in
+//!   L2, walked in k-blocks of 256 so the block's x rows and the weight slice stay in
+//!   L1; accumulators are kept across k-blocks, which leaves the per-element
+//!   arithmetic unchanged. 16-bit weights are widened in registers on every pass
+//!   (measured faster than widening a panel into scratch once).
 
 use rayon::prelude::*;
 
-use super::simd::{self, Elem, Kind};
+use super::simd::{self, Elem};
 
 const DECODE_NR: usize = 8;
 const MR: usize = 4;
-const NR: usize = 4;
+const NR: usize = 6;
+/// Elements of k per block (a multiple of 16): x rows and the panel slice stay in L1.
+const KC: usize = 256;
 /// Bytes of `x` one m-block may occupy (about half a 2 MiB L2).
 const X_BLOCK_BYTES: usize = 1 << 20;
 
@@ -107,7 +111,8 @@ unsafe fn tiled<E: Elem>(
     cols: std::ops::Range<usize>,
     store: &impl Fn(usize, usize, f32),
 ) {
-    use simd::tile_avx512 as tile;
+    use simd::{accumulate_avx512 as accumulate, tile_avx512 as tile};
+    use std::arch::x86_64::_mm512_setzero_ps;
     let xp = x.as_ptr();
     let wrow = |j: usize| w[j * k..].as_ptr();
     // SAFETY (whole body): rows `i..i+MR` of x and `j..j+NR` of w exist by the loop
@@ -132,31 +137,41 @@ unsafe fn tiled<E: Elem>(
         }
 
         let mb = (X_BLOCK_BYTES / (k * 4)).max(MR) / MR * MR;
-        let mut panel = vec![0.0f32; if E::KIND == Kind::F32 { 0 } else { NR * k }];
+        let zero = [[_mm512_setzero_ps(); NR]; MR];
+        let mut acc_full = vec![zero; mb / MR];
+        let mut acc_one = vec![[zero[0]]; MR];
         for m0 in (0..m).step_by(mb) {
             let m1 = (m0 + mb).min(m);
+            let full = (m1 - m0) / MR;
+            let rest = m0 + full * MR..m1;
             let mut j = cols.start;
             while j + NR <= cols.end {
-                let (pw, ldw) = if E::KIND == Kind::F32 {
-                    (wrow(j).cast::<f32>(), k)
-                } else {
-                    simd::widen_into(&w[j * k..(j + NR) * k], &mut panel);
-                    (panel.as_ptr(), k)
-                };
-                let mut i = m0;
-                while i + MR <= m1 {
-                    let mut o = [[0.0; NR]; MR];
-                    tile::<f32, MR, NR>(xp.add(i * k), k, pw, ldw, k, &mut o);
+                let pw = wrow(j);
+                acc_full[..full].fill(zero);
+                acc_one[..rest.len()].fill([zero[0]]);
+                // k-blocks keep this block's x rows and the panel slice in L1.
+                for k0 in (0..k).step_by(KC) {
+                    let kl = KC.min(k - k0);
+                    for (t, acc) in acc_full[..full].iter_mut().enumerate() {
+                        let i = m0 + t * MR;
+                        accumulate::<E, MR, NR>(xp.add(i * k + k0), k, pw.add(k0), k, kl, acc);
+                    }
+                    for (acc, i) in acc_one.iter_mut().zip(rest.clone()) {
+                        accumulate::<E, 1, NR>(xp.add(i * k + k0), k, pw.add(k0), k, kl, acc);
+                    }
+                }
+                let mut o = [[0.0; NR]; MR];
+                for (t, acc) in acc_full[..full].iter().enumerate() {
+                    simd::reduce_tile_avx512(acc, &mut o);
                     for (ii, row) in o.iter().enumerate() {
                         for (jj, v) in row.iter().enumerate() {
-                            store(i + ii, j + jj, *v);
+                            store(m0 + t * MR + ii, j + jj, *v);
                         }
                     }
-                    i += MR;
                 }
-                for i in i..m1 {
+                for (acc, i) in acc_one.iter().zip(rest.clone()) {
                     let mut o = [[0.0; NR]; 1];
-                    tile::<f32, 1, NR>(xp.add(i * k), k, pw, ldw, k, &mut o);
+                    simd::reduce_tile_avx512(acc, &mut o);
                     for (jj, v) in o[0].iter().enumerate() {
                         store(i, j + jj, *v);
                     }

@@ -1,7 +1,9 @@
 //! The CPU device: the reference implementation of every op, and the default
 //! engine where no GPU is present.
 //!
-//! [`Cpu`] runs on rayon's global pool (one thread per core). Weights are the
+//! [`Cpu`] owns a rayon pool (one thread per core) and runs each whole step inside
+//! it, so the dozens of parallel ops of a step hand work between pool threads
+//! instead of waking a caller thread for every op. Weights are the
 //! loader's [`HostTensor`]s as they are (memory-mapped, 16-bit kept 16-bit);
 //! activations are [`Mat`]s; the KV cache is [`CpuKvCache`], f32 so that cached
 //! keys are exactly the keys just computed (chunked prefill and whole-prompt
@@ -57,9 +59,38 @@ impl CpuKvCache {
     }
 }
 
-/// The CPU device. Stateless: threads come from rayon's global pool.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cpu;
+/// The CPU device: a thread pool.
+#[derive(Clone, Debug)]
+pub struct Cpu {
+    pool: std::sync::Arc<rayon::ThreadPool>,
+}
+
+impl Cpu {
+    /// A device with one thread per available core.
+    pub fn new() -> Self {
+        Self::with_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    pub fn with_threads(threads: usize) -> Self {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("rill-cpu-{i}"))
+            .build()
+            // Only fails if the OS refuses to spawn threads; nothing can run then.
+            .expect("cannot start the CPU device's threads");
+        Cpu { pool: std::sync::Arc::new(pool) }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 fn small_f32(t: &HostTensor) -> Vec<f32> {
     t.data.to_f32()
@@ -73,6 +104,10 @@ impl Device for Cpu {
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(work)
     }
 
     fn weight(&self, tensor: HostTensor) -> Result<HostTensor, LoadError> {

@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 use half::{bf16, f16};
 
 pub const LANES: usize = 16;
+const PREFETCH_BYTES: usize = 512;
 
 /// The element types a weight matrix may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,12 +175,43 @@ pub unsafe fn tile_avx512<E: Elem, const MR: usize, const NR: usize>(
     out: &mut [[f32; NR]; MR],
 ) {
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    // SAFETY: forwarded from the caller.
+    unsafe { accumulate_avx512::<E, MR, NR>(x, ldx, w, ldw, k, &mut acc) };
+    reduce_tile_avx512(&acc, out);
+}
+
+/// Add the next `k` elements of each dot product of an `MR × NR` tile into `acc`.
+/// Splitting `k` into blocks that are multiples of 16 (all but the last) gives
+/// exactly the arithmetic of one call over the whole length.
+///
+/// # Safety
+/// As [`tile_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
+pub unsafe fn accumulate_avx512<E: Elem, const MR: usize, const NR: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const E,
+    ldw: usize,
+    k: usize,
+    acc: &mut [[__m512; NR]; MR],
+) {
     let chunks = k / LANES;
-    // SAFETY: every pointer below stays inside the rows the caller vouched for.
+    // SAFETY: every pointer below stays inside the rows the caller vouched for
+    // (prefetches may point past them: they never fault).
     unsafe {
         for c in 0..chunks {
             let off = c * LANES;
-            let wv: [__m512; NR] = std::array::from_fn(|j| load16(w.add(j * ldw + off)));
+            if MR == 1 && (c * LANES * size_of::<E>()) % 64 == 0 {
+                for j in 0..NR {
+                    let ahead = w.wrapping_add(j * ldw + off + PREFETCH_BYTES / size_of::<E>());
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                }
+            }
+            let mut wv = [_mm512_setzero_ps(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = load16(w.add(j * ldw + off));
+            }
             for (i, acc_row) in acc.iter_mut().enumerate() {
                 let xv = _mm512_loadu_ps(x.add(i * ldx + off));
                 for j in 0..NR {
@@ -191,8 +223,10 @@ pub unsafe fn tile_avx512<E: Elem, const MR: usize, const NR: usize>(
         if rem != 0 {
             let off = chunks * LANES;
             let mask: __mmask16 = (1u16 << rem) - 1;
-            let wv: [__m512; NR] =
-                std::array::from_fn(|j| load16_masked(w.add(j * ldw + off), mask));
+            let mut wv = [_mm512_setzero_ps(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = load16_masked(w.add(j * ldw + off), mask);
+            }
             for (i, acc_row) in acc.iter_mut().enumerate() {
                 let xv = _mm512_maskz_loadu_ps(mask, x.add(i * ldx + off));
                 for j in 0..NR {
@@ -201,18 +235,44 @@ pub unsafe fn tile_avx512<E: Elem, const MR: usize, const NR: usize>(
             }
         }
     }
+}
+
+/// Reduce every accumulator of a tile with [`reduce16`]'s order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
+pub fn reduce_tile_avx512<const MR: usize, const NR: usize>(
+    acc: &[[__m512; NR]; MR],
+    out: &mut [[f32; NR]; MR],
+) {
     for i in 0..MR {
         for j in 0..NR {
-            let mut lanes = [0.0f32; LANES];
-            // SAFETY: `lanes` is 16 f32s.
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc[i][j]) };
-            out[i][j] = reduce16(&lanes);
+            out[i][j] = reduce16_avx512(acc[i][j]);
         }
     }
 }
 
+/// [`reduce16`] in registers: the same additions in the same order.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
+fn reduce16_avx512(a: __m512) -> f32 {
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+    let s8 = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+    _mm_cvtss_f32(s1)
+}
+
 /// Widen `src` into `dst` exactly (used to pack a weight panel once per block).
 pub fn widen_into<E: Elem>(src: &[E], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "widen_into of unequal lengths");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512 is present and the lengths match.
+        unsafe { widen_avx512(src, dst) };
+        return;
+    }
     match E::KIND {
         Kind::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
         Kind::Bf16 => {
@@ -224,6 +284,29 @@ pub fn widen_into<E: Elem>(src: &[E], dst: &mut [f32]) {
         Kind::F16 => {
             let src: &[f16] = bytemuck::cast_slice(src);
             half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512 must be present; `src` and `dst` have equal lengths.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
+unsafe fn widen_avx512<E: Elem>(src: &[E], dst: &mut [f32]) {
+    let n = src.len();
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: every access is below `n` (the tail is masked); prefetches never fault.
+    unsafe {
+        let mut i = 0;
+        while i + LANES <= n {
+            // The next panel follows this one in memory: start it on its way to L2.
+            _mm_prefetch::<_MM_HINT_T1>(s.wrapping_add(i + n).cast());
+            _mm512_storeu_ps(d.add(i), load16(s.add(i)));
+            i += LANES;
+        }
+        if i < n {
+            let mask: __mmask16 = (1u16 << (n - i)) - 1;
+            _mm512_mask_storeu_ps(d.add(i), mask, load16_masked(s.add(i), mask));
         }
     }
 }
