@@ -30,7 +30,9 @@ impl TokenizerConfig {
             // Special tokens are strings or AddedToken objects `{"content": ...}`.
             let token = |f: &str| match v.get(f) {
                 Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(String::from),
+                Some(Value::Object(o)) => {
+                    o.get("content").and_then(Value::as_str).map(String::from)
+                }
                 _ => None,
             };
             cfg.bos_token = token("bos_token");
@@ -71,7 +73,10 @@ pub struct ModelDir {
 impl ModelDir {
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         if !path.is_dir() {
-            return Err(LoadError::Other(format!("{}: not a model directory", path.display())));
+            return Err(LoadError::Other(format!(
+                "{}: not a model directory",
+                path.display()
+            )));
         }
         let config = ModelConfig::from_file(&path.join("config.json"))?;
 
@@ -89,13 +94,18 @@ impl ModelDir {
         }
 
         let tok_path = path.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| LoadError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| LoadError::Tokenizer {
+            path: tok_path.clone(),
+            message: e.to_string(),
+        })?;
         let vocab = tokenizer.get_vocab_size(true);
         if vocab > config.vocab_size {
             return Err(LoadError::Tokenizer {
                 path: tok_path,
-                message: format!("{vocab} tokens, more than the model's vocab_size ({})", config.vocab_size),
+                message: format!(
+                    "{vocab} tokens, more than the model's vocab_size ({})",
+                    config.vocab_size
+                ),
             });
         }
         Ok(ModelDir {

@@ -18,19 +18,28 @@ pub fn inv_freq(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
     match rope.scaling {
         RopeScaling::Default => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        } => {
             let old = original_max_position as f32;
             let low_freq_wavelen = old / low_freq_factor;
             let high_freq_wavelen = old / high_freq_factor;
             base.iter()
                 .map(|&f| {
                     let wavelen = 2.0 * std::f32::consts::PI / f;
-                    let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
+                    let scaled = if wavelen > low_freq_wavelen {
+                        f / factor
+                    } else {
+                        f
+                    };
                     if wavelen < high_freq_wavelen || wavelen > low_freq_wavelen {
                         scaled
                     } else {
-                        let smooth =
-                            (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * scaled / factor + smooth * scaled
                     }
                 })
@@ -61,7 +70,13 @@ mod tests {
 
     #[test]
     fn default_frequencies() {
-        let f = inv_freq(&RopeConfig { theta: 10000.0, scaling: RopeScaling::Default }, 8);
+        let f = inv_freq(
+            &RopeConfig {
+                theta: 10000.0,
+                scaling: RopeScaling::Default,
+            },
+            8,
+        );
         let want = [1.0, 0.1, 0.01, 0.001];
         for (a, b) in f.iter().zip(want) {
             assert!((a - b).abs() <= b * 1e-6, "{a} vs {b}");
@@ -79,7 +94,13 @@ mod tests {
                 original_max_position: 8192,
             },
         };
-        let plain = inv_freq(&RopeConfig { theta: 500000.0, scaling: RopeScaling::Default }, 128);
+        let plain = inv_freq(
+            &RopeConfig {
+                theta: 500000.0,
+                scaling: RopeScaling::Default,
+            },
+            128,
+        );
         let scaled = inv_freq(&rope, 128);
         assert_eq!(scaled[0], plain[0]);
         assert_eq!(scaled[63], plain[63] / 8.0);

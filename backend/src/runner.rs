@@ -36,7 +36,10 @@ pub struct RunnerOptions {
 
 impl Default for RunnerOptions {
     fn default() -> Self {
-        RunnerOptions { kv_cache_bytes: 1 << 30, load_format: LoadFormat::Safetensors }
+        RunnerOptions {
+            kv_cache_bytes: 1 << 30,
+            load_format: LoadFormat::Safetensors,
+        }
     }
 }
 
@@ -59,7 +62,12 @@ impl<D: Device> std::fmt::Debug for Runner<D> {
 
 impl<D: Device> Runner<D> {
     /// Load the model at `dir` (only `config.json` is read for dummy weights).
-    pub fn load(dir: &Path, config: &ModelConfig, device: D, opts: &RunnerOptions) -> Result<Self, LoadError> {
+    pub fn load(
+        dir: &Path,
+        config: &ModelConfig,
+        device: D,
+        opts: &RunnerOptions,
+    ) -> Result<Self, LoadError> {
         let source: Box<dyn WeightSource> = match opts.load_format {
             LoadFormat::Safetensors => Box::new(SafetensorsWeights::open(dir)?),
             LoadFormat::Dummy(dtype) => Box::new(DummyWeights {
@@ -88,7 +96,12 @@ impl<D: Device> Runner<D> {
             head_dim: c.head_dim,
         };
         let cache = device.kv_cache(layout)?;
-        Ok(Runner { device, model, cache, layout })
+        Ok(Runner {
+            device,
+            model,
+            cache,
+            layout,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -112,7 +125,12 @@ impl<D: Device> Runner<D> {
             return Ok(StepOutput::default());
         }
         let host = StepPlan::new(batch, self.model.inv_freq());
-        let Runner { device, model, cache, .. } = self;
+        let Runner {
+            device,
+            model,
+            cache,
+            ..
+        } = self;
         let logits = device.run(|| {
             let plan = device.plan(&host);
             let logits = model.forward(device, cache, &host, &plan);
@@ -158,10 +176,22 @@ impl<D: Device> Runner<D> {
             }
             let needed = rill_proto::blocks_for(end);
             if s.block_table.len() < needed {
-                return Err(StepError::BlockTableTooShort { seq, end, needed, have: s.block_table.len() });
+                return Err(StepError::BlockTableTooShort {
+                    seq,
+                    end,
+                    needed,
+                    have: s.block_table.len(),
+                });
             }
-            if let Some(b) = s.block_table[..needed].iter().find(|b| b.index() >= self.layout.num_blocks) {
-                return Err(StepError::BlockOutOfRange { seq, block: b.0, num_blocks: self.layout.num_blocks });
+            if let Some(b) = s.block_table[..needed]
+                .iter()
+                .find(|b| b.index() >= self.layout.num_blocks)
+            {
+                return Err(StepError::BlockOutOfRange {
+                    seq,
+                    block: b.0,
+                    num_blocks: self.layout.num_blocks,
+                });
             }
         }
         Ok(())

@@ -22,7 +22,11 @@ use crate::error::LoadError;
 /// A slice of `T` living either in a file mapping or in our own allocation.
 #[derive(Debug)]
 pub enum Storage<T> {
-    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
     Owned(Vec<T>),
 }
 
@@ -41,7 +45,11 @@ impl<T: bytemuck::Pod> Storage<T> {
         let len = bytes / size_of::<T>();
         let slice = &map[offset..offset + bytes];
         match bytemuck::try_cast_slice::<u8, T>(slice) {
-            Ok(_) => Storage::Mapped { map: Arc::clone(map), offset, len },
+            Ok(_) => Storage::Mapped {
+                map: Arc::clone(map),
+                offset,
+                len,
+            },
             Err(_) => Storage::Owned(bytemuck::pod_collect_to_vec(slice)),
         }
     }
@@ -89,12 +97,21 @@ pub trait WeightSource: Send + Sync {
     fn contains(&self, name: &str) -> bool;
 }
 
+/// Where one tensor lives among the mapped files.
+#[derive(Debug)]
+struct TensorEntry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    bytes: std::ops::Range<usize>,
+}
+
 /// Memory-mapped safetensors files of one model directory.
 #[derive(Debug)]
 pub struct SafetensorsWeights {
     files: Vec<(PathBuf, Arc<Mmap>)>,
-    /// tensor name → (file index, dtype, shape, absolute byte range in the file)
-    index: HashMap<String, (usize, Dtype, Vec<usize>, (usize, usize))>,
+    index: HashMap<String, TensorEntry>,
     /// what to name in a "missing tensor" error
     origin: PathBuf,
 }
@@ -107,13 +124,23 @@ impl SafetensorsWeights {
         let (names, origin) = if index_path.exists() {
             let index = crate::config::read_json(&index_path)?;
             let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or(
-                LoadError::MissingField { path: index_path.clone(), field: "weight_map" },
+                LoadError::MissingField {
+                    path: index_path.clone(),
+                    field: "weight_map",
+                },
             )?;
             let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
             if files.is_empty() {
-                return Err(LoadError::invalid(&index_path, "weight_map", "names no files"));
+                return Err(LoadError::invalid(
+                    &index_path,
+                    "weight_map",
+                    "names no files",
+                ));
             }
-            (files.into_iter().map(|f| dir.join(f)).collect::<Vec<_>>(), index_path)
+            (
+                files.into_iter().map(|f| dir.join(f)).collect::<Vec<_>>(),
+                index_path,
+            )
         } else if single.exists() {
             (vec![single.clone()], single)
         } else {
@@ -130,17 +157,29 @@ impl SafetensorsWeights {
             // SAFETY: the mapping is read-only and we never hand out mutable access; a
             // file truncated under us would fault, as with any mmap-based loader.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::io(&path, e))?;
-            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
-                LoadError::Safetensors { path: path.clone(), message: e.to_string() }
-            })?;
+            let (header_len, meta) =
+                SafeTensors::read_metadata(&map).map_err(|e| LoadError::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             let base = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let (start, end) = info.data_offsets;
-                index.insert(name, (i, info.dtype, info.shape.clone(), (base + start, base + end)));
+                let entry = TensorEntry {
+                    file: i,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    bytes: base + start..base + end,
+                };
+                index.insert(name, entry);
             }
             files.push((path, Arc::new(map)));
         }
-        Ok(SafetensorsWeights { files, index, origin })
+        Ok(SafetensorsWeights {
+            files,
+            index,
+            origin,
+        })
     }
 
     /// Total bytes of all mapped files.
@@ -151,8 +190,17 @@ impl SafetensorsWeights {
 
 impl WeightSource for SafetensorsWeights {
     fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor, LoadError> {
-        let Some((file, dtype, found, (start, end))) = self.index.get(name) else {
-            return Err(LoadError::MissingTensor { path: self.origin.clone(), name: name.into() });
+        let Some(TensorEntry {
+            file,
+            dtype,
+            shape: found,
+            bytes,
+        }) = self.index.get(name)
+        else {
+            return Err(LoadError::MissingTensor {
+                path: self.origin.clone(),
+                name: name.into(),
+            });
         };
         let (path, map) = &self.files[*file];
         if found != shape {
@@ -163,11 +211,11 @@ impl WeightSource for SafetensorsWeights {
                 found: found.clone(),
             });
         }
-        let bytes = end - start;
+        let (start, len) = (bytes.start, bytes.len());
         let data = match dtype {
-            Dtype::F32 => TensorData::F32(Storage::from_bytes(map, *start, bytes)),
-            Dtype::BF16 => TensorData::Bf16(Storage::from_bytes(map, *start, bytes)),
-            Dtype::F16 => TensorData::F16(Storage::from_bytes(map, *start, bytes)),
+            Dtype::F32 => TensorData::F32(Storage::from_bytes(map, start, len)),
+            Dtype::BF16 => TensorData::Bf16(Storage::from_bytes(map, start, len)),
+            Dtype::F16 => TensorData::F16(Storage::from_bytes(map, start, len)),
             other => {
                 return Err(LoadError::Dtype {
                     path: path.clone(),
@@ -176,7 +224,11 @@ impl WeightSource for SafetensorsWeights {
                 });
             }
         };
-        Ok(HostTensor { name: name.into(), shape: shape.to_vec(), data })
+        Ok(HostTensor {
+            name: name.into(),
+            shape: shape.to_vec(),
+            data,
+        })
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -212,10 +264,16 @@ impl WeightSource for DummyWeights {
         let value = |i: usize| center + scale * uniform_pm_sqrt3(seed, i as u64);
         let data = match self.dtype {
             DType::F32 => TensorData::F32(Storage::Owned(fill(len, value))),
-            DType::Bf16 => TensorData::Bf16(Storage::Owned(fill(len, |i| bf16::from_f32(value(i))))),
+            DType::Bf16 => {
+                TensorData::Bf16(Storage::Owned(fill(len, |i| bf16::from_f32(value(i)))))
+            }
             DType::F16 => TensorData::F16(Storage::Owned(fill(len, |i| f16::from_f32(value(i))))),
         };
-        Ok(HostTensor { name: name.into(), shape: shape.to_vec(), data })
+        Ok(HostTensor {
+            name: name.into(),
+            shape: shape.to_vec(),
+            data,
+        })
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -224,7 +282,11 @@ impl WeightSource for DummyWeights {
 }
 
 fn fill<T: Send>(len: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    (0..len).into_par_iter().with_min_len(1 << 16).map(f).collect()
+    (0..len)
+        .into_par_iter()
+        .with_min_len(1 << 16)
+        .map(f)
+        .collect()
 }
 
 /// A unit-variance uniform value in [-√3, √3), from a counter-based hash.
@@ -238,7 +300,9 @@ fn uniform_pm_sqrt3(seed: u64, i: u64) -> f32 {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -250,7 +314,10 @@ mod tests {
         let views: Map<String, safetensors::tensor::TensorView> = tensors
             .iter()
             .map(|(n, d, s, b)| {
-                ((*n).to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())
+                (
+                    (*n).to_string(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                )
             })
             .collect();
         safetensors::serialize_to_file(views, None, path).unwrap();
@@ -262,7 +329,12 @@ mod tests {
         let vals: Vec<bf16> = (0..6).map(|i| bf16::from_f32(i as f32)).collect();
         write_safetensors(
             &dir.path().join("model.safetensors"),
-            &[("w", Dtype::BF16, vec![2, 3], bytemuck::cast_slice(&vals).to_vec())],
+            &[(
+                "w",
+                Dtype::BF16,
+                vec![2, 3],
+                bytemuck::cast_slice(&vals).to_vec(),
+            )],
         );
         let w = SafetensorsWeights::open(dir.path()).unwrap();
         let t = w.load("w", &[2, 3]).unwrap();
@@ -282,7 +354,10 @@ mod tests {
         );
         let w = SafetensorsWeights::open(dir.path()).unwrap();
         let msg = w.load("w", &[4, 1]).unwrap_err().to_string();
-        assert!(msg.contains("model.safetensors") && msg.contains("`w`"), "{msg}");
+        assert!(
+            msg.contains("model.safetensors") && msg.contains("`w`"),
+            "{msg}"
+        );
         assert!(msg.contains("[2, 2]") && msg.contains("[4, 1]"), "{msg}");
         let msg = w.load("q", &[4]).unwrap_err().to_string();
         assert!(msg.contains("`q`") && msg.contains("I8"), "{msg}");
@@ -293,18 +368,28 @@ mod tests {
     #[test]
     fn not_safetensors_and_no_weights_are_errors_not_panics() {
         let dir = tempfile::tempdir().unwrap();
-        let err = SafetensorsWeights::open(dir.path()).unwrap_err().to_string();
+        let err = SafetensorsWeights::open(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no model.safetensors"), "{err}");
         std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
-        let err = SafetensorsWeights::open(dir.path()).unwrap_err().to_string();
+        let err = SafetensorsWeights::open(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("model.safetensors"), "{err}");
     }
 
     #[test]
     fn sharded_index_reads_every_shard() {
         let dir = tempfile::tempdir().unwrap();
-        write_safetensors(&dir.path().join("a.safetensors"), &[("x", Dtype::F32, vec![1], vec![0, 0, 128, 63])]);
-        write_safetensors(&dir.path().join("b.safetensors"), &[("y", Dtype::F32, vec![1], vec![0, 0, 0, 64])]);
+        write_safetensors(
+            &dir.path().join("a.safetensors"),
+            &[("x", Dtype::F32, vec![1], vec![0, 0, 128, 63])],
+        );
+        write_safetensors(
+            &dir.path().join("b.safetensors"),
+            &[("y", Dtype::F32, vec![1], vec![0, 0, 0, 64])],
+        );
         std::fs::write(
             dir.path().join("model.safetensors.index.json"),
             r#"{"metadata": {}, "weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}"#,
@@ -317,9 +402,21 @@ mod tests {
 
     #[test]
     fn dummy_weights_are_deterministic_and_scaled() {
-        let d = DummyWeights { dtype: DType::F32, seed: 7, has_lm_head: false };
-        let a = d.load("model.layers.0.mlp.up_proj.weight", &[64, 256]).unwrap().data.to_f32();
-        let b = d.load("model.layers.0.mlp.up_proj.weight", &[64, 256]).unwrap().data.to_f32();
+        let d = DummyWeights {
+            dtype: DType::F32,
+            seed: 7,
+            has_lm_head: false,
+        };
+        let a = d
+            .load("model.layers.0.mlp.up_proj.weight", &[64, 256])
+            .unwrap()
+            .data
+            .to_f32();
+        let b = d
+            .load("model.layers.0.mlp.up_proj.weight", &[64, 256])
+            .unwrap()
+            .data
+            .to_f32();
         assert_eq!(a, b);
         let var = a.iter().map(|x| x * x).sum::<f32>() / a.len() as f32;
         assert!((var * 256.0 - 1.0).abs() < 0.1, "variance {var}");

@@ -81,7 +81,8 @@ impl StepPlan {
         let mut plan = StepPlan::default();
         for (i, seq) in batch.seqs.iter().enumerate() {
             let first_block = plan.block_tables.len();
-            plan.block_tables.extend(seq.block_table.iter().map(|b| b.0));
+            plan.block_tables
+                .extend(seq.block_table.iter().map(|b| b.0));
             plan.seqs.push(SeqPlan {
                 row: plan.tokens.len(),
                 len: seq.tokens.len(),
@@ -93,7 +94,8 @@ impl StepPlan {
                 let block = seq.block_table[pos / BLOCK_SIZE].0 as usize;
                 plan.tokens.push(token.0);
                 plan.positions.push(pos as u32);
-                plan.slots.push((block * BLOCK_SIZE + pos % BLOCK_SIZE) as u32);
+                plan.slots
+                    .push((block * BLOCK_SIZE + pos % BLOCK_SIZE) as u32);
                 plan.row_seq.push(i as u32);
             }
             if seq.sample {
@@ -161,7 +163,13 @@ pub trait Device: Send + Sync + Sized + 'static {
         out: &mut Self::Activation,
     );
     /// `out = x / rms(x) * weight`, per row.
-    fn rms_norm(&self, x: &Self::Activation, weight: &Self::Weight, eps: f32, out: &mut Self::Activation);
+    fn rms_norm(
+        &self,
+        x: &Self::Activation,
+        weight: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Activation,
+    );
     /// Rotate each head of each row in place by the row's rotary angles.
     fn rope(&self, x: &mut Self::Activation, head_dim: usize, plan: &Self::Plan);
     /// Store each row's K and V at its cache slot in `layer`.
@@ -188,7 +196,12 @@ pub trait Device: Send + Sync + Sized + 'static {
     /// `x += y`
     fn add_assign(&self, x: &mut Self::Activation, y: &Self::Activation);
     /// `out[i] = x[plan.sample_rows[i]]`
-    fn gather_sample_rows(&self, x: &Self::Activation, plan: &Self::Plan, out: &mut Self::Activation);
+    fn gather_sample_rows(
+        &self,
+        x: &Self::Activation,
+        plan: &Self::Plan,
+        out: &mut Self::Activation,
+    );
     /// Copy an activation back to the host.
     fn to_host(&self, x: &Self::Activation) -> Vec<f32>;
 }

@@ -41,7 +41,9 @@ pub struct Llama<D: Device> {
 
 impl<D: Device> std::fmt::Debug for Llama<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Llama").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Llama")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,19 +58,37 @@ impl<D: Device> Loader<'_, D> {
         self.device.weight(self.source.load(name, shape)?)
     }
 
-    fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<D>, LoadError> {
+    fn linear(
+        &self,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear<D>, LoadError> {
         Ok(Linear {
             weight: self.tensor(&format!("{prefix}.weight"), &[out, inp])?,
-            bias: if bias { Some(self.tensor(&format!("{prefix}.bias"), &[out])?) } else { None },
+            bias: if bias {
+                Some(self.tensor(&format!("{prefix}.bias"), &[out])?)
+            } else {
+                None
+            },
         })
     }
 }
 
 impl<D: Device> Llama<D> {
-    pub fn load(config: &ModelConfig, source: &dyn WeightSource, device: &D) -> Result<Self, LoadError> {
+    pub fn load(
+        config: &ModelConfig,
+        source: &dyn WeightSource,
+        device: &D,
+    ) -> Result<Self, LoadError> {
         let c = config;
         let ld = Loader { source, device };
-        let (h, q_dim, kv_dim) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let (h, q_dim, kv_dim) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+        );
         let layers = (0..c.num_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
@@ -79,9 +99,24 @@ impl<D: Device> Llama<D> {
                     v: ld.linear(&format!("{p}.self_attn.v_proj"), kv_dim, h, c.qkv_bias)?,
                     o: ld.linear(&format!("{p}.self_attn.o_proj"), h, q_dim, c.o_bias)?,
                     post_norm: ld.tensor(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                    gate: ld.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, c.mlp_bias)?,
-                    up: ld.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, c.mlp_bias)?,
-                    down: ld.linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, c.mlp_bias)?,
+                    gate: ld.linear(
+                        &format!("{p}.mlp.gate_proj"),
+                        c.intermediate_size,
+                        h,
+                        c.mlp_bias,
+                    )?,
+                    up: ld.linear(
+                        &format!("{p}.mlp.up_proj"),
+                        c.intermediate_size,
+                        h,
+                        c.mlp_bias,
+                    )?,
+                    down: ld.linear(
+                        &format!("{p}.mlp.down_proj"),
+                        h,
+                        c.intermediate_size,
+                        c.mlp_bias,
+                    )?,
                     attention: AttentionShape {
                         heads: c.num_heads,
                         kv_heads: c.num_kv_heads,
@@ -117,15 +152,29 @@ impl<D: Device> Llama<D> {
 
     /// One forward pass over the planned rows; returns the logits of the sample
     /// rows, `[plan.sample_rows.len(), vocab]`.
-    pub fn forward(&self, dev: &D, cache: &mut D::Cache, host: &StepPlan, plan: &D::Plan) -> D::Activation {
+    pub fn forward(
+        &self,
+        dev: &D,
+        cache: &mut D::Cache,
+        host: &StepPlan,
+        plan: &D::Plan,
+    ) -> D::Activation {
         let c = &self.config;
         let rows = host.rows();
         let mut x = dev.activation(rows, c.hidden_size);
         dev.embed(&self.embed, plan, &mut x);
         let mut normed = dev.activation(rows, c.hidden_size);
-        let (mut q, mut k, mut v) = (dev.activation(0, 0), dev.activation(0, 0), dev.activation(0, 0));
+        let (mut q, mut k, mut v) = (
+            dev.activation(0, 0),
+            dev.activation(0, 0),
+            dev.activation(0, 0),
+        );
         let (mut attn, mut proj) = (dev.activation(0, 0), dev.activation(0, 0));
-        let (mut gate, mut up, mut act) = (dev.activation(0, 0), dev.activation(0, 0), dev.activation(0, 0));
+        let (mut gate, mut up, mut act) = (
+            dev.activation(0, 0),
+            dev.activation(0, 0),
+            dev.activation(0, 0),
+        );
         let linear = |x: &D::Activation, l: &Linear<D>, out: &mut D::Activation| {
             dev.linear(x, &l.weight, l.bias.as_ref(), out)
         };
@@ -154,7 +203,12 @@ impl<D: Device> Llama<D> {
         dev.gather_sample_rows(&x, plan, &mut last);
         dev.rms_norm(&last, &self.norm, c.rms_norm_eps, &mut normed);
         let mut logits = dev.activation(0, 0);
-        dev.linear(&normed, self.lm_head.as_ref().unwrap_or(&self.embed), None, &mut logits);
+        dev.linear(
+            &normed,
+            self.lm_head.as_ref().unwrap_or(&self.embed),
+            None,
+            &mut logits,
+        );
         logits
     }
 }

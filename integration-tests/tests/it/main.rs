@@ -3,7 +3,9 @@
 //! - `oracle`: the CPU engine against Hugging Face transformers on the fixture models
 //!   (logits, greedy continuations, chunking and batching invariance, 16-bit weights).
 //! - `loading`: broken model directories give errors that name the file and field.
+//! - `step_errors`: bad batches are refused whole and change nothing.
 
 mod harness;
 mod loading;
 mod oracle;
+mod step_errors;

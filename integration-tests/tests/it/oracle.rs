@@ -16,18 +16,29 @@ use crate::harness::{self, Job};
 
 const TOLERANCE: f32 = 1e-4;
 
-struct Reference {
-    /// (text, prompt ids, greedy continuation, logits at every prompt position)
-    prompts: Vec<(String, Vec<u32>, Vec<u32>, Vec<Vec<f32>>)>,
+/// What transformers said about one prompt.
+struct RefPrompt {
+    text: String,
+    ids: Vec<u32>,
+    greedy: Vec<u32>,
+    /// Logits at every prompt position.
+    logits: Vec<Vec<f32>>,
 }
 
-fn reference(dir: &Path) -> Reference {
+fn reference(dir: &Path) -> Vec<RefPrompt> {
     let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let ids = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
-    let prompts = meta["prompts"]
+    let ids = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect::<Vec<_>>()
+    };
+    meta["prompts"]
         .as_array()
         .unwrap()
         .iter()
@@ -36,20 +47,22 @@ fn reference(dir: &Path) -> Reference {
             let t = st.tensor(&format!("prompt{i}.logits")).unwrap();
             let vocab = t.shape()[1];
             let flat: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
-            (
-                p["text"].as_str().unwrap().to_string(),
-                ids(&p["ids"]),
-                ids(&p["greedy"]),
-                flat.chunks(vocab).map(<[f32]>::to_vec).collect(),
-            )
+            RefPrompt {
+                text: p["text"].as_str().unwrap().to_string(),
+                ids: ids(&p["ids"]),
+                greedy: ids(&p["greedy"]),
+                logits: flat.chunks(vocab).map(<[f32]>::to_vec).collect(),
+            }
         })
-        .collect();
-    Reference { prompts }
+        .collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Prompt logits at every position, and the greedy continuation, match transformers.
@@ -57,23 +70,50 @@ fn matches_transformers(name: &str) {
     let dir = fixture_model(name);
     let reference = reference(&dir);
     let (model, mut runner) = harness::load(&dir);
-    for (i, (text, prompt, greedy, logits)) in reference.prompts.iter().enumerate() {
+    for (
+        i,
+        RefPrompt {
+            text,
+            ids: prompt,
+            greedy,
+            logits,
+        },
+    ) in reference.iter().enumerate()
+    {
         // The server's own tokenization gives the ids transformers was fed.
         let encoded = model.tokenizer.encode(text.as_str(), true).unwrap();
-        assert_eq!(encoded.get_ids(), prompt.as_slice(), "{name} prompt {i} tokenization");
+        assert_eq!(
+            encoded.get_ids(),
+            prompt.as_slice(),
+            "{name} prompt {i} tokenization"
+        );
 
         // One chunk per token, logits after each: every prompt position.
-        let job = Job { chunks: vec![1; prompt.len()], logits_every_chunk: true, ..Job::new(prompt, greedy.len()) };
+        let job = Job {
+            chunks: vec![1; prompt.len()],
+            logits_every_chunk: true,
+            ..Job::new(prompt, greedy.len())
+        };
         let out = &harness::run(&mut runner, &[job])[0];
         for (pos, want) in logits.iter().enumerate() {
             let diff = max_abs_diff(&out.logits[pos], want);
-            assert!(diff < TOLERANCE, "{name} prompt {i} position {pos}: logits differ by {diff}");
+            assert!(
+                diff < TOLERANCE,
+                "{name} prompt {i} position {pos}: logits differ by {diff}"
+            );
         }
-        assert_eq!(&out.tokens, greedy, "{name} prompt {i}: greedy continuation");
+        assert_eq!(
+            &out.tokens, greedy,
+            "{name} prompt {i}: greedy continuation"
+        );
 
         // Whole-prompt prefill: the same last-position logits, to the bit.
         let whole = &harness::run(&mut runner, &[Job::new(prompt, greedy.len())])[0];
-        assert_eq!(whole.logits[0], out.logits[prompt.len() - 1], "{name} prompt {i}: prefill vs token-by-token");
+        assert_eq!(
+            whole.logits[0],
+            out.logits[prompt.len() - 1],
+            "{name} prompt {i}: prefill vs token-by-token"
+        );
         assert_eq!(&whole.tokens, greedy);
     }
 }
@@ -113,29 +153,55 @@ fn invariant_under_chunking_and_batching(name: &str) {
     let dir = fixture_model(name);
     let reference = reference(&dir);
     let (_, mut runner) = harness::load(&dir);
-    let (_, p0, g0, _) = &reference.prompts[0];
-    let (_, p1, g1, _) = &reference.prompts[1];
-    let alone: Vec<_> = [p0, p1].iter().map(|p| harness::run(&mut runner, &[Job::new(p, 12)]).remove(0)).collect();
+    let (p0, g0) = (&reference[0].ids, &reference[0].greedy);
+    let (p1, g1) = (&reference[1].ids, &reference[1].greedy);
+    let alone: Vec<_> = [p0, p1]
+        .iter()
+        .map(|p| harness::run(&mut runner, &[Job::new(p, 12)]).remove(0))
+        .collect();
 
     // Several chunkings of the same prompt, each alone.
     for chunks in [vec![5, 7], vec![3; 9], vec![16], vec![1, 2, 3, 4, 5]] {
-        let job = Job { chunks: chunks.clone(), ..Job::new(p0, 12) };
+        let job = Job {
+            chunks: chunks.clone(),
+            ..Job::new(p0, 12)
+        };
         let out = harness::run(&mut runner, &[job]).remove(0);
         assert_eq!(out.tokens, alone[0].tokens, "{name} chunks {chunks:?}");
-        assert_eq!(out.logits, alone[0].logits, "{name} chunks {chunks:?}: logits not bit-identical");
+        assert_eq!(
+            out.logits, alone[0].logits,
+            "{name} chunks {chunks:?}: logits not bit-identical"
+        );
     }
 
     // In a batch: other sequences in prefill and decode around it, in another chunking.
     let jobs = vec![
-        Job { chunks: vec![4, 4], ..Job::new(p1, 12) },
+        Job {
+            chunks: vec![4, 4],
+            ..Job::new(p1, 12)
+        },
         Job::new(&p0[..7], 20),
-        Job { chunks: vec![6], delay: 3, ..Job::new(p0, 12) },
-        Job { delay: 1, ..Job::new(&[1, 5, 9, 200, 37], 15) },
-        Job { chunks: vec![2], delay: 5, ..Job::new(p1, 12) },
+        Job {
+            chunks: vec![6],
+            delay: 3,
+            ..Job::new(p0, 12)
+        },
+        Job {
+            delay: 1,
+            ..Job::new(&[1, 5, 9, 200, 37], 15)
+        },
+        Job {
+            chunks: vec![2],
+            delay: 5,
+            ..Job::new(p1, 12)
+        },
     ];
     let outs = harness::run(&mut runner, &jobs);
     assert_eq!(outs[0], alone[1], "{name}: prompt 1 chunked in a batch");
-    assert_eq!(outs[2], alone[0], "{name}: prompt 0 joining a running batch");
+    assert_eq!(
+        outs[2], alone[0],
+        "{name}: prompt 0 joining a running batch"
+    );
     assert_eq!(outs[4], alone[1], "{name}: prompt 1 late in a batch");
     assert_eq!(&alone[0].tokens[..], &g0[..12]);
     assert_eq!(&alone[1].tokens[..], &g1[..12]);

@@ -14,6 +14,8 @@
 //!   arithmetic unchanged. 16-bit weights are widened in registers on every pass
 //!   (measured faster than widening a panel into scratch once).
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::simd::{self, Elem};
@@ -55,89 +57,123 @@ pub fn linear<E: Elem>(
     }
     // Enough chunks to balance threads; each a multiple of the widest tile.
     let threads = rayon::current_num_threads().max(1);
-    let per = n.div_ceil(threads * 4).next_multiple_of(DECODE_NR).max(DECODE_NR);
+    let per = n
+        .div_ceil(threads * 4)
+        .next_multiple_of(DECODE_NR)
+        .max(DECODE_NR);
     let chunks = n.div_ceil(per);
     let optr = OutPtr(out.as_mut_ptr());
+    let product = Product {
+        x,
+        m,
+        k,
+        w,
+        n,
+        bias,
+    };
     (0..chunks).into_par_iter().for_each(|c| {
         let cols = c * per..((c + 1) * per).min(n);
         let out = optr;
         // SAFETY: chunk `c` writes only columns `cols` of every row of `out`, and the
         // column ranges of different chunks are disjoint; `out` outlives the scope.
-        unsafe { linear_cols(x, m, k, w, n, bias, out.0, cols) };
+        unsafe { product.columns(out.0, cols) };
     });
 }
 
-/// Columns `cols` of the product.
-///
-/// # Safety
-/// `out` must point to `m * n` writable f32s not otherwise accessed in `cols`.
-unsafe fn linear_cols<E: Elem>(
-    x: &[f32],
+/// One `x · wᵀ + bias` problem (shapes checked by [`linear`]).
+struct Product<'a, E> {
+    x: &'a [f32],
     m: usize,
     k: usize,
-    w: &[E],
+    w: &'a [E],
     n: usize,
-    bias: Option<&[f32]>,
-    out: *mut f32,
-    cols: std::ops::Range<usize>,
-) {
-    let store = |i: usize, j: usize, v: f32| {
-        let v = v + bias.map_or(0.0, |b| b[j]);
-        // SAFETY: `i < m`, `j` in `cols`: inside `out` and owned by this call.
-        unsafe { *out.add(i * n + j) = v };
-    };
-
-    #[cfg(target_arch = "x86_64")]
-    if simd::has_avx512() {
-        // SAFETY: AVX-512 is present; every tile reads rows inside `x` and `w`.
-        unsafe { tiled(x, m, k, w, cols, &store) };
-        return;
-    }
-    for i in 0..m {
-        for j in cols.clone() {
-            store(i, j, simd::dot_scalar(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]));
-        }
-    }
+    bias: Option<&'a [f32]>,
 }
 
-/// # Safety
-/// AVX-512 must be present; `x` is `[m, k]`, `w` is `[n, k]` with `cols ⊆ 0..n`.
-#[cfg(target_arch = "x86_64")]
-unsafe fn tiled<E: Elem>(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[E],
-    cols: std::ops::Range<usize>,
-    store: &impl Fn(usize, usize, f32),
-) {
-    use simd::{accumulate_avx512 as accumulate, tile_avx512 as tile};
-    use std::arch::x86_64::_mm512_setzero_ps;
-    let xp = x.as_ptr();
-    let wrow = |j: usize| w[j * k..].as_ptr();
-    // SAFETY (whole body): rows `i..i+MR` of x and `j..j+NR` of w exist by the loop
-    // bounds, and the caller guarantees AVX-512.
-    unsafe {
-        if m == 1 {
-            let mut j = cols.start;
-            while j + DECODE_NR <= cols.end {
-                let mut o = [[0.0; DECODE_NR]; 1];
-                tile::<E, 1, DECODE_NR>(xp, k, wrow(j), k, k, &mut o);
-                for (jj, v) in o[0].iter().enumerate() {
-                    store(0, j + jj, *v);
+impl<E: Elem> Product<'_, E> {
+    /// Columns `cols` of the product, written to `out` (`[m, n]`).
+    ///
+    /// # Safety
+    /// `out` must point to `m * n` writable f32s not otherwise accessed in `cols`.
+    unsafe fn columns(&self, out: *mut f32, cols: Range<usize>) {
+        let Product {
+            x,
+            m,
+            k,
+            w,
+            n,
+            bias,
+        } = *self;
+        let store = |i: usize, j: usize, v: f32| {
+            let v = v + bias.map_or(0.0, |b| b[j]);
+            // SAFETY: `i < m`, `j` in `cols`: inside `out` and owned by this call.
+            unsafe { *out.add(i * n + j) = v };
+        };
+
+        #[cfg(target_arch = "x86_64")]
+        if simd::has_avx512() {
+            // SAFETY: AVX-512 is present; the tiles read rows inside `x` and `w`.
+            unsafe {
+                if m == 1 {
+                    self.decode_avx512(cols, &store);
+                } else {
+                    self.blocked_avx512(cols, &store);
                 }
-                j += DECODE_NR;
-            }
-            for j in j..cols.end {
-                let mut o = [[0.0; 1]; 1];
-                tile::<E, 1, 1>(xp, k, wrow(j), k, k, &mut o);
-                store(0, j, o[0][0]);
             }
             return;
         }
+        for i in 0..m {
+            for j in cols.clone() {
+                store(
+                    i,
+                    j,
+                    simd::dot_scalar(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]),
+                );
+            }
+        }
+    }
 
+    /// `m == 1`: 1×8 tiles, each weight row streamed once.
+    ///
+    /// # Safety
+    /// AVX-512 must be present; `cols ⊆ 0..n`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn decode_avx512(&self, cols: Range<usize>, store: &impl Fn(usize, usize, f32)) {
+        use simd::tile_avx512 as tile;
+        let (xp, k) = (self.x.as_ptr(), self.k);
+        let wrow = |j: usize| self.w[j * k..].as_ptr();
+        let mut j = cols.start;
+        while j + DECODE_NR <= cols.end {
+            let mut o = [[0.0; DECODE_NR]; 1];
+            // SAFETY: rows `j..j + DECODE_NR` of w exist (loop bound); x is one row.
+            unsafe { tile::<E, 1, DECODE_NR>(xp, k, wrow(j), k, k, &mut o) };
+            for (jj, v) in o[0].iter().enumerate() {
+                store(0, j + jj, *v);
+            }
+            j += DECODE_NR;
+        }
+        for j in j..cols.end {
+            let mut o = [[0.0; 1]; 1];
+            // SAFETY: row `j` of w exists.
+            unsafe { tile::<E, 1, 1>(xp, k, wrow(j), k, k, &mut o) };
+            store(0, j, o[0][0]);
+        }
+    }
+
+    /// `m > 1`: m-blocks × 4×6 tiles × k-blocks (see the module doc).
+    ///
+    /// # Safety
+    /// AVX-512 must be present; `cols ⊆ 0..n`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn blocked_avx512(&self, cols: Range<usize>, store: &impl Fn(usize, usize, f32)) {
+        use simd::{accumulate_avx512 as accumulate, tile_avx512 as tile};
+        use std::arch::x86_64::_mm512_setzero_ps;
+        let (m, k) = (self.m, self.k);
+        let xp = self.x.as_ptr();
+        let wrow = |j: usize| self.w[j * k..].as_ptr();
         let mb = (X_BLOCK_BYTES / (k * 4)).max(MR) / MR * MR;
-        let zero = [[_mm512_setzero_ps(); NR]; MR];
+        // SAFETY: AVX-512 is present (this function's contract).
+        let zero = unsafe { [[_mm512_setzero_ps(); NR]; MR] };
         let mut acc_full = vec![zero; mb / MR];
         let mut acc_one = vec![[zero[0]]; MR];
         for m0 in (0..m).step_by(mb) {
@@ -149,20 +185,28 @@ unsafe fn tiled<E: Elem>(
                 let pw = wrow(j);
                 acc_full[..full].fill(zero);
                 acc_one[..rest.len()].fill([zero[0]]);
-                // k-blocks keep this block's x rows and the panel slice in L1.
+                // k-blocks keep this block's x rows and the weight slice in L1.
                 for k0 in (0..k).step_by(KC) {
                     let kl = KC.min(k - k0);
                     for (t, acc) in acc_full[..full].iter_mut().enumerate() {
                         let i = m0 + t * MR;
-                        accumulate::<E, MR, NR>(xp.add(i * k + k0), k, pw.add(k0), k, kl, acc);
+                        // SAFETY: rows `i..i + MR` of x and `j..j + NR` of w exist,
+                        // and `k0 + kl <= k`.
+                        unsafe {
+                            accumulate::<E, MR, NR>(xp.add(i * k + k0), k, pw.add(k0), k, kl, acc)
+                        };
                     }
                     for (acc, i) in acc_one.iter_mut().zip(rest.clone()) {
-                        accumulate::<E, 1, NR>(xp.add(i * k + k0), k, pw.add(k0), k, kl, acc);
+                        // SAFETY: as above, for the single row `i`.
+                        unsafe {
+                            accumulate::<E, 1, NR>(xp.add(i * k + k0), k, pw.add(k0), k, kl, acc)
+                        };
                     }
                 }
                 let mut o = [[0.0; NR]; MR];
                 for (t, acc) in acc_full[..full].iter().enumerate() {
-                    simd::reduce_tile_avx512(acc, &mut o);
+                    // SAFETY: AVX-512 is present.
+                    unsafe { simd::reduce_tile_avx512(acc, &mut o) };
                     for (ii, row) in o.iter().enumerate() {
                         for (jj, v) in row.iter().enumerate() {
                             store(m0 + t * MR + ii, j + jj, *v);
@@ -171,7 +215,8 @@ unsafe fn tiled<E: Elem>(
                 }
                 for (acc, i) in acc_one.iter().zip(rest.clone()) {
                     let mut o = [[0.0; NR]; 1];
-                    simd::reduce_tile_avx512(acc, &mut o);
+                    // SAFETY: AVX-512 is present.
+                    unsafe { simd::reduce_tile_avx512(acc, &mut o) };
                     for (jj, v) in o[0].iter().enumerate() {
                         store(i, j + jj, *v);
                     }
@@ -181,7 +226,8 @@ unsafe fn tiled<E: Elem>(
             for j in j..cols.end {
                 for i in m0..m1 {
                     let mut o = [[0.0; 1]; 1];
-                    tile::<E, 1, 1>(xp.add(i * k), k, wrow(j), k, k, &mut o);
+                    // SAFETY: row `i` of x and row `j` of w exist.
+                    unsafe { tile::<E, 1, 1>(xp.add(i * k), k, wrow(j), k, k, &mut o) };
                     store(i, j, o[0][0]);
                 }
             }
@@ -195,14 +241,25 @@ mod tests {
     use half::bf16;
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) % 997).map(|v| v as f32 / 500.0 - 1.0).collect()
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) % 997)
+            .map(|v| v as f32 / 500.0 - 1.0)
+            .collect()
     }
 
-    fn reference<E: Elem>(x: &[f32], m: usize, k: usize, w: &[E], n: usize, bias: &[f32]) -> Vec<f32> {
+    fn reference<E: Elem>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[E],
+        n: usize,
+        bias: &[f32],
+    ) -> Vec<f32> {
         let mut out = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {
-                out[i * n + j] = simd::dot_scalar(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]) + bias[j];
+                out[i * n + j] =
+                    simd::dot_scalar(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]) + bias[j];
             }
         }
         out
@@ -210,7 +267,14 @@ mod tests {
 
     #[test]
     fn every_shape_matches_the_scalar_reference_bit_for_bit() {
-        for (m, k, n) in [(1, 64, 40), (1, 33, 9), (2, 64, 13), (5, 100, 17), (9, 48, 64), (37, 2048, 11)] {
+        for (m, k, n) in [
+            (1, 64, 40),
+            (1, 33, 9),
+            (2, 64, 13),
+            (5, 100, 17),
+            (9, 48, 64),
+            (37, 2048, 11),
+        ] {
             let x = data(m * k, 1);
             let w = data(n * k, 2);
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();

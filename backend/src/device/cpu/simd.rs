@@ -104,7 +104,11 @@ pub fn dot_scalar<E: Elem>(x: &[f32], w: &[E]) -> f32 {
     let (xr, wr) = (xs.remainder(), ws.remainder());
     if !xr.is_empty() {
         for l in 0..LANES {
-            let (a, b) = if l < xr.len() { (xr[l], wr[l].widen()) } else { (0.0, 0.0) };
+            let (a, b) = if l < xr.len() {
+                (xr[l], wr[l].widen())
+            } else {
+                (0.0, 0.0)
+            };
             acc[l] = a.mul_add(b, acc[l]);
         }
     }
@@ -128,7 +132,7 @@ pub fn dot<E: Elem>(x: &[f32], w: &[E]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
 unsafe fn load16<E: Elem>(p: *const E) -> __m512 {
-    // SAFETY (all arms): the caller guarantees 16 readable elements at `p`.
+    // SAFETY: (all arms) the caller guarantees 16 readable elements at `p`.
     unsafe {
         match E::KIND {
             Kind::F32 => _mm512_loadu_ps(p.cast()),
@@ -145,7 +149,7 @@ unsafe fn load16<E: Elem>(p: *const E) -> __m512 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
 unsafe fn load16_masked<E: Elem>(p: *const E, mask: __mmask16) -> __m512 {
-    // SAFETY (all arms): masked-off lanes are not read; the caller guarantees the rest.
+    // SAFETY: (all arms) masked-off lanes are not read; the caller guarantees the rest.
     unsafe {
         match E::KIND {
             Kind::F32 => _mm512_maskz_loadu_ps(mask, p.cast()),
@@ -202,7 +206,7 @@ pub unsafe fn accumulate_avx512<E: Elem, const MR: usize, const NR: usize>(
     unsafe {
         for c in 0..chunks {
             let off = c * LANES;
-            if MR == 1 && (c * LANES * size_of::<E>()) % 64 == 0 {
+            if MR == 1 && (c * LANES * size_of::<E>()).is_multiple_of(64) {
                 for j in 0..NR {
                     let ahead = w.wrapping_add(j * ldw + off + PREFETCH_BYTES / size_of::<E>());
                     _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
@@ -238,6 +242,9 @@ pub unsafe fn accumulate_avx512<E: Elem, const MR: usize, const NR: usize>(
 }
 
 /// Reduce every accumulator of a tile with [`reduce16`]'s order.
+///
+/// # Safety
+/// AVX-512F must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
 pub fn reduce_tile_avx512<const MR: usize, const NR: usize>(
@@ -316,7 +323,10 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) % 1000).map(|v| v as f32 / 500.0 - 1.0).collect()
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) % 1000)
+            .map(|v| v as f32 / 500.0 - 1.0)
+            .collect()
     }
 
     #[test]
@@ -326,9 +336,21 @@ mod tests {
             let w = data(k, 2);
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-            assert_eq!(dot(&x, &w).to_bits(), dot_scalar(&x, &w).to_bits(), "f32 k={k}");
-            assert_eq!(dot(&x, &wb).to_bits(), dot_scalar(&x, &wb).to_bits(), "bf16 k={k}");
-            assert_eq!(dot(&x, &wh).to_bits(), dot_scalar(&x, &wh).to_bits(), "f16 k={k}");
+            assert_eq!(
+                dot(&x, &w).to_bits(),
+                dot_scalar(&x, &w).to_bits(),
+                "f32 k={k}"
+            );
+            assert_eq!(
+                dot(&x, &wb).to_bits(),
+                dot_scalar(&x, &wb).to_bits(),
+                "bf16 k={k}"
+            );
+            assert_eq!(
+                dot(&x, &wh).to_bits(),
+                dot_scalar(&x, &wh).to_bits(),
+                "f16 k={k}"
+            );
             let exact: f64 = x.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
             assert!((dot(&x, &w) as f64 - exact).abs() < 1e-4 * k as f64);
         }
