@@ -90,6 +90,69 @@ pub struct HostTensor {
     pub data: TensorData,
 }
 
+impl HostTensor {
+    /// Stack tensors with equal trailing dimensions along dimension 0 (fusing q/k/v
+    /// or gate/up projections into one matrix). Copies into owned memory.
+    pub fn concat_rows(name: &str, parts: Vec<HostTensor>) -> Result<HostTensor, LoadError> {
+        let first = parts
+            .first()
+            .ok_or_else(|| LoadError::Other(format!("{name}: nothing to fuse")))?;
+        let (dtype, tail) = (first.data.dtype(), first.shape[1..].to_vec());
+        if let Some(odd) = parts
+            .iter()
+            .find(|p| p.data.dtype() != dtype || p.shape[1..] != tail[..])
+        {
+            return Err(LoadError::Other(format!(
+                "cannot fuse `{}` ({:?}, {:?}) with `{}` ({:?}, {:?}) into `{name}`",
+                odd.name,
+                odd.data.dtype(),
+                odd.shape,
+                first.name,
+                dtype,
+                first.shape
+            )));
+        }
+        let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
+        let mut shape = vec![rows];
+        shape.extend_from_slice(&tail);
+        fn cat<T: bytemuck::Pod>(
+            parts: &[HostTensor],
+            slice: impl Fn(&TensorData) -> Option<&[T]>,
+        ) -> Storage<T> {
+            let mut out = Vec::with_capacity(
+                parts
+                    .iter()
+                    .map(|p| p.shape.iter().product::<usize>())
+                    .sum(),
+            );
+            for p in parts {
+                out.extend_from_slice(slice(&p.data).unwrap_or_default());
+            }
+            Storage::Owned(out)
+        }
+        // Every part has `dtype` (checked above), so each `slice` below matches.
+        let data = match dtype {
+            DType::F32 => TensorData::F32(cat(&parts, |d| match d {
+                TensorData::F32(s) => Some(s.as_slice()),
+                _ => None,
+            })),
+            DType::Bf16 => TensorData::Bf16(cat(&parts, |d| match d {
+                TensorData::Bf16(s) => Some(s.as_slice()),
+                _ => None,
+            })),
+            DType::F16 => TensorData::F16(cat(&parts, |d| match d {
+                TensorData::F16(s) => Some(s.as_slice()),
+                _ => None,
+            })),
+        };
+        Ok(HostTensor {
+            name: name.into(),
+            shape,
+            data,
+        })
+    }
+}
+
 /// A source of named parameters with expected shapes.
 pub trait WeightSource: Send + Sync {
     /// Load `name`, checking that it has exactly `shape`.
@@ -398,6 +461,32 @@ mod tests {
         let w = SafetensorsWeights::open(dir.path()).unwrap();
         assert_eq!(w.load("x", &[1]).unwrap().data.to_f32(), vec![1.0]);
         assert_eq!(w.load("y", &[1]).unwrap().data.to_f32(), vec![2.0]);
+    }
+
+    #[test]
+    fn concat_rows_stacks_and_refuses_mixed_dtypes() {
+        let d = DummyWeights {
+            dtype: DType::Bf16,
+            seed: 1,
+            has_lm_head: true,
+        };
+        let a = d.load("a", &[2, 3]).unwrap();
+        let b = d.load("b", &[1, 3]).unwrap();
+        let (av, bv) = (a.data.to_f32(), b.data.to_f32());
+        let ab = HostTensor::concat_rows("ab", vec![a, b]).unwrap();
+        assert_eq!(ab.shape, vec![3, 3]);
+        assert_eq!(ab.data.to_f32(), [av, bv].concat());
+
+        let f = DummyWeights {
+            dtype: DType::F32,
+            seed: 1,
+            has_lm_head: true,
+        };
+        let mixed = vec![d.load("a", &[2, 3]).unwrap(), f.load("c", &[2, 3]).unwrap()];
+        let msg = HostTensor::concat_rows("ac", mixed)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`c`") && msg.contains("`ac`"), "{msg}");
     }
 
     #[test]

@@ -49,3 +49,19 @@ fn broken_model_directory_is_a_clear_error() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Machines without AVX-512 take the scalar kernels, which implement the same
+/// arithmetic lane by lane: the generated text must not change.
+#[test]
+fn scalar_fallback_generates_the_same_text() {
+    let args = ["--max-new-tokens", "12", "--kv-cache-memory-mib", "16"];
+    let simd = rill(&args);
+    let scalar = Command::new(env!("CARGO_BIN_EXE_rill"))
+        .args(args)
+        .env("RILL_NO_AVX512", "1")
+        .env_remove("MODEL_ID")
+        .output()
+        .expect("run rill");
+    assert!(simd.status.success() && scalar.status.success());
+    assert_eq!(simd.stdout, scalar.stdout);
+}

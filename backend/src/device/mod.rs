@@ -8,10 +8,10 @@
 //! layer for K and for V, NHD) and addressed through the step's [`StepPlan`].
 //!
 //! The ops:
-//! embedding gather · linear (optional bias) · RMSNorm · rotary embedding ·
-//! KV-cache write · attention over a ragged batch from the paged cache (causal, GQA,
-//! sliding window) · SiLU-and-mul · residual add · row gather (for the LM head on
-//! sampled positions only).
+//! embedding gather · linear (optional bias) · column split · RMSNorm · rotary
+//! embedding · KV-cache write · attention over a ragged batch from the paged cache
+//! (causal, GQA, sliding window) · SiLU-and-mul · residual add · row gather (for the
+//! LM head on sampled positions only).
 
 pub mod cpu;
 
@@ -191,8 +191,17 @@ pub trait Device: Send + Sync + Sized + 'static {
         plan: &Self::Plan,
         out: &mut Self::Activation,
     );
-    /// `out = silu(gate) * up`
-    fn silu_mul(&self, gate: &Self::Activation, up: &Self::Activation, out: &mut Self::Activation);
+    /// `out = silu(gate) * up` where `gate_up = [gate | up]` column-wise (the fused
+    /// gate/up projection), so `out` has half the columns.
+    fn silu_mul(&self, gate_up: &Self::Activation, out: &mut Self::Activation);
+    /// Split `x` column-wise into `outs`, `widths[i]` columns each (the fused q/k/v
+    /// projection into q, k and v).
+    fn split_cols(
+        &self,
+        x: &Self::Activation,
+        widths: &[usize],
+        outs: &mut [&mut Self::Activation],
+    );
     /// `x += y`
     fn add_assign(&self, x: &mut Self::Activation, y: &Self::Activation);
     /// `out[i] = x[plan.sample_rows[i]]`

@@ -8,7 +8,7 @@
 use crate::config::ModelConfig;
 use crate::device::{AttentionShape, Device, StepPlan};
 use crate::error::LoadError;
-use crate::weights::WeightSource;
+use crate::weights::{HostTensor, WeightSource};
 
 struct Linear<D: Device> {
     weight: D::Weight,
@@ -17,13 +17,12 @@ struct Linear<D: Device> {
 
 struct Layer<D: Device> {
     input_norm: D::Weight,
-    q: Linear<D>,
-    k: Linear<D>,
-    v: Linear<D>,
+    /// q, k and v projections fused into one `[q + 2 kv, hidden]` matrix.
+    qkv: Linear<D>,
     o: Linear<D>,
     post_norm: D::Weight,
-    gate: Linear<D>,
-    up: Linear<D>,
+    /// gate and up projections fused into one `[2 intermediate, hidden]` matrix.
+    gate_up: Linear<D>,
     down: Linear<D>,
     attention: AttentionShape,
 }
@@ -58,6 +57,7 @@ impl<D: Device> Loader<'_, D> {
         self.device.weight(self.source.load(name, shape)?)
     }
 
+    /// One projection: `{prefix}.weight` `[out, inp]` and, with `bias`, `{prefix}.bias`.
     fn linear(
         &self,
         prefix: &str,
@@ -65,10 +65,36 @@ impl<D: Device> Loader<'_, D> {
         inp: usize,
         bias: bool,
     ) -> Result<Linear<D>, LoadError> {
+        self.fused(prefix, &[(prefix.to_string(), out)], inp, bias)
+    }
+
+    /// Projections of the same input stacked into one matrix named `name`, in the
+    /// order given (q/k/v, gate/up): one GEMM instead of several.
+    fn fused(
+        &self,
+        name: &str,
+        parts: &[(String, usize)],
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear<D>, LoadError> {
+        let load = |suffix: &str, shape: fn(usize, usize) -> Vec<usize>| {
+            let mut tensors = parts
+                .iter()
+                .map(|(prefix, out)| {
+                    self.source
+                        .load(&format!("{prefix}.{suffix}"), &shape(*out, inp))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let tensor = match tensors.len() {
+                1 => tensors.remove(0),
+                _ => HostTensor::concat_rows(&format!("{name}.{suffix}"), tensors)?,
+            };
+            self.device.weight(tensor)
+        };
         Ok(Linear {
-            weight: self.tensor(&format!("{prefix}.weight"), &[out, inp])?,
+            weight: load("weight", |out, inp| vec![out, inp])?,
             bias: if bias {
-                Some(self.tensor(&format!("{prefix}.bias"), &[out])?)
+                Some(load("bias", |out, _| vec![out])?)
             } else {
                 None
             },
@@ -94,20 +120,24 @@ impl<D: Device> Llama<D> {
                 let p = format!("model.layers.{i}");
                 Ok(Layer {
                     input_norm: ld.tensor(&format!("{p}.input_layernorm.weight"), &[h])?,
-                    q: ld.linear(&format!("{p}.self_attn.q_proj"), q_dim, h, c.qkv_bias)?,
-                    k: ld.linear(&format!("{p}.self_attn.k_proj"), kv_dim, h, c.qkv_bias)?,
-                    v: ld.linear(&format!("{p}.self_attn.v_proj"), kv_dim, h, c.qkv_bias)?,
+                    qkv: ld.fused(
+                        &format!("{p}.self_attn.qkv_proj"),
+                        &[
+                            (format!("{p}.self_attn.q_proj"), q_dim),
+                            (format!("{p}.self_attn.k_proj"), kv_dim),
+                            (format!("{p}.self_attn.v_proj"), kv_dim),
+                        ],
+                        h,
+                        c.qkv_bias,
+                    )?,
                     o: ld.linear(&format!("{p}.self_attn.o_proj"), h, q_dim, c.o_bias)?,
                     post_norm: ld.tensor(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                    gate: ld.linear(
-                        &format!("{p}.mlp.gate_proj"),
-                        c.intermediate_size,
-                        h,
-                        c.mlp_bias,
-                    )?,
-                    up: ld.linear(
-                        &format!("{p}.mlp.up_proj"),
-                        c.intermediate_size,
+                    gate_up: ld.fused(
+                        &format!("{p}.mlp.gate_up_proj"),
+                        &[
+                            (format!("{p}.mlp.gate_proj"), c.intermediate_size),
+                            (format!("{p}.mlp.up_proj"), c.intermediate_size),
+                        ],
                         h,
                         c.mlp_bias,
                     )?,
@@ -164,26 +194,19 @@ impl<D: Device> Llama<D> {
         let mut x = dev.activation(rows, c.hidden_size);
         dev.embed(&self.embed, plan, &mut x);
         let mut normed = dev.activation(rows, c.hidden_size);
-        let (mut q, mut k, mut v) = (
-            dev.activation(0, 0),
-            dev.activation(0, 0),
-            dev.activation(0, 0),
-        );
-        let (mut attn, mut proj) = (dev.activation(0, 0), dev.activation(0, 0));
-        let (mut gate, mut up, mut act) = (
-            dev.activation(0, 0),
-            dev.activation(0, 0),
-            dev.activation(0, 0),
-        );
+        let empty = || dev.activation(0, 0);
+        let (mut qkv, mut q, mut k, mut v) = (empty(), empty(), empty(), empty());
+        let (mut attn, mut proj, mut gate_up, mut act) = (empty(), empty(), empty(), empty());
+        let kv_dim = c.num_kv_heads * c.head_dim;
+        let qkv_widths = [c.num_heads * c.head_dim, kv_dim, kv_dim];
         let linear = |x: &D::Activation, l: &Linear<D>, out: &mut D::Activation| {
             dev.linear(x, &l.weight, l.bias.as_ref(), out)
         };
 
         for (i, layer) in self.layers.iter().enumerate() {
             dev.rms_norm(&x, &layer.input_norm, c.rms_norm_eps, &mut normed);
-            linear(&normed, &layer.q, &mut q);
-            linear(&normed, &layer.k, &mut k);
-            linear(&normed, &layer.v, &mut v);
+            linear(&normed, &layer.qkv, &mut qkv);
+            dev.split_cols(&qkv, &qkv_widths, &mut [&mut q, &mut k, &mut v]);
             dev.rope(&mut q, c.head_dim, plan);
             dev.rope(&mut k, c.head_dim, plan);
             dev.write_kv(cache, i, &k, &v, plan);
@@ -192,17 +215,16 @@ impl<D: Device> Llama<D> {
             dev.add_assign(&mut x, &proj);
 
             dev.rms_norm(&x, &layer.post_norm, c.rms_norm_eps, &mut normed);
-            linear(&normed, &layer.gate, &mut gate);
-            linear(&normed, &layer.up, &mut up);
-            dev.silu_mul(&gate, &up, &mut act);
+            linear(&normed, &layer.gate_up, &mut gate_up);
+            dev.silu_mul(&gate_up, &mut act);
             linear(&act, &layer.down, &mut proj);
             dev.add_assign(&mut x, &proj);
         }
 
-        let mut last = dev.activation(0, 0);
+        let mut last = empty();
         dev.gather_sample_rows(&x, plan, &mut last);
         dev.rms_norm(&last, &self.norm, c.rms_norm_eps, &mut normed);
-        let mut logits = dev.activation(0, 0);
+        let mut logits = empty();
         dev.linear(
             &normed,
             self.lm_head.as_ref().unwrap_or(&self.embed),

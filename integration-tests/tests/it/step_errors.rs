@@ -18,12 +18,15 @@ fn seq(id: u64, tokens: &[u32], start_pos: usize, blocks: &[u32]) -> SeqStep {
     }
 }
 
+/// Whether an error is the one a case expects.
+type IsExpected = fn(&StepError) -> bool;
+
 #[test]
 fn each_bad_batch_is_refused_with_its_reason() {
     let (_, mut runner) = harness::load(&fixture_model("llama"));
     let num_blocks = runner.num_blocks() as u32;
     let good = seq(1, &[1, 2, 3], 0, &[0]);
-    let cases: Vec<(SeqStep, fn(&StepError) -> bool)> = vec![
+    let cases: Vec<(SeqStep, IsExpected)> = vec![
         (seq(2, &[], 0, &[1]), |e| {
             matches!(e, StepError::EmptySequence { .. })
         }),

@@ -6,8 +6,9 @@
 //! bit-identical whatever `m`, the tile shapes or the thread count.
 //!
 //! - `m == 1` (batch-1 decode) is memory-bound: 1×8 tiles stream eight weight rows
-//!   at once, widening 16-bit weights in registers, so the weights are read exactly
-//!   once at close to memory bandwidth.
+//!   at once, widening 16-bit weights in registers and prefetching 2 KiB ahead (into
+//!   the next tile's rows near a row's end), so the weights are read exactly once at
+//!   close to memory bandwidth.
 //! - `m > 1` is compute-bound: 4×6 tiles over an `m`-block of `x` sized to stay in
 //!   L2, walked in k-blocks of 256 so the block's x rows and the weight slice stay in
 //!   L1; accumulators are kept across k-blocks, which leaves the per-element

@@ -227,16 +227,36 @@ impl Device for Cpu {
         attention::paged(q, &cache.k[layer], &cache.v[layer], shape, plan, out);
     }
 
-    fn silu_mul(&self, gate: &Mat, up: &Mat, out: &mut Mat) {
-        *out = Mat::zeros(gate.rows, gate.cols);
+    fn silu_mul(&self, gate_up: &Mat, out: &mut Mat) {
+        let half = gate_up.cols / 2;
+        *out = Mat::zeros(gate_up.rows, half);
         out.data
-            .par_chunks_mut(4096)
-            .zip(gate.data.par_chunks(4096).zip(up.data.par_chunks(4096)))
-            .for_each(|(o, (g, u))| {
+            .par_chunks_mut(half)
+            .zip(gate_up.data.par_chunks(gate_up.cols))
+            .for_each(|(o, gu)| {
+                let (g, u) = gu.split_at(half);
                 for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
                     *o = g / (1.0 + (-g).exp()) * u;
                 }
             });
+    }
+
+    fn split_cols(&self, x: &Mat, widths: &[usize], outs: &mut [&mut Mat]) {
+        debug_assert_eq!(widths.iter().sum::<usize>(), x.cols);
+        for (out, &w) in outs.iter_mut().zip(widths) {
+            **out = Mat {
+                data: Vec::with_capacity(x.rows * w),
+                rows: x.rows,
+                cols: w,
+            };
+        }
+        for row in x.data.chunks_exact(x.cols) {
+            let mut at = 0;
+            for (out, &w) in outs.iter_mut().zip(widths) {
+                out.data.extend_from_slice(&row[at..at + w]);
+                at += w;
+            }
+        }
     }
 
     fn add_assign(&self, x: &mut Mat, y: &Mat) {

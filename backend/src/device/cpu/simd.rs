@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use half::{bf16, f16};
 
 pub const LANES: usize = 16;
-const PREFETCH_BYTES: usize = 512;
+const PREFETCH_BYTES: usize = 2048;
 
 /// The element types a weight matrix may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,9 +207,17 @@ pub unsafe fn accumulate_avx512<E: Elem, const MR: usize, const NR: usize>(
         for c in 0..chunks {
             let off = c * LANES;
             if MR == 1 && (c * LANES * size_of::<E>()).is_multiple_of(64) {
+                // Near a row's end, prefetch the start of the row NR further on
+                // (the next tile's), so its streams are warm when that tile begins.
+                let ahead = off + PREFETCH_BYTES / size_of::<E>();
+                let (row, at) = if ahead < k {
+                    (0, ahead)
+                } else {
+                    (NR, ahead - k)
+                };
                 for j in 0..NR {
-                    let ahead = w.wrapping_add(j * ldw + off + PREFETCH_BYTES / size_of::<E>());
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                    let target = w.wrapping_add((j + row) * ldw + at);
+                    _mm_prefetch::<_MM_HINT_T0>(target.cast());
                 }
             }
             let mut wv = [_mm512_setzero_ps(); NR];
@@ -271,7 +279,7 @@ fn reduce16_avx512(a: __m512) -> f32 {
     _mm_cvtss_f32(s1)
 }
 
-/// Widen `src` into `dst` exactly (used to pack a weight panel once per block).
+/// Widen `src` into `dst` exactly (embedding rows).
 pub fn widen_into<E: Elem>(src: &[E], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "widen_into of unequal lengths");
     #[cfg(target_arch = "x86_64")]
@@ -302,12 +310,10 @@ pub fn widen_into<E: Elem>(src: &[E], dst: &mut [f32]) {
 unsafe fn widen_avx512<E: Elem>(src: &[E], dst: &mut [f32]) {
     let n = src.len();
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    // SAFETY: every access is below `n` (the tail is masked); prefetches never fault.
+    // SAFETY: every access is below `n` (the tail is masked).
     unsafe {
         let mut i = 0;
         while i + LANES <= n {
-            // The next panel follows this one in memory: start it on its way to L2.
-            _mm_prefetch::<_MM_HINT_T1>(s.wrapping_add(i + n).cast());
             _mm512_storeu_ps(d.add(i), load16(s.add(i)));
             i += LANES;
         }
