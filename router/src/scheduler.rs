@@ -1,0 +1,364 @@
+//! [`Scheduler`]: continuous batching with chunked prefill and recompute preemption
+//! (vLLM's design: one token budget per step, decodes first, prefill chunks after).
+//!
+//! Each [`Scheduler::schedule`] builds one [`ForwardBatch`]:
+//! 1. every running sequence that is decoding gets its next token, in admission
+//!    order; when its next token needs a block and none is free, the most recently
+//!    admitted sequence is preempted (its blocks freed, its tokens kept, and it goes
+//!    back to the front of the queue to be recomputed) — a request never fails for
+//!    lack of memory;
+//! 2. the rest of the token budget goes to prefill chunks: running sequences still
+//!    reading their prompt first, then waiting sequences in FIFO order, admitted only
+//!    when blocks for their chunk are free (head-of-line: a sequence that does not
+//!    fit is not skipped).
+//!
+//! [`Scheduler::update`] applies the step's output: cached-token counts advance,
+//! sampled tokens are appended, finished sequences free their blocks at once and are
+//! listed in the next batch's `released`. Plain synchronous data: the engine loop
+//! owns it, tests drive it directly.
+
+use std::collections::VecDeque;
+
+use rill_proto::{BLOCK_SIZE, ForwardBatch, SeqId, SeqStep, StepOutput, TokenId};
+
+use crate::block_manager::BlockManager;
+use crate::sequence::{FinishReason, Sequence};
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Tokens one step may run, decodes and prefill chunks together
+    /// (`--max-batch-prefill-tokens`).
+    pub max_batch_tokens: usize,
+    /// Sequences one step may hold (`--max-batch-size`).
+    pub max_batch_size: usize,
+}
+
+/// What a step did to one sequence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Update {
+    pub id: SeqId,
+    pub token: TokenId,
+    pub logprob: f32,
+    /// Set when this token ended the sequence (its blocks are already free).
+    pub finish: Option<FinishReason>,
+}
+
+/// Why a sequence cannot be queued.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddError {
+    #[error("{tokens} tokens (prompt + max_new_tokens) exceed the KV cache's {capacity}")]
+    TooLong { tokens: usize, capacity: usize },
+    #[error("{0} is already scheduled")]
+    Duplicate(SeqId),
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    blocks: BlockManager,
+    waiting: VecDeque<Sequence>,
+    /// Admitted sequences, oldest first.
+    running: Vec<Sequence>,
+    /// Sequences finished or aborted since the last batch.
+    released: Vec<SeqId>,
+    /// The last batch: each sequence and the tokens it ran.
+    in_flight: Vec<(SeqId, usize)>,
+    preemptions: u64,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig, num_blocks: usize) -> Self {
+        assert!(
+            config.max_batch_tokens > 0 && config.max_batch_size > 0,
+            "empty step budget"
+        );
+        Scheduler {
+            config,
+            blocks: BlockManager::new(num_blocks),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            released: Vec::new(),
+            in_flight: Vec::new(),
+            preemptions: 0,
+        }
+    }
+
+    /// Queue a sequence. It must fit the whole cache on its own, or it could
+    /// never finish.
+    pub fn add(&mut self, seq: Sequence) -> Result<(), AddError> {
+        let tokens = seq.prompt_len() + seq.stop.max_new_tokens;
+        let capacity = self.blocks.num_blocks() * BLOCK_SIZE;
+        if tokens > capacity {
+            return Err(AddError::TooLong { tokens, capacity });
+        }
+        if self.get(seq.id).is_some() {
+            return Err(AddError::Duplicate(seq.id));
+        }
+        self.waiting.push_back(seq);
+        Ok(())
+    }
+
+    pub fn blocks(&self) -> &BlockManager {
+        &self.blocks
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Preemptions so far.
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    pub fn get(&self, id: SeqId) -> Option<&Sequence> {
+        self.running
+            .iter()
+            .chain(&self.waiting)
+            .find(|s| s.id == id)
+    }
+
+    /// Build the next step's batch (empty when there is nothing to run).
+    pub fn schedule(&mut self) -> ForwardBatch {
+        let mut batch = ForwardBatch {
+            released: std::mem::take(&mut self.released),
+            ..Default::default()
+        };
+        self.in_flight.clear();
+        let mut budget = self.config.max_batch_tokens;
+
+        // Decodes, oldest first; a sequence may be preempted while we walk.
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 && batch.seqs.len() < self.config.max_batch_size
+        {
+            if !self.running[i].is_decoding() {
+                i += 1;
+                continue;
+            }
+            let need = self.running[i].blocks_needed(self.running[i].len());
+            if !self.grow_or_preempt(i, need) {
+                continue; // `i` itself was preempted; the next one moved into its place
+            }
+            self.push_step(&mut batch, i, 1);
+            budget -= 1;
+            i += 1;
+        }
+
+        // Prefill chunks: admitted sequences still reading their prompt, then the queue.
+        for i in 0..self.running.len() {
+            if budget == 0 || batch.seqs.len() >= self.config.max_batch_size {
+                break;
+            }
+            if self.running[i].is_decoding()
+                || self
+                    .in_flight
+                    .iter()
+                    .any(|(id, _)| *id == self.running[i].id)
+            {
+                continue;
+            }
+            if let Some(chunk) = self.reserve_chunk(i, budget) {
+                self.push_step(&mut batch, i, chunk);
+                budget -= chunk;
+            }
+        }
+        while budget > 0
+            && batch.seqs.len() < self.config.max_batch_size
+            && self.running.len() < self.config.max_batch_size
+        {
+            let Some(seq) = self.waiting.pop_front() else {
+                break;
+            };
+            self.running.push(seq);
+            let i = self.running.len() - 1;
+            match self.reserve_chunk(i, budget) {
+                Some(chunk) => {
+                    self.push_step(&mut batch, i, chunk);
+                    budget -= chunk;
+                }
+                None => {
+                    // Head-of-line: it waits (in front) until blocks free up.
+                    let seq = self.running.pop().expect("just pushed");
+                    self.waiting.push_front(seq);
+                    break;
+                }
+            }
+        }
+
+        // Every admitted sequence is stuck waiting for blocks another holds: free the
+        // youngest so the others can move (it is recomputed later).
+        if batch.seqs.is_empty() && !self.running.is_empty() {
+            self.preempt_youngest();
+            let released = std::mem::take(&mut batch.released);
+            let mut retry = self.schedule();
+            retry.released.splice(0..0, released);
+            return retry;
+        }
+        debug_assert!(
+            self.check_invariants().is_ok(),
+            "{:?}",
+            self.check_invariants()
+        );
+        batch
+    }
+
+    /// Apply a successful step's output.
+    pub fn update(&mut self, output: &StepOutput) -> Vec<Update> {
+        let mut updates = Vec::with_capacity(output.sampled.len());
+        for (id, n) in std::mem::take(&mut self.in_flight) {
+            let Some(i) = self.running.iter().position(|s| s.id == id) else {
+                continue;
+            };
+            self.running[i].advance(n);
+            let Some(sampled) = output.sampled.iter().find(|s| s.id == id) else {
+                continue;
+            };
+            let seq = &mut self.running[i];
+            seq.push(sampled.token);
+            let finish = seq.finish_reason();
+            updates.push(Update {
+                id,
+                token: sampled.token,
+                logprob: sampled.logprob,
+                finish,
+            });
+            if finish.is_some() {
+                self.remove(id);
+            }
+        }
+        debug_assert!(
+            self.check_invariants().is_ok(),
+            "{:?}",
+            self.check_invariants()
+        );
+        updates
+    }
+
+    /// The step failed: every sequence in it is dropped (its blocks freed) and
+    /// returned so the router can fail those requests.
+    pub fn fail_step(&mut self) -> Vec<SeqId> {
+        let ids: Vec<SeqId> = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        for id in &ids {
+            self.remove(*id);
+        }
+        ids
+    }
+
+    /// End a sequence early (stop sequence matched, client gone): its blocks are
+    /// freed now. Returns it, or `None` if it is unknown (already finished).
+    pub fn remove(&mut self, id: SeqId) -> Option<Sequence> {
+        let mut seq = if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            self.running.remove(i)
+        } else {
+            let i = self.waiting.iter().position(|s| s.id == id)?;
+            self.waiting.remove(i).expect("index from position")
+        };
+        self.blocks.free(seq.take_blocks());
+        self.in_flight.retain(|(f, _)| *f != id);
+        self.released.push(id);
+        Some(seq)
+    }
+
+    /// Make room for `need` more blocks for running sequence `i`, preempting the
+    /// youngest sequences if needed. False if `i` itself had to be preempted.
+    fn grow_or_preempt(&mut self, i: usize, need: usize) -> bool {
+        loop {
+            if let Some(blocks) = self.blocks.allocate(need) {
+                self.running[i].add_blocks(blocks);
+                return true;
+            }
+            let youngest = self.running.len() - 1;
+            self.preempt_youngest();
+            if youngest == i {
+                return false;
+            }
+        }
+    }
+
+    fn preempt_youngest(&mut self) {
+        let mut seq = self.running.pop().expect("something to preempt");
+        self.in_flight.retain(|(id, _)| *id != seq.id);
+        self.blocks.free(seq.take_blocks());
+        self.waiting.push_front(seq);
+        self.preemptions += 1;
+    }
+
+    /// Blocks for the next chunk of running sequence `i` (at most `budget` tokens,
+    /// fewer if fewer blocks are free); the chunk size, or `None` if nothing fits.
+    fn reserve_chunk(&mut self, i: usize, budget: usize) -> Option<usize> {
+        let seq = &self.running[i];
+        let start = seq.num_computed();
+        let room = (seq.blocks().len() + self.blocks.num_free()) * BLOCK_SIZE - start;
+        let chunk = seq.num_uncomputed().min(budget).min(room);
+        if chunk == 0 {
+            return None;
+        }
+        let need = seq.blocks_needed(start + chunk);
+        let blocks = self
+            .blocks
+            .allocate(need)
+            .expect("room was counted from free blocks");
+        self.running[i].add_blocks(blocks);
+        Some(chunk)
+    }
+
+    fn push_step(&mut self, batch: &mut ForwardBatch, i: usize, n: usize) {
+        let seq = &self.running[i];
+        let start = seq.num_computed();
+        batch.seqs.push(SeqStep {
+            id: seq.id,
+            tokens: seq.tokens()[start..start + n].to_vec(),
+            start_pos: start,
+            block_table: seq.blocks().to_vec(),
+            sample: start + n == seq.len(),
+        });
+        self.in_flight.push((seq.id, n));
+    }
+
+    /// Every block is owned once: by exactly one sequence or by the free list, and
+    /// every sequence holds the blocks its cached tokens need.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.blocks.check_invariants()?;
+        let mut owner = vec![None; self.blocks.num_blocks()];
+        for seq in self.running.iter().chain(&self.waiting) {
+            if seq.blocks().len() * BLOCK_SIZE < seq.num_computed() {
+                return Err(format!(
+                    "{} caches {} tokens in {} blocks",
+                    seq.id,
+                    seq.num_computed(),
+                    seq.blocks().len()
+                ));
+            }
+            for b in seq.blocks() {
+                if let Some(other) = owner[b.index()].replace(seq.id) {
+                    return Err(format!("{b:?} is held by {other} and {}", seq.id));
+                }
+            }
+        }
+        let held = owner.iter().filter(|o| o.is_some()).count();
+        if held != self.blocks.num_used() {
+            return Err(format!(
+                "sequences hold {held} blocks, the manager counts {} used",
+                self.blocks.num_used()
+            ));
+        }
+        if let Some(seq) = self.waiting.iter().find(|s| !s.blocks().is_empty()) {
+            return Err(format!("{} waits while holding blocks", seq.id));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,275 @@
+//! Scheduler tests against a fake runner that checks every cache slot it reads.
+
+use super::*;
+use crate::sequence::StopCriteria;
+use rill_proto::SampledToken;
+use std::collections::HashMap;
+
+/// A stand-in for the runner that checks the scheduler's bookkeeping: it keeps
+/// what each cache slot holds, verifies that a sampling sequence finds exactly its
+/// own tokens at every position of its block table, and samples a token that is
+/// a hash of the whole sequence (so recompute must reproduce it).
+#[derive(Default)]
+struct FakeRunner {
+    slots: HashMap<usize, (SeqId, usize, TokenId)>,
+    steps: usize,
+}
+
+impl FakeRunner {
+    fn step(&mut self, batch: &ForwardBatch) -> StepOutput {
+        self.steps += 1;
+        let mut sampled = Vec::new();
+        for s in &batch.seqs {
+            for (j, t) in s.tokens.iter().enumerate() {
+                let pos = s.start_pos + j;
+                let slot = s.block_table[pos / BLOCK_SIZE].index() * BLOCK_SIZE + pos % BLOCK_SIZE;
+                self.slots.insert(slot, (s.id, pos, *t));
+            }
+            if s.sample {
+                let mut h = 0xcbf2_9ce4_8422_2325u64;
+                for pos in 0..s.end_pos() {
+                    let slot =
+                        s.block_table[pos / BLOCK_SIZE].index() * BLOCK_SIZE + pos % BLOCK_SIZE;
+                    let (id, p, t) = self.slots[&slot];
+                    assert_eq!((id, p), (s.id, pos), "slot {slot} was overwritten");
+                    h = (h ^ t.0 as u64).wrapping_mul(0x100_0000_01b3);
+                }
+                sampled.push(SampledToken {
+                    id: s.id,
+                    token: TokenId((h % 1000) as u32 + 10),
+                    logprob: -1.0,
+                    logits: None,
+                });
+            }
+        }
+        StepOutput { sampled }
+    }
+}
+
+fn seq(id: u64, prompt_len: usize, max_new_tokens: usize) -> Sequence {
+    let prompt = (0..prompt_len as u32)
+        .map(|t| TokenId(t * 7 + id as u32))
+        .collect();
+    Sequence::new(
+        SeqId(id),
+        prompt,
+        StopCriteria {
+            max_new_tokens,
+            eos_token_ids: vec![3],
+            ignore_eos: false,
+        },
+    )
+}
+
+fn config(max_batch_tokens: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        max_batch_tokens,
+        max_batch_size: 64,
+    }
+}
+
+/// Run until idle; every sequence's generated tokens, by id.
+fn run(s: &mut Scheduler, runner: &mut FakeRunner) -> HashMap<SeqId, Vec<u32>> {
+    let mut out: HashMap<SeqId, Vec<u32>> = HashMap::new();
+    for _ in 0..10_000 {
+        if s.is_idle() {
+            assert_eq!(s.blocks().num_used(), 0, "idle but holding blocks");
+            return out;
+        }
+        let batch = s.schedule();
+        assert!(!batch.seqs.is_empty(), "no progress");
+        assert!(batch.num_tokens() <= s.config.max_batch_tokens);
+        for u in s.update(&runner.step(&batch)) {
+            out.entry(u.id).or_default().push(u.token.0);
+        }
+        s.check_invariants().unwrap();
+    }
+    panic!("did not finish");
+}
+
+#[test]
+fn long_prompt_is_prefilled_in_chunks_then_decoded() {
+    let mut s = Scheduler::new(config(8), 64);
+    let mut r = FakeRunner::default();
+    s.add(seq(1, 20, 4)).unwrap();
+    let mut shapes = Vec::new();
+    while !s.is_idle() {
+        let b = s.schedule();
+        shapes.push((
+            b.seqs[0].start_pos,
+            b.seqs[0].tokens.len(),
+            b.seqs[0].sample,
+        ));
+        s.update(&r.step(&b));
+    }
+    let decodes = [(20, 1, true), (21, 1, true), (22, 1, true)];
+    assert_eq!(
+        shapes,
+        [&[(0, 8, false), (8, 8, false), (16, 4, true)][..], &decodes].concat()
+    );
+}
+
+#[test]
+fn decodes_go_first_and_prefill_takes_the_rest_of_the_budget() {
+    let mut s = Scheduler::new(config(8), 64);
+    let mut r = FakeRunner::default();
+    s.add(seq(1, 4, 10)).unwrap();
+    let b = s.schedule();
+    s.update(&r.step(&b));
+    s.add(seq(2, 30, 10)).unwrap();
+    let b = s.schedule();
+    let shape: Vec<(u64, usize)> = b.seqs.iter().map(|x| (x.id.0, x.tokens.len())).collect();
+    assert_eq!(shape, vec![(1, 1), (2, 7)]);
+    assert!(b.seqs[0].sample && !b.seqs[1].sample);
+}
+
+#[test]
+fn finished_sequences_free_blocks_and_are_released() {
+    let mut s = Scheduler::new(config(64), 8);
+    let mut r = FakeRunner::default();
+    s.add(seq(1, 5, 3)).unwrap();
+    let mut finish = None;
+    while finish.is_none() {
+        let b = s.schedule();
+        finish = s.update(&r.step(&b)).last().and_then(|u| u.finish);
+    }
+    assert_eq!(finish, Some(FinishReason::Length));
+    assert_eq!(s.blocks().num_used(), 0);
+    assert_eq!(s.schedule().released, vec![SeqId(1)]);
+}
+
+#[test]
+fn eos_ends_a_sequence() {
+    let mut s = Scheduler::new(config(64), 8);
+    let mut r = FakeRunner::default();
+    let mut q = seq(1, 5, 50);
+    q.stop.eos_token_ids = (0..2000).collect();
+    s.add(q).unwrap();
+    let b = s.schedule();
+    let u = s.update(&r.step(&b));
+    assert_eq!(u[0].finish, Some(FinishReason::EosToken));
+    assert!(s.is_idle());
+}
+
+#[test]
+fn preemption_recomputes_and_changes_nothing() {
+    // Alone, with plenty of memory.
+    let alone: HashMap<SeqId, Vec<u32>> = (1..=4)
+        .flat_map(|i| {
+            let mut s = Scheduler::new(config(32), 64);
+            s.add(seq(i, 10 + i as usize, 40)).unwrap();
+            run(&mut s, &mut FakeRunner::default())
+        })
+        .collect();
+    // Together in a cache too small for all of them (4 × ~52 tokens in 8 blocks).
+    let mut s = Scheduler::new(config(32), 8);
+    for i in 1..=4 {
+        s.add(seq(i, 10 + i as usize, 40)).unwrap();
+    }
+    let together = run(&mut s, &mut FakeRunner::default());
+    assert!(s.preemptions() > 0, "the cache was meant to run out");
+    assert_eq!(together, alone);
+}
+
+#[test]
+fn removal_frees_blocks_whether_running_or_waiting() {
+    let mut s = Scheduler::new(config(16), 4);
+    let mut r = FakeRunner::default();
+    s.add(seq(1, 40, 5)).unwrap();
+    s.add(seq(2, 10, 5)).unwrap();
+    let b = s.schedule();
+    s.update(&r.step(&b));
+    assert!(s.blocks().num_used() > 0);
+    assert!(s.remove(SeqId(1)).is_some());
+    assert!(s.remove(SeqId(2)).is_some());
+    assert!(s.remove(SeqId(2)).is_none());
+    assert_eq!(s.blocks().num_used(), 0);
+    assert!(s.is_idle());
+    let b = s.schedule();
+    assert_eq!(b.released, vec![SeqId(1), SeqId(2)]);
+    assert!(b.seqs.is_empty());
+}
+
+#[test]
+fn a_failed_step_drops_its_sequences() {
+    let mut s = Scheduler::new(config(16), 8);
+    s.add(seq(1, 5, 5)).unwrap();
+    s.add(seq(2, 5, 5)).unwrap();
+    s.schedule();
+    let mut failed = s.fail_step();
+    failed.sort();
+    assert_eq!(failed, vec![SeqId(1), SeqId(2)]);
+    assert!(s.is_idle());
+    assert_eq!(s.blocks().num_used(), 0);
+}
+
+#[test]
+fn sequences_that_can_never_fit_are_refused() {
+    let mut s = Scheduler::new(config(16), 2);
+    assert_eq!(
+        s.add(seq(1, 30, 3)),
+        Err(AddError::TooLong {
+            tokens: 33,
+            capacity: 32
+        })
+    );
+    s.add(seq(1, 10, 3)).unwrap();
+    assert_eq!(s.add(seq(1, 10, 3)), Err(AddError::Duplicate(SeqId(1))));
+}
+
+#[test]
+fn batch_size_limit_holds() {
+    let mut s = Scheduler::new(
+        SchedulerConfig {
+            max_batch_tokens: 1000,
+            max_batch_size: 3,
+        },
+        64,
+    );
+    for i in 0..5 {
+        s.add(seq(i, 4, 2)).unwrap();
+    }
+    let b = s.schedule();
+    assert_eq!(b.seqs.len(), 3);
+    assert_eq!(s.num_waiting(), 2);
+}
+
+/// Random arrivals, lengths and removals against a small cache: invariants hold
+/// after every step and nothing leaks.
+#[test]
+fn random_workload_keeps_invariants_and_leaks_nothing() {
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut s = Scheduler::new(
+        SchedulerConfig {
+            max_batch_tokens: 24,
+            max_batch_size: 6,
+        },
+        12,
+    );
+    let mut r = FakeRunner::default();
+    let mut id = 0;
+    for step in 0..3000 {
+        if step < 2500 && next(3) == 0 {
+            id += 1;
+            let _ = s.add(seq(id, 1 + next(60) as usize, 1 + next(40) as usize));
+        }
+        if next(20) == 0 && id > 0 {
+            s.remove(SeqId(1 + next(id)));
+        }
+        let b = s.schedule();
+        if !b.seqs.is_empty() {
+            s.update(&r.step(&b));
+        }
+        s.check_invariants().unwrap();
+    }
+    run(&mut s, &mut r);
+    assert!(s.is_idle());
+    assert_eq!(s.blocks().num_used(), 0);
+    assert!(s.preemptions() > 0);
+}

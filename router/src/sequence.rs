@@ -1,0 +1,140 @@
+//! [`Sequence`]: one generation stream as the scheduler sees it.
+//!
+//! A sequence is its tokens (prompt, then what was generated), how many of them
+//! have K/V in the cache (`num_computed`), the blocks holding them, and when to stop.
+//! The next step always runs tokens `num_computed..len()`: a prefill chunk while the
+//! prompt is being read, a single decode token afterwards, or the whole sequence
+//! again after a preemption (recompute keeps every generated token).
+
+use rill_proto::{BLOCK_SIZE, BlockId, SeqId, TokenId, blocks_for};
+
+/// Why a sequence stopped (TGI's `finish_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_new_tokens` reached.
+    Length,
+    /// An EOS token was generated.
+    EosToken,
+    /// A stop sequence matched (decided by the router on the text).
+    StopSequence,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::EosToken => "eos_token",
+            FinishReason::StopSequence => "stop_sequence",
+        }
+    }
+}
+
+/// When the engine itself ends a sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StopCriteria {
+    pub max_new_tokens: usize,
+    pub eos_token_ids: Vec<u32>,
+    /// Keep going past EOS (fixed-length benchmarks).
+    pub ignore_eos: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sequence {
+    pub id: SeqId,
+    tokens: Vec<TokenId>,
+    prompt_len: usize,
+    num_computed: usize,
+    blocks: Vec<BlockId>,
+    pub stop: StopCriteria,
+}
+
+impl Sequence {
+    /// A new sequence; `prompt` must not be empty (validation guarantees it).
+    pub fn new(id: SeqId, prompt: Vec<TokenId>, stop: StopCriteria) -> Self {
+        assert!(!prompt.is_empty(), "{id}: empty prompt");
+        Sequence {
+            id,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            num_computed: 0,
+            blocks: Vec::new(),
+            stop,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
+    pub fn tokens(&self) -> &[TokenId] {
+        &self.tokens
+    }
+
+    pub fn generated(&self) -> &[TokenId] {
+        &self.tokens[self.prompt_len..]
+    }
+
+    pub fn num_computed(&self) -> usize {
+        self.num_computed
+    }
+
+    pub fn blocks(&self) -> &[BlockId] {
+        &self.blocks
+    }
+
+    /// Tokens the next step(s) must still run.
+    pub fn num_uncomputed(&self) -> usize {
+        self.len() - self.num_computed
+    }
+
+    /// Whether only the last sampled token is left to run.
+    pub fn is_decoding(&self) -> bool {
+        self.num_uncomputed() == 1 && self.len() > self.prompt_len
+    }
+
+    /// Blocks missing to hold the first `tokens` tokens.
+    pub fn blocks_needed(&self, tokens: usize) -> usize {
+        blocks_for(tokens).saturating_sub(self.blocks.len())
+    }
+
+    pub(crate) fn add_blocks(&mut self, blocks: Vec<BlockId>) {
+        self.blocks.extend(blocks);
+        debug_assert!(self.blocks.len() * BLOCK_SIZE >= self.num_computed);
+    }
+
+    /// Mark `n` more tokens as cached (after a successful step).
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.num_computed += n;
+        debug_assert!(self.num_computed <= self.len());
+    }
+
+    pub(crate) fn push(&mut self, token: TokenId) {
+        self.tokens.push(token);
+    }
+
+    /// Drop the cache: the blocks go back, everything will be recomputed.
+    pub(crate) fn take_blocks(&mut self) -> Vec<BlockId> {
+        self.num_computed = 0;
+        std::mem::take(&mut self.blocks)
+    }
+
+    /// Whether the last token ends the sequence, and why.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        let last = self.generated().last()?;
+        if !self.stop.ignore_eos && self.stop.eos_token_ids.contains(&last.0) {
+            Some(FinishReason::EosToken)
+        } else if self.generated().len() >= self.stop.max_new_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+}
