@@ -9,6 +9,7 @@
 //! cache geometry ([`BLOCK_SIZE`]) is part of the contract because the router's
 //! block manager and the backend's cache must agree on it.
 
+pub mod api;
 mod batch;
 mod ids;
 

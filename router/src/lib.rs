@@ -6,5 +6,10 @@
 //! engine-loop thread. The HTTP server, validation and metrics build on them.
 
 pub mod block_manager;
+pub mod detokenizer;
+pub mod engine;
+pub mod infer;
 pub mod scheduler;
 pub mod sequence;
+pub mod server;
+pub mod validation;

@@ -1,20 +1,27 @@
-//! `rill`: load a Hugging Face model directory and run it.
+//! `rill`: serve a Hugging Face model directory over TGI's HTTP API.
 //!
-//! Until the HTTP router lands (it is the next piece of work), the binary loads the
-//! model — the bundled fixture when no `--model-id` is given — onto the chosen
-//! device, runs a greedy generation of `--prompt` as a smoke test, and reports what
-//! it loaded and how fast it ran.
+//! The port opens at once; the model loads in the background (`/health` says 503
+//! until it is ready). Defaults that depend on the model (`--max-total-tokens`,
+//! `--max-input-tokens`) are derived from it and the KV cache, printed at start-up,
+//! and inconsistent settings are refused with a message saying what to change.
 
 mod model_id;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use rill_backend::{Cpu, DType, LoadFormat, ModelDir, Runner, RunnerOptions};
-use rill_proto::{BLOCK_SIZE, BlockId, ForwardBatch, SeqId, SeqStep, TokenId};
+use rill_proto::BLOCK_SIZE;
+use rill_proto::api::Info;
+use rill_router::engine::{self, EngineStats};
+use rill_router::infer::Infer;
+use rill_router::scheduler::SchedulerConfig;
+use rill_router::server::{self, AppState};
+use rill_router::validation::Limits;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum DeviceArg {
@@ -43,6 +50,31 @@ struct Args {
     /// Default: the small model bundled with the repository.
     #[arg(long, env = "MODEL_ID")]
     model_id: Option<String>,
+    #[arg(long, env = "HOSTNAME", default_value = "0.0.0.0")]
+    hostname: String,
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    port: u16,
+    /// Requests in flight at once; more are refused with 429.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 128)]
+    max_concurrent_requests: usize,
+    #[arg(long, env = "MAX_BEST_OF", default_value_t = 2)]
+    max_best_of: usize,
+    #[arg(long, env = "MAX_STOP_SEQUENCES", default_value_t = 4)]
+    max_stop_sequences: usize,
+    #[arg(long, env = "MAX_TOP_N_TOKENS", default_value_t = 5)]
+    max_top_n_tokens: u32,
+    /// Longest prompt (default: max total tokens - 1).
+    #[arg(long, env = "MAX_INPUT_TOKENS")]
+    max_input_tokens: Option<usize>,
+    /// Longest prompt + generation (default: the model's maximum, capped by the KV cache).
+    #[arg(long, env = "MAX_TOTAL_TOKENS")]
+    max_total_tokens: Option<usize>,
+    /// Tokens one engine step may run (decodes + prefill chunks).
+    #[arg(long, env = "MAX_BATCH_PREFILL_TOKENS", default_value_t = 512)]
+    max_batch_prefill_tokens: usize,
+    /// Sequences one engine step may hold (default: max concurrent requests).
+    #[arg(long, env = "MAX_BATCH_SIZE")]
+    max_batch_size: Option<usize>,
     /// Where to run the model.
     #[arg(long, env = "DEVICE", value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
@@ -58,12 +90,12 @@ struct Args {
     /// CPU threads (default: one per core).
     #[arg(long, env = "NUM_THREADS")]
     num_threads: Option<usize>,
-    /// Prompt of the start-up smoke generation.
-    #[arg(long, default_value = "The quick brown fox")]
-    prompt: String,
-    /// Tokens to generate for the smoke generation.
-    #[arg(long, default_value_t = 16)]
-    max_new_tokens: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "PAYLOAD_LIMIT", default_value_t = 2_000_000)]
+    payload_limit: usize,
+    /// Seconds to let in-flight requests finish after SIGINT/SIGTERM.
+    #[arg(long, env = "GRACEFUL_TERMINATION_TIMEOUT", default_value_t = 90)]
+    graceful_termination_timeout: u64,
     /// Log as JSON lines.
     #[arg(long, env = "JSON_OUTPUT")]
     json_output: bool,
@@ -73,27 +105,21 @@ fn bundled_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../integration-tests/fixtures/models/llama")
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Logs go to stderr; stdout carries only the generated text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if args.json_output {
+    if json {
         logs.json().init();
     } else {
         logs.with_ansi(std::io::stderr().is_terminal()).init();
     }
+}
 
-    let dir = match &args.model_id {
-        None => bundled_model(),
-        Some(id) => model_id::resolve(id)?,
-    };
-    if args.device == DeviceArg::Cuda {
-        bail!("--device cuda: this build has no CUDA engine yet; use --device cpu");
-    }
+/// Load the model and start the engine; runs on a blocking thread.
+fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
     let device = match args.num_threads {
         Some(n) => Cpu::with_threads(n),
         None => Cpu::new(),
@@ -105,88 +131,171 @@ fn main() -> Result<()> {
                 .with_context(|| format!("unknown --dtype `{}`", args.dtype))?,
         ),
     };
-
     let t = Instant::now();
-    let model = ModelDir::open(&dir)?;
+    let model = ModelDir::open(dir)?;
     let opts = RunnerOptions {
         kv_cache_bytes: args.kv_cache_memory_mib << 20,
         load_format,
     };
     let threads = device.threads();
-    let mut runner = Runner::load(&dir, &model.config, device, &opts)?;
+    let runner = Runner::load(dir, &model.config, device, &opts)?;
     let c = &model.config;
+    let capacity = runner.num_blocks() * BLOCK_SIZE;
+
+    let max_total = args
+        .max_total_tokens
+        .unwrap_or(c.max_position_embeddings.min(capacity));
+    let max_input = args.max_input_tokens.unwrap_or(max_total.saturating_sub(1));
+    if max_input == 0 || max_input >= max_total {
+        bail!(
+            "--max-input-tokens ({max_input}) must be positive and less than --max-total-tokens ({max_total})"
+        );
+    }
+    if max_total > capacity {
+        bail!(
+            "--max-total-tokens ({max_total}) exceeds the KV cache's {capacity} tokens: \
+             raise --kv-cache-memory-mib or lower --max-total-tokens"
+        );
+    }
+    if max_total > c.max_position_embeddings {
+        bail!(
+            "--max-total-tokens ({max_total}) exceeds the model's max_position_embeddings ({})",
+            c.max_position_embeddings
+        );
+    }
+    if args.max_batch_prefill_tokens == 0 {
+        bail!("--max-batch-prefill-tokens must be positive");
+    }
+    let max_batch_size = args
+        .max_batch_size
+        .unwrap_or(args.max_concurrent_requests)
+        .max(1);
     tracing::info!(
         model = %dir.display(),
         architecture = c.architecture.hf_name(),
         parameters = c.num_parameters(),
-        layers = c.num_layers,
-        hidden = c.hidden_size,
-        vocab = c.vocab_size,
         device = runner.device_name(),
         threads,
         kv_blocks = runner.num_blocks(),
-        kv_tokens = runner.num_blocks() * BLOCK_SIZE,
+        kv_tokens = capacity,
+        max_input_tokens = max_input,
+        max_total_tokens = max_total,
+        max_batch_prefill_tokens = args.max_batch_prefill_tokens,
+        max_batch_size,
         load_ms = t.elapsed().as_millis() as u64,
         "model loaded"
     );
+    let config = SchedulerConfig {
+        max_batch_tokens: args.max_batch_prefill_tokens,
+        max_batch_size,
+    };
+    let stats = Arc::new(Mutex::new(EngineStats::default()));
+    let engine = engine::spawn(runner, config, model.eos_token_ids.clone(), stats);
+    let limits = Limits {
+        max_input_tokens: max_input,
+        max_total_tokens: max_total,
+        max_stop_sequences: args.max_stop_sequences,
+        max_top_n_tokens: args.max_top_n_tokens,
+        max_best_of: args.max_best_of,
+    };
+    Ok(Infer::new(
+        engine,
+        Arc::new(model.tokenizer),
+        limits,
+        args.max_concurrent_requests,
+    ))
+}
 
-    let prompt: Vec<u32> = model
-        .tokenizer
-        .encode(args.prompt.as_str(), true)
-        .map_err(|e| anyhow::anyhow!("cannot tokenize the prompt: {e}"))?
-        .get_ids()
-        .to_vec();
-    let total = prompt.len() + args.max_new_tokens;
-    if prompt.is_empty()
-        || total > c.max_position_embeddings
-        || total.div_ceil(BLOCK_SIZE) > runner.num_blocks()
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
     {
-        bail!(
-            "prompt of {} tokens + {} new tokens does not fit this model and KV cache",
-            prompt.len(),
-            args.max_new_tokens
-        );
-    }
-    let blocks: Vec<BlockId> = (0..total.div_ceil(BLOCK_SIZE) as u32)
-        .map(BlockId)
-        .collect();
-    let t = Instant::now();
-    let (mut tokens, mut pos, mut generated) = (prompt.clone(), 0, Vec::new());
-    while generated.len() < args.max_new_tokens {
-        let new: Vec<TokenId> = tokens[pos..].iter().copied().map(TokenId).collect();
-        let end = pos + new.len();
-        let step = SeqStep {
-            id: SeqId(0),
-            tokens: new,
-            start_pos: pos,
-            block_table: blocks[..end.div_ceil(BLOCK_SIZE)].to_vec(),
-            sample: true,
-        };
-        let out = runner.step(&ForwardBatch {
-            seqs: vec![step],
-            ..Default::default()
-        })?;
-        let token = out.sampled[0].token.0;
-        pos = end;
-        tokens.push(token);
-        generated.push(token);
-        if model.eos_token_ids.contains(&token) {
-            break;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
         }
     }
-    let secs = t.elapsed().as_secs_f64();
-    let text = model
-        .tokenizer
-        .decode(&generated, true)
-        .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?;
-    tracing::info!(
-        prompt_tokens = prompt.len(),
-        generated_tokens = generated.len(),
-        tokens_per_s = format!("{:.1}", generated.len() as f64 / secs),
-        "smoke generation: {:?} -> {:?}",
-        args.prompt,
-        text
-    );
-    println!("{}{}", args.prompt, text);
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    init_logs(args.json_output);
+    if args.device == DeviceArg::Cuda {
+        bail!("--device cuda: this build has no CUDA engine yet; use --device cpu");
+    }
+    let dir = match &args.model_id {
+        None => bundled_model(),
+        Some(id) => model_id::resolve(id)?,
+    };
+    let model_name = args
+        .model_id
+        .clone()
+        .unwrap_or_else(|| dir.display().to_string());
+
+    let addr = format!("{}:{}", args.hostname, args.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!("listening on {}", listener.local_addr()?);
+
+    let state = Arc::new(AppState {
+        info: Info {
+            model_id: model_name,
+            model_sha: None,
+            model_pipeline_tag: Some("text-generation".into()),
+            max_concurrent_requests: args.max_concurrent_requests,
+            max_best_of: args.max_best_of,
+            max_stop_sequences: args.max_stop_sequences,
+            max_input_tokens: 0,
+            max_total_tokens: 0,
+            validation_workers: 1,
+            max_client_batch_size: 1,
+            router: "rill".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            sha: None,
+            docker_label: None,
+        },
+        ready: OnceLock::new(),
+        started: Instant::now(),
+        estimated_load_secs: 10.0,
+    });
+    let app = server::router(Arc::clone(&state), args.payload_limit);
+
+    let timeout = Duration::from_secs(args.graceful_termination_timeout);
+    {
+        let state = Arc::clone(&state);
+        tokio::task::spawn_blocking(move || match load(&args, &dir) {
+            Ok(infer) => {
+                let _ = state.ready.set(infer);
+            }
+            Err(e) => {
+                tracing::error!("cannot load the model: {e:#}");
+                std::process::exit(1);
+            }
+        });
+    }
+
+    // SIGINT/SIGTERM: stop accepting, let in-flight requests finish, but no longer
+    // than the termination timeout.
+    let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = signalled.send(true);
+    });
+    let deadline = async move {
+        let _ = on_signal.wait_for(|s| *s).await;
+        tokio::time::sleep(timeout).await;
+    };
+    tokio::select! {
+        served = serve => served?,
+        _ = deadline => tracing::warn!("graceful termination timeout: exiting with requests in flight"),
+    }
+    tracing::info!("stopped");
     Ok(())
 }

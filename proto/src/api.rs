@@ -1,0 +1,141 @@
+//! TGI's HTTP wire types, field for field (`/generate`, `/generate_stream`, `/info`,
+//! errors), so TGI clients work unchanged.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct GenerateParameters {
+    #[serde(default)]
+    pub best_of: Option<usize>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<i32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub typical_p: Option<f32>,
+    #[serde(default)]
+    pub do_sample: bool,
+    #[serde(default)]
+    pub max_new_tokens: Option<u32>,
+    #[serde(default)]
+    pub return_full_text: Option<bool>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    #[serde(default)]
+    pub truncate: Option<usize>,
+    #[serde(default)]
+    pub watermark: bool,
+    #[serde(default)]
+    pub details: bool,
+    #[serde(default)]
+    pub decoder_input_details: bool,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub top_n_tokens: Option<u32>,
+    #[serde(default)]
+    pub grammar: Option<serde_json::Value>,
+    #[serde(default)]
+    pub adapter_id: Option<String>,
+    /// Rill extension for benchmarks: generate exactly `max_new_tokens`, ignoring EOS.
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct GenerateRequest {
+    pub inputs: String,
+    #[serde(default)]
+    pub parameters: Option<GenerateParameters>,
+}
+
+/// `POST /` (TGI compat): `stream` picks `/generate_stream` or `/generate`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct CompatGenerateRequest {
+    pub inputs: String,
+    #[serde(default)]
+    pub parameters: Option<GenerateParameters>,
+    #[serde(default)]
+    pub stream: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Token {
+    pub id: u32,
+    pub text: String,
+    pub logprob: f32,
+    pub special: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct PrefillToken {
+    pub id: u32,
+    pub text: String,
+    pub logprob: Option<f32>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Details {
+    pub finish_reason: String,
+    pub generated_tokens: u32,
+    pub seed: Option<u64>,
+    pub prefill: Vec<PrefillToken>,
+    pub tokens: Vec<Token>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_tokens: Vec<Vec<Token>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct GenerateResponse {
+    pub generated_text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Details>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct StreamDetails {
+    pub finish_reason: String,
+    pub generated_tokens: u32,
+    pub seed: Option<u64>,
+    pub input_length: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct StreamResponse {
+    pub index: u32,
+    pub token: Token,
+    pub top_tokens: Vec<Token>,
+    pub generated_text: Option<String>,
+    pub details: Option<StreamDetails>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct ErrorResponse {
+    pub error: String,
+    pub error_type: String,
+}
+
+/// `GET /info`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Info {
+    pub model_id: String,
+    pub model_sha: Option<String>,
+    pub model_pipeline_tag: Option<String>,
+    pub max_concurrent_requests: usize,
+    pub max_best_of: usize,
+    pub max_stop_sequences: usize,
+    pub max_input_tokens: usize,
+    pub max_total_tokens: usize,
+    pub validation_workers: usize,
+    pub max_client_batch_size: usize,
+    pub router: String,
+    pub version: String,
+    pub sha: Option<String>,
+    pub docker_label: Option<String>,
+}

@@ -1,0 +1,229 @@
+//! The engine loop: one dedicated thread that owns the [`Scheduler`] and the
+//! backend's `Runner`, and talks to the async HTTP side over channels.
+//!
+//! Its step is the table of contents of the system (nano-vllm's shape):
+//! `intake()` → `scheduler.schedule()` → `runner.step(&batch)` → `postprocess()`.
+//! Requests arrive as [`Submission`]s; each gets an unbounded channel of
+//! [`EngineEvent`]s back. A receiver that is dropped (client gone, stop string
+//! matched) is noticed before the next step and its sequence removed, so its blocks
+//! come back within one step; queued requests whose receiver is gone are dropped
+//! before they cost anything.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use rill_backend::Runner;
+use rill_backend::device::Device;
+use rill_proto::{SeqId, TokenId};
+use tokio::sync::mpsc as async_mpsc;
+
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::sequence::{FinishReason, Sequence, StopCriteria};
+
+/// What one request asks the engine for.
+#[derive(Clone, Debug)]
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub max_new_tokens: usize,
+    /// Generate exactly `max_new_tokens` (benchmarks).
+    pub ignore_eos: bool,
+}
+
+/// What the engine says about a request, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineEvent {
+    Token {
+        token: TokenId,
+        logprob: f32,
+        finish: Option<FinishReason>,
+    },
+    /// The request failed in the engine; nothing follows.
+    Error(String),
+}
+
+struct Submission {
+    id: SeqId,
+    request: GenerationRequest,
+    events: async_mpsc::UnboundedSender<EngineEvent>,
+}
+
+/// The async side's handle on the engine thread. Dropping every handle stops it.
+#[derive(Debug)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Submission>,
+    next_id: AtomicU64,
+}
+
+impl EngineHandle {
+    /// Queue a request; its events arrive on the returned receiver. Dropping the
+    /// receiver cancels the request.
+    pub fn submit(&self, request: GenerationRequest) -> async_mpsc::UnboundedReceiver<EngineEvent> {
+        let (events, rx) = async_mpsc::unbounded_channel();
+        let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        if let Err(mpsc::SendError(s)) = self.tx.send(Submission {
+            id,
+            request,
+            events,
+        }) {
+            let _ = s
+                .events
+                .send(EngineEvent::Error("the engine has stopped".into()));
+        }
+        rx
+    }
+}
+
+/// Live state the engine loop keeps beside the scheduler.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    pub running: usize,
+    pub waiting: usize,
+    pub blocks_used: usize,
+    pub blocks_total: usize,
+    pub preemptions: u64,
+}
+
+/// Start the engine thread.
+pub fn spawn<D: Device>(
+    runner: Runner<D>,
+    config: SchedulerConfig,
+    eos_token_ids: Vec<u32>,
+    stats: std::sync::Arc<std::sync::Mutex<EngineStats>>,
+) -> EngineHandle
+where
+    Runner<D>: Send,
+{
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("rill-engine".into())
+        .spawn(move || {
+            let scheduler = Scheduler::new(config, runner.num_blocks());
+            EngineLoop {
+                runner,
+                scheduler,
+                rx,
+                replies: HashMap::new(),
+                eos_token_ids,
+                stats,
+            }
+            .run()
+        })
+        // Only fails if the OS cannot create a thread at start-up.
+        .expect("cannot start the engine thread");
+    EngineHandle {
+        tx,
+        next_id: AtomicU64::new(0),
+    }
+}
+
+struct EngineLoop<D: Device> {
+    runner: Runner<D>,
+    scheduler: Scheduler,
+    rx: mpsc::Receiver<Submission>,
+    replies: HashMap<SeqId, async_mpsc::UnboundedSender<EngineEvent>>,
+    eos_token_ids: Vec<u32>,
+    stats: std::sync::Arc<std::sync::Mutex<EngineStats>>,
+}
+
+impl<D: Device> EngineLoop<D> {
+    fn run(mut self) {
+        while self.intake() {
+            let batch = self.scheduler.schedule();
+            if batch.seqs.is_empty() {
+                continue;
+            }
+            match self.runner.step(&batch) {
+                Ok(output) => self.postprocess(&output),
+                Err(e) => {
+                    tracing::error!(error = %e, "step failed; failing its requests");
+                    for id in self.scheduler.fail_step() {
+                        self.reply(id, EngineEvent::Error(format!("generation failed: {e}")));
+                        self.replies.remove(&id);
+                    }
+                }
+            }
+            self.publish_stats();
+        }
+    }
+
+    /// Take new requests (blocking while there is nothing to do) and drop the
+    /// ones whose receiver is gone. False when the engine should stop.
+    fn intake(&mut self) -> bool {
+        if self.scheduler.is_idle() {
+            self.publish_stats();
+            match self.rx.recv() {
+                Ok(s) => self.admit(s),
+                Err(_) => return false,
+            }
+        }
+        while let Ok(s) = self.rx.try_recv() {
+            self.admit(s);
+        }
+        let gone: Vec<SeqId> = self
+            .replies
+            .iter()
+            .filter(|(_, tx)| tx.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.scheduler.remove(id);
+            self.replies.remove(&id);
+        }
+        true
+    }
+
+    fn admit(&mut self, s: Submission) {
+        let stop = StopCriteria {
+            max_new_tokens: s.request.max_new_tokens,
+            eos_token_ids: self.eos_token_ids.clone(),
+            ignore_eos: s.request.ignore_eos,
+        };
+        let prompt = s.request.prompt.into_iter().map(TokenId).collect();
+        match self.scheduler.add(Sequence::new(s.id, prompt, stop)) {
+            Ok(()) => {
+                self.replies.insert(s.id, s.events);
+            }
+            Err(e) => {
+                let _ = s.events.send(EngineEvent::Error(e.to_string()));
+            }
+        }
+    }
+
+    fn postprocess(&mut self, output: &rill_proto::StepOutput) {
+        for u in self.scheduler.update(output) {
+            let event = EngineEvent::Token {
+                token: u.token,
+                logprob: u.logprob,
+                finish: u.finish,
+            };
+            let delivered = self.reply(u.id, event);
+            if u.finish.is_some() {
+                self.replies.remove(&u.id);
+            } else if !delivered {
+                self.scheduler.remove(u.id);
+                self.replies.remove(&u.id);
+            }
+        }
+    }
+
+    fn reply(&self, id: SeqId, event: EngineEvent) -> bool {
+        self.replies
+            .get(&id)
+            .is_some_and(|tx| tx.send(event).is_ok())
+    }
+
+    fn publish_stats(&self) {
+        let blocks = self.scheduler.blocks();
+        let stats = EngineStats {
+            running: self.scheduler.num_running(),
+            waiting: self.scheduler.num_waiting(),
+            blocks_used: blocks.num_used(),
+            blocks_total: blocks.num_blocks(),
+            preemptions: self.scheduler.preemptions(),
+        };
+        if let Ok(mut s) = self.stats.lock() {
+            *s = stats;
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! [`Infer`]: from a validated request to a response or a stream of tokens.
+//!
+//! It holds the concurrency limit (a full server answers 429 at once, TGI's
+//! behaviour), submits to the engine, and turns engine events into TGI tokens:
+//! incremental detokenization, stop strings on the text, `return_full_text`,
+//! `details`. Dropping an in-flight generation (client gone, stop string matched)
+//! drops the engine receiver, which frees the sequence's blocks within one step.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use rill_proto::api::{Details, GenerateResponse, StreamDetails, StreamResponse, Token};
+use tokenizers::Tokenizer;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::detokenizer::{Detokenizer, StopMatcher};
+use crate::engine::{EngineEvent, EngineHandle, GenerationRequest};
+use crate::sequence::FinishReason;
+use crate::validation::{Limits, ValidRequest, ValidationError};
+
+/// Everything that can go wrong with a request, mapped to HTTP in one place
+/// (`server::error_response`).
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("Input validation error: {0}")]
+    Validation(#[from] ValidationError),
+    #[error("Model is overloaded")]
+    Overloaded,
+    #[error("Request failed during generation: {0}")]
+    Generation(String),
+}
+
+impl InferError {
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            InferError::Validation(_) => "validation",
+            InferError::Overloaded => "overloaded",
+            InferError::Generation(_) => "generation",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Infer {
+    engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    /// Ids of the tokenizer's special tokens (`token.special`).
+    special: Arc<HashSet<u32>>,
+    pub limits: Limits,
+    permits: Arc<Semaphore>,
+}
+
+/// One request's output so far.
+#[derive(Debug)]
+struct Progress {
+    request: ValidRequest,
+    ids: Vec<u32>,
+    detok: Detokenizer,
+    stop: StopMatcher,
+    text: String,
+    tokens: Vec<Token>,
+    finish: Option<FinishReason>,
+}
+
+/// A generation in flight: the engine's events and the permit that counts it.
+#[derive(Debug)]
+pub struct Generation {
+    progress: Progress,
+    events: mpsc::UnboundedReceiver<EngineEvent>,
+    tokenizer: Arc<Tokenizer>,
+    special: Arc<HashSet<u32>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Infer {
+    pub fn new(
+        engine: EngineHandle,
+        tokenizer: Arc<Tokenizer>,
+        limits: Limits,
+        max_concurrent: usize,
+    ) -> Self {
+        let special: HashSet<u32> = tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        let special = Arc::new(special);
+        Infer {
+            engine,
+            tokenizer,
+            special,
+            limits,
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+        }
+    }
+
+    /// Start generating (429 when the server is full).
+    pub fn start(&self, request: ValidRequest) -> Result<Generation, InferError> {
+        let permit = Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| InferError::Overloaded)?;
+        let events = self.engine.submit(GenerationRequest {
+            prompt: request.prompt.clone(),
+            max_new_tokens: request.max_new_tokens,
+            ignore_eos: request.ignore_eos,
+        });
+        let prompt_len = request.prompt.len();
+        Ok(Generation {
+            progress: Progress {
+                ids: request.prompt.clone(),
+                detok: Detokenizer::new(prompt_len, true),
+                stop: StopMatcher::new(request.stop.clone()),
+                text: String::new(),
+                tokens: Vec::new(),
+                finish: None,
+                request,
+            },
+            events,
+            tokenizer: Arc::clone(&self.tokenizer),
+            special: Arc::clone(&self.special),
+            _permit: permit,
+        })
+    }
+}
+
+impl Generation {
+    /// The next token, or `None` once the generation has finished.
+    pub async fn next_token(&mut self) -> Option<Result<Token, InferError>> {
+        if self.progress.finish.is_some() {
+            return None;
+        }
+        let event = match self.events.recv().await {
+            Some(e) => e,
+            None => {
+                return Some(Err(InferError::Generation(
+                    "the engine dropped the request".into(),
+                )));
+            }
+        };
+        let (token, logprob, finish) = match event {
+            EngineEvent::Token {
+                token,
+                logprob,
+                finish,
+            } => (token.0, logprob, finish),
+            EngineEvent::Error(e) => return Some(Err(InferError::Generation(e))),
+        };
+        let p = &mut self.progress;
+        p.ids.push(token);
+        let mut text = match p.detok.next(&self.tokenizer, &p.ids) {
+            Ok(t) => t.unwrap_or_default(),
+            Err(e) => return Some(Err(InferError::Generation(e))),
+        };
+        p.finish = finish;
+        if let Some(keep) = p.stop.push(&text) {
+            text.truncate(keep);
+            p.finish = Some(FinishReason::StopSequence);
+            // Dropping the receiver tells the engine to free the sequence.
+            self.events.close();
+        }
+        p.text.push_str(&text);
+        let token = Token {
+            id: token,
+            text,
+            logprob,
+            special: self.special.contains(&token),
+        };
+        p.tokens.push(token.clone());
+        Some(Ok(token))
+    }
+
+    /// The text to return at the end (with the prompt when `return_full_text`).
+    fn final_text(&self) -> String {
+        let p = &self.progress;
+        if p.request.return_full_text {
+            format!("{}{}", p.request.inputs, p.text)
+        } else {
+            p.text.clone()
+        }
+    }
+
+    fn finish_reason(&self) -> &'static str {
+        self.progress
+            .finish
+            .unwrap_or(FinishReason::Length)
+            .as_str()
+    }
+
+    /// Run to the end and build `/generate`'s answer.
+    pub async fn complete(mut self) -> Result<GenerateResponse, InferError> {
+        while let Some(t) = self.next_token().await {
+            t?;
+        }
+        let p = &self.progress;
+        let details = p.request.details.then(|| Details {
+            finish_reason: self.finish_reason().into(),
+            generated_tokens: p.tokens.len() as u32,
+            seed: p.request.seed,
+            prefill: Vec::new(),
+            tokens: p.tokens.clone(),
+            top_tokens: Vec::new(),
+        });
+        Ok(GenerateResponse {
+            generated_text: self.final_text(),
+            details,
+        })
+    }
+
+    /// The `/generate_stream` event for a token just produced (index from 1; the
+    /// last one carries `generated_text` and `details`).
+    pub fn stream_event(&self, token: Token) -> StreamResponse {
+        let p = &self.progress;
+        let last = p.finish.is_some();
+        StreamResponse {
+            index: p.tokens.len() as u32,
+            token,
+            top_tokens: Vec::new(),
+            generated_text: last.then(|| self.final_text()),
+            details: (last && p.request.details).then(|| StreamDetails {
+                finish_reason: self.finish_reason().into(),
+                generated_tokens: p.tokens.len() as u32,
+                seed: p.request.seed,
+                input_length: p.request.prompt.len() as u32,
+            }),
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The HTTP server: TGI's routes on axum, and the one place errors become HTTP.
+//!
+//! The port opens before the model is loaded; until [`AppState::ready`] is set,
+//! `/health` answers 503 and generation routes answer 503 `loading`. A stream that
+//! fails before its first token answers with the real status (TGI sends 200 and an
+//! error event); one that fails later ends with an SSE error event.
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::stream::{self, Stream, StreamExt};
+use rill_proto::api::{
+    CompatGenerateRequest, ErrorResponse, GenerateRequest, GenerateResponse, Info,
+};
+use serde_json::json;
+
+use crate::infer::{Generation, Infer, InferError};
+use crate::validation::{self, ValidationError};
+
+/// Shared by every handler.
+#[derive(Debug)]
+pub struct AppState {
+    /// `/info`'s answer; the token limits are filled in once the model is loaded.
+    pub info: Info,
+    /// Set once the model has loaded.
+    pub ready: OnceLock<Infer>,
+    pub started: Instant,
+    /// Seconds a load is expected to take (for `estimated_time`).
+    pub estimated_load_secs: f64,
+}
+
+pub fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
+    Router::new()
+        .route("/", post(compat_generate))
+        .route("/generate", post(generate))
+        .route("/generate_stream", post(generate_stream))
+        .route("/tokenize", post(tokenize))
+        .route("/health", get(health))
+        .route("/info", get(info))
+        .layer(DefaultBodyLimit::max(payload_limit))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>, error_type: &str) -> Response {
+    let body = ErrorResponse {
+        error: message.into(),
+        error_type: error_type.into(),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Every way a request can fail before or outside generation.
+#[derive(Debug)]
+enum ApiError {
+    Infer(InferError),
+    /// The model is still loading.
+    Loading {
+        estimated_time: f64,
+    },
+    /// The body could not be read as the route's JSON.
+    Body(JsonRejection),
+    Internal(&'static str),
+}
+
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
+        ApiError::Infer(e)
+    }
+}
+
+/// The single mapping from errors to status and `error_type`.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Infer(e) => {
+                let status = match e {
+                    InferError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    InferError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+                    InferError::Generation(_) => StatusCode::FAILED_DEPENDENCY,
+                };
+                error(status, e.to_string(), e.error_type())
+            }
+            ApiError::Loading { estimated_time } => {
+                let body = json!({"error": "Model is loading", "error_type": "loading", "estimated_time": estimated_time});
+                (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+            }
+            ApiError::Body(r) => match r {
+                JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload too large",
+                        "payload_too_large",
+                    )
+                }
+                JsonRejection::JsonDataError(e) => error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    e.body_text(),
+                    "validation",
+                ),
+                other => error(StatusCode::BAD_REQUEST, other.body_text(), "malformed_json"),
+            },
+            ApiError::Internal(what) => error(StatusCode::INTERNAL_SERVER_ERROR, what, "internal"),
+        }
+    }
+}
+
+impl AppState {
+    fn infer(&self) -> Result<&Infer, ApiError> {
+        self.ready.get().ok_or_else(|| ApiError::Loading {
+            estimated_time: (self.estimated_load_secs - self.started.elapsed().as_secs_f64())
+                .max(1.0),
+        })
+    }
+}
+
+/// Validate (tokenizing on a blocking thread) and start the generation.
+async fn start(
+    state: &AppState,
+    request: GenerateRequest,
+    stream: bool,
+) -> Result<Generation, ApiError> {
+    let infer = state.infer()?;
+    let tokenizer = Arc::clone(&infer.tokenizer);
+    let limits = infer.limits.clone();
+    let valid = tokio::task::spawn_blocking(move || {
+        validation::validate(request, stream, &limits, &tokenizer)
+    })
+    .await
+    .map_err(|_| ApiError::Internal("validation worker failed"))?
+    .map_err(InferError::from)?;
+    Ok(infer.start(valid)?)
+}
+
+async fn generate(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<GenerateRequest>, JsonRejection>,
+) -> Result<Json<GenerateResponse>, ApiError> {
+    let Json(request) = body.map_err(ApiError::Body)?;
+    Ok(Json(start(&state, request, false).await?.complete().await?))
+}
+
+async fn generate_stream(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<GenerateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(ApiError::Body)?;
+    stream_response(&state, request).await
+}
+
+async fn stream_response(state: &AppState, request: GenerateRequest) -> Result<Response, ApiError> {
+    let mut generation = start(state, request, true).await?;
+    // Wait for the first token so that an early failure gets its real status.
+    let first = match generation.next_token().await {
+        Some(token) => generation.stream_event(token?),
+        None => return Err(InferError::Generation("no token generated".into()).into()),
+    };
+    let first = stream::once(async move { sse_json(&first) });
+    let rest = stream::unfold(Some(generation), |state| async move {
+        let mut generation = state?;
+        match generation.next_token().await? {
+            Ok(token) => {
+                let event = sse_json(&generation.stream_event(token));
+                Some((event, Some(generation)))
+            }
+            Err(e) => {
+                let body = ErrorResponse {
+                    error: e.to_string(),
+                    error_type: e.error_type().into(),
+                };
+                Some((sse_json(&body), None))
+            }
+        }
+    });
+    Ok(sse(first.chain(rest)))
+}
+
+fn sse_json<T: serde::Serialize>(value: &T) -> Result<Event, Infallible> {
+    // Serializing our own plain structs cannot fail.
+    Ok(Event::default().data(serde_json::to_string(value).unwrap_or_default()))
+}
+
+fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    response
+        .headers_mut()
+        .insert("X-Accel-Buffering", HeaderValue::from_static("no"));
+    response
+}
+
+async fn compat_generate(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<CompatGenerateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(ApiError::Body)?;
+    let inner = GenerateRequest {
+        inputs: request.inputs,
+        parameters: request.parameters,
+    };
+    if request.stream {
+        stream_response(&state, inner).await
+    } else {
+        let response = start(&state, inner, false).await?.complete().await?;
+        Ok(Json(vec![response]).into_response())
+    }
+}
+
+async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<GenerateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(ApiError::Body)?;
+    let tokenizer = Arc::clone(&state.infer()?.tokenizer);
+    let inputs = request.inputs.clone();
+    let encoding =
+        tokio::task::spawn_blocking(move || tokenizer.encode_char_offsets(inputs.as_str(), true))
+            .await
+            .map_err(|_| ApiError::Internal("tokenizer worker failed"))?
+            .map_err(|e| InferError::Validation(ValidationError::Tokenizer(e.to_string())))?;
+    // TGI's shape: the input's text under each token, with character offsets.
+    let chars: Vec<char> = request.inputs.chars().collect();
+    let tokens: Vec<_> = encoding
+        .get_ids()
+        .iter()
+        .zip(encoding.get_offsets())
+        .map(|(id, &(start, stop))| {
+            let text: String = chars[start.min(chars.len())..stop.min(chars.len())]
+                .iter()
+                .collect();
+            json!({"id": id, "text": text, "start": start, "stop": stop})
+        })
+        .collect();
+    Ok(Json(tokens).into_response())
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    match state.ready.get() {
+        Some(_) => StatusCode::OK.into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "healthcheck"),
+    }
+}
+
+async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
+    let mut info = state.info.clone();
+    if let Some(infer) = state.ready.get() {
+        info.max_input_tokens = infer.limits.max_input_tokens;
+        info.max_total_tokens = infer.limits.max_total_tokens;
+    }
+    Json(info)
+}

@@ -1,0 +1,371 @@
+//! The real `rill` binary on the bundled fixture model, over HTTP.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// A running `rill` on a free loopback port, killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_rill"))
+            .args([
+                "--hostname",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--kv-cache-memory-mib",
+                "16",
+            ])
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("MODEL_ID")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rill");
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await
+                && r.status() == 200
+            {
+                return server;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "rill did not become healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The `data:` events of a stream, parsed.
+    async fn stream(&self, body: Value) -> (u16, Vec<Value>) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/generate_stream", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        if status != 200 {
+            return (status, vec![r.json().await.unwrap()]);
+        }
+        let text = r.text().await.unwrap();
+        let events = text
+            .split("\n\n")
+            .filter_map(|e| e.trim().strip_prefix("data:"))
+            .map(|d| serde_json::from_str(d.trim()).unwrap())
+            .collect();
+        (status, events)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn reference_greedy() -> (String, Vec<u64>) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../integration-tests/fixtures/models/llama/reference.json"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let p = &r["prompts"][0];
+    let ids = p["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    (p["text"].as_str().unwrap().to_string(), ids)
+}
+
+#[tokio::test]
+async fn generate_gives_transformers_greedy_tokens_with_details() {
+    let server = Server::start(&[], &[]).await;
+    let (prompt, greedy) = reference_greedy();
+    let params = json!({"max_new_tokens": 16, "details": true, "ignore_eos": true});
+    let (status, body) = server
+        .post("/generate", json!({"inputs": prompt, "parameters": params}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let details = &body["details"];
+    assert_eq!(details["finish_reason"], "length");
+    assert_eq!(details["generated_tokens"], 16);
+    let ids: Vec<u64> = details["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, greedy);
+    let text: String = details["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(body["generated_text"], text);
+
+    // TGI compat route answers a list; return_full_text prepends the prompt.
+    let params = json!({"max_new_tokens": 16, "ignore_eos": true, "return_full_text": true});
+    let (status, list) = server
+        .post("/", json!({"inputs": prompt, "parameters": params}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["generated_text"], format!("{prompt}{text}"));
+}
+
+#[tokio::test]
+async fn concurrent_streams_match_their_solo_text() {
+    let server = Server::start(&[], &[]).await;
+    let prompts: Vec<String> = (0..12)
+        .map(|i| format!("Request {i}: the quick brown fox"))
+        .collect();
+    let body = |p: &str| json!({"inputs": p, "parameters": {"max_new_tokens": 20, "ignore_eos": true, "details": true}});
+    let mut solo = Vec::new();
+    for p in &prompts {
+        let (_, events) = server.stream(body(p)).await;
+        solo.push(events.last().unwrap()["generated_text"].clone());
+    }
+    let together = futures::future::join_all(prompts.iter().map(|p| server.stream(body(p)))).await;
+    for ((status, events), want) in together.iter().zip(&solo) {
+        assert_eq!(*status, 200);
+        assert_eq!(events.len(), 20);
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e["index"], i as u64 + 1);
+            let last = i + 1 == events.len();
+            assert_eq!(e["generated_text"].is_null(), !last);
+        }
+        let last = events.last().unwrap();
+        assert_eq!(&last["generated_text"], want);
+        assert_eq!(last["details"]["finish_reason"], "length");
+        assert_eq!(last["details"]["generated_tokens"], 20);
+        let streamed: String = events
+            .iter()
+            .map(|e| e["token"]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(&Value::String(streamed), want);
+    }
+}
+
+#[tokio::test]
+async fn stop_sequence_spanning_tokens_ends_the_text() {
+    let server = Server::start(&[], &[]).await;
+    let (prompt, _) = reference_greedy();
+    let params = json!({"max_new_tokens": 16, "ignore_eos": true, "details": true});
+    let (_, full) = server
+        .post("/generate", json!({"inputs": prompt, "parameters": params}))
+        .await;
+    let tokens = full["details"]["tokens"].as_array().unwrap();
+    // A stop string made of the end of token 5 and the start of token 6.
+    let (a, b) = (
+        tokens[4]["text"].as_str().unwrap(),
+        tokens[5]["text"].as_str().unwrap(),
+    );
+    assert!(!a.is_empty() && !b.is_empty());
+    let stop = format!("{}{}", a.chars().last().unwrap(), b.chars().next().unwrap());
+    let expected: String = tokens[..6]
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect::<String>();
+    let expected = &expected[..expected.find(&stop).unwrap() + stop.len()];
+    let params = json!({"max_new_tokens": 16, "ignore_eos": true, "details": true, "stop": [stop]});
+    let (status, body) = server
+        .post("/generate", json!({"inputs": prompt, "parameters": params}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["details"]["finish_reason"], "stop_sequence");
+    assert_eq!(body["generated_text"], expected);
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_right_status_and_error_type() {
+    let server = Server::start(&["--max-stop-sequences", "2"], &[]).await;
+    let cases = [
+        (
+            json!({"inputs": "Hi", "parameters": {"temperature": 0.0}}),
+            422,
+            "validation",
+        ),
+        (
+            json!({"inputs": "Hi", "parameters": {"top_p": 1.5}}),
+            422,
+            "validation",
+        ),
+        (
+            json!({"inputs": "Hi", "parameters": {"stop": ["a", "b", "c"]}}),
+            422,
+            "validation",
+        ),
+        (
+            json!({"inputs": "Hi", "parameters": {"max_new_tokens": 100000}}),
+            422,
+            "validation",
+        ),
+        (json!({"inputs": ""}), 422, "validation"),
+        (json!({"inputs": 5}), 422, "validation"),
+        (json!({"nothing": true}), 422, "validation"),
+    ];
+    for (body, status, error_type) in cases {
+        for path in ["/generate", "/generate_stream"] {
+            let (got, err) = server.post(path, body.clone()).await;
+            assert_eq!(got, status, "{path} {body}: {err}");
+            assert_eq!(err["error_type"], error_type, "{path} {body}");
+            assert!(err["error"].as_str().is_some_and(|e| !e.is_empty()));
+        }
+    }
+    // A stream refused before its first token answers with the real status.
+    let (status, _) = server
+        .stream(json!({"inputs": "Hi", "parameters": {"decoder_input_details": true}}))
+        .await;
+    assert_eq!(status, 422);
+
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/generate", server.base))
+        .header("content-type", "application/json")
+        .body("{\"inputs\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let big = "x".repeat(2_100_000);
+    let r = client
+        .post(format!("{}/generate", server.base))
+        .json(&json!({"inputs": big}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    // The server is unharmed.
+    let (status, _) = server
+        .post(
+            "/generate",
+            json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_full_server_answers_429() {
+    let server = Server::start(&["--max-concurrent-requests", "1"], &[]).await;
+    let long =
+        json!({"inputs": "Hello", "parameters": {"max_new_tokens": 200, "ignore_eos": true}});
+    let client = reqwest::Client::new();
+    let first = client
+        .post(format!("{}/generate_stream", server.base))
+        .json(&long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let (status, err) = server.post("/generate", json!({"inputs": "Hi"})).await;
+    assert_eq!(status, 429);
+    assert_eq!(err["error_type"], "overloaded");
+    drop(first);
+}
+
+#[tokio::test]
+async fn tokenize_and_info() {
+    let server = Server::start(&[], &[]).await;
+    let (status, tokens) = server
+        .post("/tokenize", json!({"inputs": "The quick brown fox"}))
+        .await;
+    assert_eq!(status, 200);
+    let tokens = tokens.as_array().unwrap();
+    assert_eq!(tokens[0]["id"], 1, "BOS first");
+    let text: String = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
+    assert_eq!(text, "The quick brown fox");
+    let info: Value = reqwest::get(format!("{}/info", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["max_total_tokens"], 256);
+    assert_eq!(info["max_input_tokens"], 255);
+    assert_eq!(info["router"], "rill");
+}
+
+/// Machines without AVX-512 take the scalar kernels, which implement the same
+/// arithmetic lane by lane: the generated text must not change.
+#[tokio::test]
+async fn scalar_fallback_generates_the_same_text() {
+    let body =
+        json!({"inputs": "Hello there", "parameters": {"max_new_tokens": 12, "ignore_eos": true}});
+    let simd = Server::start(&[], &[])
+        .await
+        .post("/generate", body.clone())
+        .await;
+    let scalar = Server::start(&[], &[("RILL_NO_AVX512", "1")])
+        .await
+        .post("/generate", body)
+        .await;
+    assert_eq!(simd, scalar);
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let mut server = Server::start(&[], &[]).await;
+    let client = reqwest::Client::new();
+    let body =
+        json!({"inputs": "Hello", "parameters": {"max_new_tokens": 250, "ignore_eos": true}});
+    let stream = client
+        .post(format!("{}/generate_stream", server.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut events = 0;
+    let mut body = stream.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    events += text.matches("data:").count();
+    assert_eq!(events, 250, "the in-flight stream completed");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
