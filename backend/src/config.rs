@@ -146,10 +146,8 @@ impl<'a> Fields<'a> {
     }
 
     fn required_usize(&self, field: &'static str) -> Result<usize, LoadError> {
-        let n = self.usize(field)?.ok_or(LoadError::MissingField {
-            path: self.path.into(),
-            field,
-        })?;
+        let n =
+            self.usize(field)?.ok_or(LoadError::MissingField { path: self.path.into(), field })?;
         if n == 0 {
             return Err(LoadError::invalid(self.path, field, "must be positive"));
         }
@@ -169,11 +167,7 @@ impl<'a> Fields<'a> {
         match self.get(field) {
             None => Ok(None),
             Some(v) => v.as_bool().map(Some).ok_or_else(|| {
-                LoadError::invalid(
-                    self.path,
-                    field,
-                    format!("expected true or false, found {v}"),
-                )
+                LoadError::invalid(self.path, field, format!("expected true or false, found {v}"))
             }),
         }
     }
@@ -190,15 +184,10 @@ impl<'a> Fields<'a> {
     fn object(&self, field: &str) -> Result<Option<Fields<'a>>, LoadError> {
         match self.get(field) {
             None => Ok(None),
-            Some(Value::Object(map)) => Ok(Some(Fields {
-                path: self.path,
-                map,
-            })),
-            Some(v) => Err(LoadError::invalid(
-                self.path,
-                field,
-                format!("expected an object, found {v}"),
-            )),
+            Some(Value::Object(map)) => Ok(Some(Fields { path: self.path, map })),
+            Some(v) => {
+                Err(LoadError::invalid(self.path, field, format!("expected an object, found {v}")))
+            }
         }
     }
 }
@@ -210,36 +199,23 @@ pub(crate) fn token_id_list(
     value: Option<&Value>,
 ) -> Result<Vec<u32>, LoadError> {
     let bad = |v: &Value| {
-        LoadError::invalid(
-            path,
-            field,
-            format!("expected a token id or a list of them, found {v}"),
-        )
+        LoadError::invalid(path, field, format!("expected a token id or a list of them, found {v}"))
     };
     match value {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| {
-                v.as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| bad(v))
-            })
+            .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(v)))
             .collect(),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .map(|n| vec![n])
-            .ok_or_else(|| bad(v)),
+        Some(v) => {
+            v.as_u64().and_then(|n| u32::try_from(n).ok()).map(|n| vec![n]).ok_or_else(|| bad(v))
+        }
     }
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|e| LoadError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| LoadError::Json {
-        path: path.into(),
-        source,
-    })
+    serde_json::from_str(&text).map_err(|source| LoadError::Json { path: path.into(), source })
 }
 
 impl ModelConfig {
@@ -319,13 +295,10 @@ impl ModelConfig {
     }
 
     fn architecture(f: &Fields) -> Result<Architecture, LoadError> {
-        let archs =
-            f.get("architectures")
-                .and_then(Value::as_array)
-                .ok_or(LoadError::MissingField {
-                    path: f.path.into(),
-                    field: "architectures",
-                })?;
+        let archs = f
+            .get("architectures")
+            .and_then(Value::as_array)
+            .ok_or(LoadError::MissingField { path: f.path.into(), field: "architectures" })?;
         let name = archs.first().and_then(Value::as_str).unwrap_or("<none>");
         Architecture::from_hf(name).ok_or_else(|| LoadError::UnsupportedArchitecture {
             path: f.path.into(),
@@ -338,10 +311,7 @@ impl ModelConfig {
         // 5.x: everything in `rope_parameters`; 4.x: `rope_theta` + `rope_scaling`.
         let params = f.object("rope_parameters")?;
         let scaling = match &params {
-            Some(p) => Some(Fields {
-                path: p.path,
-                map: p.map,
-            }),
+            Some(p) => Some(Fields { path: p.path, map: p.map }),
             None => f.object("rope_scaling")?,
         };
         let theta = match &params {
@@ -350,23 +320,15 @@ impl ModelConfig {
         };
         let theta = theta.or(f.f32("rope_theta")?).unwrap_or(10_000.0);
         let Some(s) = scaling else {
-            return Ok(RopeConfig {
-                theta,
-                scaling: RopeScaling::Default,
-            });
+            return Ok(RopeConfig { theta, scaling: RopeScaling::Default });
         };
         let kind = s.str("rope_type")?.or(s.str("type")?).unwrap_or("default");
         let factor = |field: &'static str| {
-            s.f32(field)?.ok_or(LoadError::MissingField {
-                path: f.path.into(),
-                field,
-            })
+            s.f32(field)?.ok_or(LoadError::MissingField { path: f.path.into(), field })
         };
         let scaling = match kind {
             "default" => RopeScaling::Default,
-            "linear" => RopeScaling::Linear {
-                factor: factor("factor")?,
-            },
+            "linear" => RopeScaling::Linear { factor: factor("factor")? },
             "llama3" => RopeScaling::Llama3 {
                 factor: factor("factor")?,
                 low_freq_factor: factor("low_freq_factor")?,
@@ -396,16 +358,13 @@ impl ModelConfig {
     ) -> Result<Vec<Option<usize>>, LoadError> {
         let window = f.usize("sliding_window")?;
         if let Some(types) = f.get("layer_types") {
-            let types = types
-                .as_array()
-                .filter(|t| t.len() == num_layers)
-                .ok_or_else(|| {
-                    LoadError::invalid(
-                        f.path,
-                        "layer_types",
-                        format!("expected a list of {num_layers} layer types"),
-                    )
-                })?;
+            let types = types.as_array().filter(|t| t.len() == num_layers).ok_or_else(|| {
+                LoadError::invalid(
+                    f.path,
+                    "layer_types",
+                    format!("expected a list of {num_layers} layer types"),
+                )
+            })?;
             return types
                 .iter()
                 .map(|t| match t.as_str() {
@@ -428,9 +387,7 @@ impl ModelConfig {
             Architecture::Qwen2 => {
                 let enabled = f.bool("use_sliding_window")?.unwrap_or(false);
                 let first = f.usize("max_window_layers")?.unwrap_or(num_layers);
-                (0..num_layers)
-                    .map(|i| window.filter(|_| enabled && i >= first))
-                    .collect()
+                (0..num_layers).map(|i| window.filter(|_| enabled && i >= first)).collect()
             }
         })
     }
@@ -441,11 +398,7 @@ impl ModelConfig {
         let q = self.num_heads * self.head_dim;
         let kv = self.num_kv_heads * self.head_dim;
         let layer = h * (q + 2 * kv) + q * h + 3 * h * self.intermediate_size + 2 * h;
-        let head = if self.tie_word_embeddings {
-            0
-        } else {
-            self.vocab_size * h
-        };
+        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
         self.vocab_size * h + self.num_layers * layer + h + head
     }
 }
@@ -532,16 +485,9 @@ mod tests {
         let c = parse(v.clone()).unwrap();
         assert!(c.qkv_bias);
         assert_eq!(c.sliding_windows, vec![None, None, Some(32), Some(32)]);
-        v["layer_types"] = json!([
-            "sliding_attention",
-            "full_attention",
-            "full_attention",
-            "sliding_attention"
-        ]);
-        assert_eq!(
-            parse(v).unwrap().sliding_windows,
-            vec![Some(32), None, None, Some(32)]
-        );
+        v["layer_types"] =
+            json!(["sliding_attention", "full_attention", "full_attention", "sliding_attention"]);
+        assert_eq!(parse(v).unwrap().sliding_windows, vec![Some(32), None, None, Some(32)]);
     }
 
     #[test]
@@ -568,10 +514,7 @@ mod tests {
         let msg = parse(v).unwrap_err().to_string();
         assert!(msg.contains("config.json"), "{msg}");
         assert!(msg.contains("GPT2LMHeadModel"), "{msg}");
-        assert!(
-            msg.contains("LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"),
-            "{msg}"
-        );
+        assert!(msg.contains("LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"), "{msg}");
     }
 
     #[test]

@@ -23,37 +23,20 @@ pub enum LoadError {
     #[error("{path}: missing required field `{field}`")]
     MissingField { path: PathBuf, field: &'static str },
     #[error("{path}: field `{field}`: {message}")]
-    InvalidField {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
+    InvalidField { path: PathBuf, field: String, message: String },
     #[error(
         "{path}: unsupported architecture `{found}`; supported architectures: {}",
         supported.join(", ")
     )]
-    UnsupportedArchitecture {
-        path: PathBuf,
-        found: String,
-        supported: Vec<&'static str>,
-    },
+    UnsupportedArchitecture { path: PathBuf, found: String, supported: Vec<&'static str> },
     #[error("{path}: not a safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
     #[error("{path}: missing tensor `{name}`")]
     MissingTensor { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape {
-        path: PathBuf,
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    Shape { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("{path}: tensor `{name}` has unsupported dtype {dtype} (supported: F32, BF16, F16)")]
-    Dtype {
-        path: PathBuf,
-        name: String,
-        dtype: String,
-    },
+    Dtype { path: PathBuf, name: String, dtype: String },
     #[error("{path}: cannot load tokenizer: {message}")]
     Tokenizer { path: PathBuf, message: String },
     #[error("{0}")]
@@ -62,10 +45,7 @@ pub enum LoadError {
 
 impl LoadError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        LoadError::Io {
-            path: path.into(),
-            source,
-        }
+        LoadError::Io { path: path.into(), source }
     }
 
     pub(crate) fn invalid(
@@ -73,11 +53,7 @@ impl LoadError {
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        LoadError::InvalidField {
-            path: path.into(),
-            field: field.into(),
-            message: message.into(),
-        }
+        LoadError::InvalidField { path: path.into(), field: field.into(), message: message.into() }
     }
 }
 
@@ -88,30 +64,13 @@ pub enum StepError {
     #[error("{seq}: no tokens to run")]
     EmptySequence { seq: rill_proto::SeqId },
     #[error("{seq}: token id {token} is outside the vocabulary ({vocab})")]
-    TokenOutOfRange {
-        seq: rill_proto::SeqId,
-        token: u32,
-        vocab: usize,
-    },
+    TokenOutOfRange { seq: rill_proto::SeqId, token: u32, vocab: usize },
     #[error("{seq}: positions up to {end} need {needed} blocks, block table has {have}")]
-    BlockTableTooShort {
-        seq: rill_proto::SeqId,
-        end: usize,
-        needed: usize,
-        have: usize,
-    },
+    BlockTableTooShort { seq: rill_proto::SeqId, end: usize, needed: usize, have: usize },
     #[error("{seq}: block {block} is outside the cache ({num_blocks} blocks)")]
-    BlockOutOfRange {
-        seq: rill_proto::SeqId,
-        block: u32,
-        num_blocks: usize,
-    },
+    BlockOutOfRange { seq: rill_proto::SeqId, block: u32, num_blocks: usize },
     #[error("{seq}: position {end} exceeds the model's maximum ({max})")]
-    TooLong {
-        seq: rill_proto::SeqId,
-        end: usize,
-        max: usize,
-    },
+    TooLong { seq: rill_proto::SeqId, end: usize, max: usize },
     #[error("{seq}: appears twice in one batch")]
     DuplicateSequence { seq: rill_proto::SeqId },
 }

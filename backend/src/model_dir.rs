@@ -73,10 +73,7 @@ pub struct ModelDir {
 impl ModelDir {
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         if !path.is_dir() {
-            return Err(LoadError::Other(format!(
-                "{}: not a model directory",
-                path.display()
-            )));
+            return Err(LoadError::Other(format!("{}: not a model directory", path.display())));
         }
         let config = ModelConfig::from_file(&path.join("config.json"))?;
 
@@ -94,10 +91,8 @@ impl ModelDir {
         }
 
         let tok_path = path.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| LoadError::Tokenizer {
-            path: tok_path.clone(),
-            message: e.to_string(),
-        })?;
+        let tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| LoadError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
         let vocab = tokenizer.get_vocab_size(true);
         if vocab > config.vocab_size {
             return Err(LoadError::Tokenizer {

@@ -30,11 +30,7 @@ pub fn inv_freq(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
             base.iter()
                 .map(|&f| {
                     let wavelen = 2.0 * std::f32::consts::PI / f;
-                    let scaled = if wavelen > low_freq_wavelen {
-                        f / factor
-                    } else {
-                        f
-                    };
+                    let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
                     if wavelen < high_freq_wavelen || wavelen > low_freq_wavelen {
                         scaled
                     } else {
@@ -70,13 +66,7 @@ mod tests {
 
     #[test]
     fn default_frequencies() {
-        let f = inv_freq(
-            &RopeConfig {
-                theta: 10000.0,
-                scaling: RopeScaling::Default,
-            },
-            8,
-        );
+        let f = inv_freq(&RopeConfig { theta: 10000.0, scaling: RopeScaling::Default }, 8);
         let want = [1.0, 0.1, 0.01, 0.001];
         for (a, b) in f.iter().zip(want) {
             assert!((a - b).abs() <= b * 1e-6, "{a} vs {b}");
@@ -94,13 +84,7 @@ mod tests {
                 original_max_position: 8192,
             },
         };
-        let plain = inv_freq(
-            &RopeConfig {
-                theta: 500000.0,
-                scaling: RopeScaling::Default,
-            },
-            128,
-        );
+        let plain = inv_freq(&RopeConfig { theta: 500000.0, scaling: RopeScaling::Default }, 128);
         let scaled = inv_freq(&rope, 128);
         assert_eq!(scaled[0], plain[0]);
         assert_eq!(scaled[63], plain[63] / 8.0);

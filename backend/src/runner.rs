@@ -36,10 +36,7 @@ pub struct RunnerOptions {
 
 impl Default for RunnerOptions {
     fn default() -> Self {
-        RunnerOptions {
-            kv_cache_bytes: 1 << 30,
-            load_format: LoadFormat::Safetensors,
-        }
+        RunnerOptions { kv_cache_bytes: 1 << 30, load_format: LoadFormat::Safetensors }
     }
 }
 
@@ -96,12 +93,7 @@ impl<D: Device> Runner<D> {
             head_dim: c.head_dim,
         };
         let cache = device.kv_cache(layout)?;
-        Ok(Runner {
-            device,
-            model,
-            cache,
-            layout,
-        })
+        Ok(Runner { device, model, cache, layout })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -125,12 +117,7 @@ impl<D: Device> Runner<D> {
             return Ok(StepOutput::default());
         }
         let host = StepPlan::new(batch, self.model.inv_freq());
-        let Runner {
-            device,
-            model,
-            cache,
-            ..
-        } = self;
+        let Runner { device, model, cache, .. } = self;
         let logits = device.run(|| {
             let plan = device.plan(&host);
             let logits = model.forward(device, cache, &host, &plan);
@@ -183,9 +170,8 @@ impl<D: Device> Runner<D> {
                     have: s.block_table.len(),
                 });
             }
-            if let Some(b) = s.block_table[..needed]
-                .iter()
-                .find(|b| b.index() >= self.layout.num_blocks)
+            if let Some(b) =
+                s.block_table[..needed].iter().find(|b| b.index() >= self.layout.num_blocks)
             {
                 return Err(StepError::BlockOutOfRange {
                     seq,

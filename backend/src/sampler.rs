@@ -13,10 +13,7 @@ pub fn greedy(logits: &[f32]) -> (TokenId, f32) {
             best = i;
         }
     }
-    (
-        TokenId(best as u32),
-        logits[best] - log_sum_exp(logits, logits[best]),
-    )
+    (TokenId(best as u32), logits[best] - log_sum_exp(logits, logits[best]))
 }
 
 /// `log Σ exp(l)`, given the row's maximum.

@@ -22,11 +22,7 @@ use crate::error::LoadError;
 /// A slice of `T` living either in a file mapping or in our own allocation.
 #[derive(Debug)]
 pub enum Storage<T> {
-    Mapped {
-        map: Arc<Mmap>,
-        offset: usize,
-        len: usize,
-    },
+    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
     Owned(Vec<T>),
 }
 
@@ -45,11 +41,7 @@ impl<T: bytemuck::Pod> Storage<T> {
         let len = bytes / size_of::<T>();
         let slice = &map[offset..offset + bytes];
         match bytemuck::try_cast_slice::<u8, T>(slice) {
-            Ok(_) => Storage::Mapped {
-                map: Arc::clone(map),
-                offset,
-                len,
-            },
+            Ok(_) => Storage::Mapped { map: Arc::clone(map), offset, len },
             Err(_) => Storage::Owned(bytemuck::pod_collect_to_vec(slice)),
         }
     }
@@ -94,13 +86,11 @@ impl HostTensor {
     /// Stack tensors with equal trailing dimensions along dimension 0 (fusing q/k/v
     /// or gate/up projections into one matrix). Copies into owned memory.
     pub fn concat_rows(name: &str, parts: Vec<HostTensor>) -> Result<HostTensor, LoadError> {
-        let first = parts
-            .first()
-            .ok_or_else(|| LoadError::Other(format!("{name}: nothing to fuse")))?;
+        let first =
+            parts.first().ok_or_else(|| LoadError::Other(format!("{name}: nothing to fuse")))?;
         let (dtype, tail) = (first.data.dtype(), first.shape[1..].to_vec());
-        if let Some(odd) = parts
-            .iter()
-            .find(|p| p.data.dtype() != dtype || p.shape[1..] != tail[..])
+        if let Some(odd) =
+            parts.iter().find(|p| p.data.dtype() != dtype || p.shape[1..] != tail[..])
         {
             return Err(LoadError::Other(format!(
                 "cannot fuse `{}` ({:?}, {:?}) with `{}` ({:?}, {:?}) into `{name}`",
@@ -119,12 +109,8 @@ impl HostTensor {
             parts: &[HostTensor],
             slice: impl Fn(&TensorData) -> Option<&[T]>,
         ) -> Storage<T> {
-            let mut out = Vec::with_capacity(
-                parts
-                    .iter()
-                    .map(|p| p.shape.iter().product::<usize>())
-                    .sum(),
-            );
+            let mut out =
+                Vec::with_capacity(parts.iter().map(|p| p.shape.iter().product::<usize>()).sum());
             for p in parts {
                 out.extend_from_slice(slice(&p.data).unwrap_or_default());
             }
@@ -145,11 +131,7 @@ impl HostTensor {
                 _ => None,
             })),
         };
-        Ok(HostTensor {
-            name: name.into(),
-            shape,
-            data,
-        })
+        Ok(HostTensor { name: name.into(), shape, data })
     }
 }
 
@@ -186,24 +168,15 @@ impl SafetensorsWeights {
         let index_path = dir.join("model.safetensors.index.json");
         let (names, origin) = if index_path.exists() {
             let index = crate::config::read_json(&index_path)?;
-            let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or(
-                LoadError::MissingField {
-                    path: index_path.clone(),
-                    field: "weight_map",
-                },
-            )?;
+            let map = index
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or(LoadError::MissingField { path: index_path.clone(), field: "weight_map" })?;
             let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
             if files.is_empty() {
-                return Err(LoadError::invalid(
-                    &index_path,
-                    "weight_map",
-                    "names no files",
-                ));
+                return Err(LoadError::invalid(&index_path, "weight_map", "names no files"));
             }
-            (
-                files.into_iter().map(|f| dir.join(f)).collect::<Vec<_>>(),
-                index_path,
-            )
+            (files.into_iter().map(|f| dir.join(f)).collect::<Vec<_>>(), index_path)
         } else if single.exists() {
             (vec![single.clone()], single)
         } else {
@@ -220,11 +193,9 @@ impl SafetensorsWeights {
             // SAFETY: the mapping is read-only and we never hand out mutable access; a
             // file truncated under us would fault, as with any mmap-based loader.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::io(&path, e))?;
-            let (header_len, meta) =
-                SafeTensors::read_metadata(&map).map_err(|e| LoadError::Safetensors {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
+            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
+                LoadError::Safetensors { path: path.clone(), message: e.to_string() }
+            })?;
             let base = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let (start, end) = info.data_offsets;
@@ -238,11 +209,7 @@ impl SafetensorsWeights {
             }
             files.push((path, Arc::new(map)));
         }
-        Ok(SafetensorsWeights {
-            files,
-            index,
-            origin,
-        })
+        Ok(SafetensorsWeights { files, index, origin })
     }
 
     /// Total bytes of all mapped files.
@@ -253,17 +220,8 @@ impl SafetensorsWeights {
 
 impl WeightSource for SafetensorsWeights {
     fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor, LoadError> {
-        let Some(TensorEntry {
-            file,
-            dtype,
-            shape: found,
-            bytes,
-        }) = self.index.get(name)
-        else {
-            return Err(LoadError::MissingTensor {
-                path: self.origin.clone(),
-                name: name.into(),
-            });
+        let Some(TensorEntry { file, dtype, shape: found, bytes }) = self.index.get(name) else {
+            return Err(LoadError::MissingTensor { path: self.origin.clone(), name: name.into() });
         };
         let (path, map) = &self.files[*file];
         if found != shape {
@@ -287,11 +245,7 @@ impl WeightSource for SafetensorsWeights {
                 });
             }
         };
-        Ok(HostTensor {
-            name: name.into(),
-            shape: shape.to_vec(),
-            data,
-        })
+        Ok(HostTensor { name: name.into(), shape: shape.to_vec(), data })
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -332,11 +286,7 @@ impl WeightSource for DummyWeights {
             }
             DType::F16 => TensorData::F16(Storage::Owned(fill(len, |i| f16::from_f32(value(i))))),
         };
-        Ok(HostTensor {
-            name: name.into(),
-            shape: shape.to_vec(),
-            data,
-        })
+        Ok(HostTensor { name: name.into(), shape: shape.to_vec(), data })
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -345,11 +295,7 @@ impl WeightSource for DummyWeights {
 }
 
 fn fill<T: Send>(len: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    (0..len)
-        .into_par_iter()
-        .with_min_len(1 << 16)
-        .map(f)
-        .collect()
+    (0..len).into_par_iter().with_min_len(1 << 16).map(f).collect()
 }
 
 /// A unit-variance uniform value in [-√3, √3), from a counter-based hash.
@@ -363,9 +309,7 @@ fn uniform_pm_sqrt3(seed: u64, i: u64) -> f32 {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -377,10 +321,7 @@ mod tests {
         let views: Map<String, safetensors::tensor::TensorView> = tensors
             .iter()
             .map(|(n, d, s, b)| {
-                (
-                    (*n).to_string(),
-                    safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-                )
+                ((*n).to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())
             })
             .collect();
         safetensors::serialize_to_file(views, None, path).unwrap();
@@ -392,12 +333,7 @@ mod tests {
         let vals: Vec<bf16> = (0..6).map(|i| bf16::from_f32(i as f32)).collect();
         write_safetensors(
             &dir.path().join("model.safetensors"),
-            &[(
-                "w",
-                Dtype::BF16,
-                vec![2, 3],
-                bytemuck::cast_slice(&vals).to_vec(),
-            )],
+            &[("w", Dtype::BF16, vec![2, 3], bytemuck::cast_slice(&vals).to_vec())],
         );
         let w = SafetensorsWeights::open(dir.path()).unwrap();
         let t = w.load("w", &[2, 3]).unwrap();
@@ -410,17 +346,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_safetensors(
             &dir.path().join("model.safetensors"),
-            &[
-                ("w", Dtype::F32, vec![2, 2], vec![0; 16]),
-                ("q", Dtype::I8, vec![4], vec![0; 4]),
-            ],
+            &[("w", Dtype::F32, vec![2, 2], vec![0; 16]), ("q", Dtype::I8, vec![4], vec![0; 4])],
         );
         let w = SafetensorsWeights::open(dir.path()).unwrap();
         let msg = w.load("w", &[4, 1]).unwrap_err().to_string();
-        assert!(
-            msg.contains("model.safetensors") && msg.contains("`w`"),
-            "{msg}"
-        );
+        assert!(msg.contains("model.safetensors") && msg.contains("`w`"), "{msg}");
         assert!(msg.contains("[2, 2]") && msg.contains("[4, 1]"), "{msg}");
         let msg = w.load("q", &[4]).unwrap_err().to_string();
         assert!(msg.contains("`q`") && msg.contains("I8"), "{msg}");
@@ -431,14 +361,10 @@ mod tests {
     #[test]
     fn not_safetensors_and_no_weights_are_errors_not_panics() {
         let dir = tempfile::tempdir().unwrap();
-        let err = SafetensorsWeights::open(dir.path())
-            .unwrap_err()
-            .to_string();
+        let err = SafetensorsWeights::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("no model.safetensors"), "{err}");
         std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
-        let err = SafetensorsWeights::open(dir.path())
-            .unwrap_err()
-            .to_string();
+        let err = SafetensorsWeights::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("model.safetensors"), "{err}");
     }
 
@@ -465,11 +391,7 @@ mod tests {
 
     #[test]
     fn concat_rows_stacks_and_refuses_mixed_dtypes() {
-        let d = DummyWeights {
-            dtype: DType::Bf16,
-            seed: 1,
-            has_lm_head: true,
-        };
+        let d = DummyWeights { dtype: DType::Bf16, seed: 1, has_lm_head: true };
         let a = d.load("a", &[2, 3]).unwrap();
         let b = d.load("b", &[1, 3]).unwrap();
         let (av, bv) = (a.data.to_f32(), b.data.to_f32());
@@ -477,35 +399,17 @@ mod tests {
         assert_eq!(ab.shape, vec![3, 3]);
         assert_eq!(ab.data.to_f32(), [av, bv].concat());
 
-        let f = DummyWeights {
-            dtype: DType::F32,
-            seed: 1,
-            has_lm_head: true,
-        };
+        let f = DummyWeights { dtype: DType::F32, seed: 1, has_lm_head: true };
         let mixed = vec![d.load("a", &[2, 3]).unwrap(), f.load("c", &[2, 3]).unwrap()];
-        let msg = HostTensor::concat_rows("ac", mixed)
-            .unwrap_err()
-            .to_string();
+        let msg = HostTensor::concat_rows("ac", mixed).unwrap_err().to_string();
         assert!(msg.contains("`c`") && msg.contains("`ac`"), "{msg}");
     }
 
     #[test]
     fn dummy_weights_are_deterministic_and_scaled() {
-        let d = DummyWeights {
-            dtype: DType::F32,
-            seed: 7,
-            has_lm_head: false,
-        };
-        let a = d
-            .load("model.layers.0.mlp.up_proj.weight", &[64, 256])
-            .unwrap()
-            .data
-            .to_f32();
-        let b = d
-            .load("model.layers.0.mlp.up_proj.weight", &[64, 256])
-            .unwrap()
-            .data
-            .to_f32();
+        let d = DummyWeights { dtype: DType::F32, seed: 7, has_lm_head: false };
+        let a = d.load("model.layers.0.mlp.up_proj.weight", &[64, 256]).unwrap().data.to_f32();
+        let b = d.load("model.layers.0.mlp.up_proj.weight", &[64, 256]).unwrap().data.to_f32();
         assert_eq!(a, b);
         let var = a.iter().map(|x| x * x).sum::<f32>() / a.len() as f32;
         assert!((var * 256.0 - 1.0).abs() < 0.1, "variance {var}");

@@ -11,18 +11,12 @@ use half::bf16;
 use rill_backend::device::cpu::gemm;
 
 fn main() {
-    let m: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
+    let m: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1);
     let (k, n) = (2048usize, 8192usize);
     let value = |i: usize, l: usize| ((i * 7 + l) % 13) as f32 * 0.01;
-    let bf: Vec<Vec<bf16>> = (0..16)
-        .map(|l| (0..n * k).map(|i| bf16::from_f32(value(i, l))).collect())
-        .collect();
-    let f: Vec<Vec<f32>> = (0..8)
-        .map(|l| (0..n * k).map(|i| value(i, l)).collect())
-        .collect();
+    let bf: Vec<Vec<bf16>> =
+        (0..16).map(|l| (0..n * k).map(|i| bf16::from_f32(value(i, l))).collect()).collect();
+    let f: Vec<Vec<f32>> = (0..8).map(|l| (0..n * k).map(|i| value(i, l)).collect()).collect();
     let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32).collect();
     let mut out = vec![0.0; m * n];
     for _ in 0..5 {

@@ -18,10 +18,7 @@ pub fn read_bandwidth(bytes: usize, reps: usize) -> f64 {
     let mut sink = 0u64;
     for _ in 0..reps {
         let t = Instant::now();
-        sink ^= buf
-            .par_chunks(chunk)
-            .map(sum_words)
-            .reduce(|| 0, |a, b| a ^ b);
+        sink ^= buf.par_chunks(chunk).map(sum_words).reduce(|| 0, |a, b| a ^ b);
         best = best.min(t.elapsed().as_secs_f64());
     }
     std::hint::black_box(sink);
@@ -61,9 +58,7 @@ unsafe fn sum_words_avx512(words: &[u64]) -> u64 {
             *a = _mm512_add_epi64(*a, v);
         }
     }
-    let total = acc
-        .iter()
-        .fold(_mm512_setzero_si512(), |s, v| _mm512_add_epi64(s, *v));
+    let total = acc.iter().fold(_mm512_setzero_si512(), |s, v| _mm512_add_epi64(s, *v));
     _mm512_reduce_add_epi64(total) as u64
 }
 
@@ -101,9 +96,7 @@ unsafe fn fma_chains(iters: u64, seed: f32) -> f32 {
         }
     }
     let mut out = [0.0f32; 16];
-    let total = acc
-        .iter()
-        .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v));
+    let total = acc.iter().fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v));
     // SAFETY: `out` holds 16 f32s.
     unsafe { _mm512_storeu_ps(out.as_mut_ptr(), total) };
     out.iter().sum()

@@ -9,7 +9,5 @@ use std::path::PathBuf;
 
 /// `integration-tests/fixtures/models/<name>`.
 pub fn fixture_model(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/models")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models").join(name)
 }

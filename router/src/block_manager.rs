@@ -19,10 +19,7 @@ pub struct BlockManager {
 impl BlockManager {
     pub fn new(num_blocks: usize) -> Self {
         let free = (0..num_blocks as u32).rev().map(BlockId).collect();
-        BlockManager {
-            free,
-            ref_counts: vec![0; num_blocks],
-        }
+        BlockManager { free, ref_counts: vec![0; num_blocks] }
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -75,18 +72,12 @@ impl BlockManager {
                 return Err(format!("{b:?} is in the free list twice"));
             }
             if self.ref_counts[i] != 0 {
-                return Err(format!(
-                    "{b:?} is free but has {} owners",
-                    self.ref_counts[i]
-                ));
+                return Err(format!("{b:?} is free but has {} owners", self.ref_counts[i]));
             }
         }
         let unowned = self.ref_counts.iter().filter(|&&c| c == 0).count();
         if unowned != self.free.len() {
-            return Err(format!(
-                "{unowned} blocks have no owner but {} are free",
-                self.free.len()
-            ));
+            return Err(format!("{unowned} blocks have no owner but {} are free", self.free.len()));
         }
         Ok(())
     }

@@ -34,9 +34,7 @@ impl Detokenizer {
     /// `None` while it ends in an incomplete character.
     pub fn next(&mut self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<Option<String>, String> {
         let decode = |ids: &[u32]| {
-            tokenizer
-                .decode(ids, self.skip_special_tokens)
-                .map_err(|e| e.to_string())
+            tokenizer.decode(ids, self.skip_special_tokens).map_err(|e| e.to_string())
         };
         let prefix = decode(&ids[self.prefix_offset..self.read_offset])?;
         let full = decode(&ids[self.prefix_offset..])?;
@@ -100,11 +98,7 @@ impl StopMatcher {
         let end = self
             .stops
             .iter()
-            .filter_map(|s| {
-                self.text[from..]
-                    .find(s.as_str())
-                    .map(|i| from + i + s.len())
-            })
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i + s.len()))
             .min()?;
         // Only matches that end in the new text are new (earlier ones were reported).
         (end > before).then(|| end - before)
@@ -144,10 +138,7 @@ mod tests {
             }
         }
         assert_eq!(out, text);
-        assert!(
-            held > 0,
-            "multi-byte characters span tokens in this tokenizer"
-        );
+        assert!(held > 0, "multi-byte characters span tokens in this tokenizer");
     }
 
     #[test]

@@ -12,12 +12,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use rill_backend::Runner;
 use rill_backend::device::Device;
 use rill_proto::{SeqId, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
+use crate::metrics as m;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::sequence::{FinishReason, Sequence, StopCriteria};
 
@@ -46,6 +48,13 @@ struct Submission {
     id: SeqId,
     request: GenerationRequest,
     events: async_mpsc::UnboundedSender<EngineEvent>,
+    submitted: Instant,
+}
+
+/// Where a live request's events go, and (until its first step) when it arrived.
+struct Reply {
+    events: async_mpsc::UnboundedSender<EngineEvent>,
+    queued_since: Option<Instant>,
 }
 
 /// The async side's handle on the engine thread. Dropping every handle stops it.
@@ -61,27 +70,12 @@ impl EngineHandle {
     pub fn submit(&self, request: GenerationRequest) -> async_mpsc::UnboundedReceiver<EngineEvent> {
         let (events, rx) = async_mpsc::unbounded_channel();
         let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        if let Err(mpsc::SendError(s)) = self.tx.send(Submission {
-            id,
-            request,
-            events,
-        }) {
-            let _ = s
-                .events
-                .send(EngineEvent::Error("the engine has stopped".into()));
+        let submission = Submission { id, request, events, submitted: Instant::now() };
+        if let Err(mpsc::SendError(s)) = self.tx.send(submission) {
+            let _ = s.events.send(EngineEvent::Error("the engine has stopped".into()));
         }
         rx
     }
-}
-
-/// Live state the engine loop keeps beside the scheduler.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct EngineStats {
-    pub running: usize,
-    pub waiting: usize,
-    pub blocks_used: usize,
-    pub blocks_total: usize,
-    pub preemptions: u64,
 }
 
 /// Start the engine thread.
@@ -89,7 +83,6 @@ pub fn spawn<D: Device>(
     runner: Runner<D>,
     config: SchedulerConfig,
     eos_token_ids: Vec<u32>,
-    stats: std::sync::Arc<std::sync::Mutex<EngineStats>>,
 ) -> EngineHandle
 where
     Runner<D>: Send,
@@ -99,43 +92,44 @@ where
         .name("rill-engine".into())
         .spawn(move || {
             let scheduler = Scheduler::new(config, runner.num_blocks());
-            EngineLoop {
-                runner,
-                scheduler,
-                rx,
-                replies: HashMap::new(),
-                eos_token_ids,
-                stats,
-            }
-            .run()
+            EngineLoop { runner, scheduler, rx, replies: HashMap::new(), eos_token_ids }.run()
         })
         // Only fails if the OS cannot create a thread at start-up.
         .expect("cannot start the engine thread");
-    EngineHandle {
-        tx,
-        next_id: AtomicU64::new(0),
-    }
+    EngineHandle { tx, next_id: AtomicU64::new(0) }
 }
 
 struct EngineLoop<D: Device> {
     runner: Runner<D>,
     scheduler: Scheduler,
     rx: mpsc::Receiver<Submission>,
-    replies: HashMap<SeqId, async_mpsc::UnboundedSender<EngineEvent>>,
+    replies: HashMap<SeqId, Reply>,
     eos_token_ids: Vec<u32>,
-    stats: std::sync::Arc<std::sync::Mutex<EngineStats>>,
 }
 
 impl<D: Device> EngineLoop<D> {
     fn run(mut self) {
         while self.intake() {
             let batch = self.scheduler.schedule();
+            self.publish_stats();
             if batch.seqs.is_empty() {
                 continue;
             }
-            match self.runner.step(&batch) {
+            self.record_batch(&batch);
+            let method = if batch.seqs.iter().any(|s| s.tokens.len() > 1 || !s.sample) {
+                "prefill"
+            } else {
+                "decode"
+            };
+            metrics::counter!(m::BATCH_INFERENCE_COUNT, "method" => method).increment(1);
+            let started = Instant::now();
+            let result = self.runner.step(&batch);
+            metrics::histogram!(m::BATCH_FORWARD_DURATION, "method" => method)
+                .record(started.elapsed());
+            match result {
                 Ok(output) => self.postprocess(&output),
                 Err(e) => {
+                    metrics::counter!(m::BATCH_INFERENCE_FAILURE, "method" => method).increment(1);
                     tracing::error!(error = %e, "step failed; failing its requests");
                     for id in self.scheduler.fail_step() {
                         self.reply(id, EngineEvent::Error(format!("generation failed: {e}")));
@@ -143,7 +137,17 @@ impl<D: Device> EngineLoop<D> {
                     }
                 }
             }
-            self.publish_stats();
+        }
+    }
+
+    /// Per-step histograms, and each request's queue time when it first runs.
+    fn record_batch(&mut self, batch: &rill_proto::ForwardBatch) {
+        metrics::histogram!(m::BATCH_NEXT_SIZE).record(batch.seqs.len() as f64);
+        metrics::histogram!(m::BATCH_NEXT_TOKENS).record(batch.num_tokens() as f64);
+        for s in &batch.seqs {
+            if let Some(since) = self.replies.get_mut(&s.id).and_then(|r| r.queued_since.take()) {
+                metrics::histogram!(m::REQUEST_QUEUE_DURATION).record(since.elapsed());
+            }
         }
     }
 
@@ -160,12 +164,8 @@ impl<D: Device> EngineLoop<D> {
         while let Ok(s) = self.rx.try_recv() {
             self.admit(s);
         }
-        let gone: Vec<SeqId> = self
-            .replies
-            .iter()
-            .filter(|(_, tx)| tx.is_closed())
-            .map(|(id, _)| *id)
-            .collect();
+        let gone: Vec<SeqId> =
+            self.replies.iter().filter(|(_, r)| r.events.is_closed()).map(|(id, _)| *id).collect();
         for id in gone {
             self.scheduler.remove(id);
             self.replies.remove(&id);
@@ -182,7 +182,8 @@ impl<D: Device> EngineLoop<D> {
         let prompt = s.request.prompt.into_iter().map(TokenId).collect();
         match self.scheduler.add(Sequence::new(s.id, prompt, stop)) {
             Ok(()) => {
-                self.replies.insert(s.id, s.events);
+                self.replies
+                    .insert(s.id, Reply { events: s.events, queued_since: Some(s.submitted) });
             }
             Err(e) => {
                 let _ = s.events.send(EngineEvent::Error(e.to_string()));
@@ -192,11 +193,7 @@ impl<D: Device> EngineLoop<D> {
 
     fn postprocess(&mut self, output: &rill_proto::StepOutput) {
         for u in self.scheduler.update(output) {
-            let event = EngineEvent::Token {
-                token: u.token,
-                logprob: u.logprob,
-                finish: u.finish,
-            };
+            let event = EngineEvent::Token { token: u.token, logprob: u.logprob, finish: u.finish };
             let delivered = self.reply(u.id, event);
             if u.finish.is_some() {
                 self.replies.remove(&u.id);
@@ -208,22 +205,15 @@ impl<D: Device> EngineLoop<D> {
     }
 
     fn reply(&self, id: SeqId, event: EngineEvent) -> bool {
-        self.replies
-            .get(&id)
-            .is_some_and(|tx| tx.send(event).is_ok())
+        self.replies.get(&id).is_some_and(|r| r.events.send(event).is_ok())
     }
 
     fn publish_stats(&self) {
         let blocks = self.scheduler.blocks();
-        let stats = EngineStats {
-            running: self.scheduler.num_running(),
-            waiting: self.scheduler.num_waiting(),
-            blocks_used: blocks.num_used(),
-            blocks_total: blocks.num_blocks(),
-            preemptions: self.scheduler.preemptions(),
-        };
-        if let Ok(mut s) = self.stats.lock() {
-            *s = stats;
-        }
+        metrics::gauge!(m::QUEUE_SIZE).set(self.scheduler.num_waiting() as f64);
+        metrics::gauge!(m::BATCH_CURRENT_SIZE).set(self.scheduler.num_running() as f64);
+        metrics::gauge!(m::KV_BLOCKS_USED).set(blocks.num_used() as f64);
+        metrics::gauge!(m::KV_BLOCKS_TOTAL).set(blocks.num_blocks() as f64);
+        metrics::counter!(m::PREEMPTIONS).absolute(self.scheduler.preemptions());
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rill_proto::api::{Details, GenerateResponse, StreamDetails, StreamResponse, Token};
 use tokenizers::Tokenizer;
@@ -15,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::detokenizer::{Detokenizer, StopMatcher};
 use crate::engine::{EngineEvent, EngineHandle, GenerationRequest};
+use crate::metrics as m;
 use crate::sequence::FinishReason;
 use crate::validation::{Limits, ValidRequest, ValidationError};
 
@@ -65,6 +67,9 @@ struct Progress {
 /// A generation in flight: the engine's events and the permit that counts it.
 #[derive(Debug)]
 pub struct Generation {
+    arrived: Instant,
+    submitted: Instant,
+    last_token: Option<Instant>,
     progress: Progress,
     events: mpsc::UnboundedReceiver<EngineEvent>,
     tokenizer: Arc<Tokenizer>,
@@ -95,18 +100,25 @@ impl Infer {
         }
     }
 
-    /// Start generating (429 when the server is full).
-    pub fn start(&self, request: ValidRequest) -> Result<Generation, InferError> {
-        let permit = Arc::clone(&self.permits)
-            .try_acquire_owned()
-            .map_err(|_| InferError::Overloaded)?;
+    /// Start generating (429 when the server is full). `arrived` is when the
+    /// request came in (validation happened since).
+    pub fn start(&self, request: ValidRequest, arrived: Instant) -> Result<Generation, InferError> {
+        let permit =
+            Arc::clone(&self.permits).try_acquire_owned().map_err(|_| InferError::Overloaded)?;
         let events = self.engine.submit(GenerationRequest {
             prompt: request.prompt.clone(),
             max_new_tokens: request.max_new_tokens,
             ignore_eos: request.ignore_eos,
         });
         let prompt_len = request.prompt.len();
+        let now = Instant::now();
+        metrics::histogram!(m::REQUEST_VALIDATION_DURATION).record(now - arrived);
+        metrics::histogram!(m::REQUEST_INPUT_LENGTH).record(prompt_len as f64);
+        metrics::histogram!(m::REQUEST_MAX_NEW_TOKENS).record(request.max_new_tokens as f64);
         Ok(Generation {
+            arrived,
+            submitted: now,
+            last_token: None,
             progress: Progress {
                 ids: request.prompt.clone(),
                 detok: Detokenizer::new(prompt_len, true),
@@ -133,19 +145,21 @@ impl Generation {
         let event = match self.events.recv().await {
             Some(e) => e,
             None => {
-                return Some(Err(InferError::Generation(
-                    "the engine dropped the request".into(),
-                )));
+                return Some(Err(InferError::Generation("the engine dropped the request".into())));
             }
         };
         let (token, logprob, finish) = match event {
-            EngineEvent::Token {
-                token,
-                logprob,
-                finish,
-            } => (token.0, logprob, finish),
+            EngineEvent::Token { token, logprob, finish } => (token.0, logprob, finish),
             EngineEvent::Error(e) => return Some(Err(InferError::Generation(e))),
         };
+        let now = Instant::now();
+        match self.last_token.replace(now) {
+            None => metrics::histogram!(m::REQUEST_TIME_TO_FIRST_TOKEN_DURATION)
+                .record(now - self.arrived),
+            Some(prev) => {
+                metrics::histogram!(m::REQUEST_INTER_TOKEN_LATENCY_DURATION).record(now - prev)
+            }
+        }
         let p = &mut self.progress;
         p.ids.push(token);
         let mut text = match p.detok.next(&self.tokenizer, &p.ids) {
@@ -160,14 +174,23 @@ impl Generation {
             self.events.close();
         }
         p.text.push_str(&text);
-        let token = Token {
-            id: token,
-            text,
-            logprob,
-            special: self.special.contains(&token),
-        };
+        let token = Token { id: token, text, logprob, special: self.special.contains(&token) };
         p.tokens.push(token.clone());
+        if p.finish.is_some() {
+            self.record_success(now);
+        }
         Some(Ok(token))
+    }
+
+    fn record_success(&self, now: Instant) {
+        let generated = self.progress.tokens.len();
+        let inference = now - self.submitted;
+        metrics::counter!(m::REQUEST_SUCCESS).increment(1);
+        metrics::histogram!(m::REQUEST_DURATION).record(now - self.arrived);
+        metrics::histogram!(m::REQUEST_INFERENCE_DURATION).record(inference);
+        metrics::histogram!(m::REQUEST_GENERATED_TOKENS).record(generated as f64);
+        let per_token = inference / generated.max(1) as u32;
+        metrics::histogram!(m::REQUEST_MEAN_TIME_PER_TOKEN_DURATION).record(per_token);
     }
 
     /// The text to return at the end (with the prompt when `return_full_text`).
@@ -181,10 +204,7 @@ impl Generation {
     }
 
     fn finish_reason(&self) -> &'static str {
-        self.progress
-            .finish
-            .unwrap_or(FinishReason::Length)
-            .as_str()
+        self.progress.finish.unwrap_or(FinishReason::Length).as_str()
     }
 
     /// Run to the end and build `/generate`'s answer.
@@ -201,10 +221,7 @@ impl Generation {
             tokens: p.tokens.clone(),
             top_tokens: Vec::new(),
         });
-        Ok(GenerateResponse {
-            generated_text: self.final_text(),
-            details,
-        })
+        Ok(GenerateResponse { generated_text: self.final_text(), details })
     }
 
     /// The `/generate_stream` event for a token just produced (index from 1; the

@@ -9,6 +9,7 @@ pub mod block_manager;
 pub mod detokenizer;
 pub mod engine;
 pub mod infer;
+pub mod metrics;
 pub mod scheduler;
 pub mod sequence;
 pub mod server;

@@ -9,7 +9,7 @@ mod model_id;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,7 +17,7 @@ use clap::{Parser, ValueEnum};
 use rill_backend::{Cpu, DType, LoadFormat, ModelDir, Runner, RunnerOptions};
 use rill_proto::BLOCK_SIZE;
 use rill_proto::api::Info;
-use rill_router::engine::{self, EngineStats};
+use rill_router::engine;
 use rill_router::infer::Infer;
 use rill_router::scheduler::SchedulerConfig;
 use rill_router::server::{self, AppState};
@@ -40,11 +40,7 @@ enum LoadFormatArg {
 }
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "rill",
-    version,
-    about = "Rill: a streaming text-generation server"
-)]
+#[command(name = "rill", version, about = "Rill: a streaming text-generation server")]
 struct Args {
     /// A model directory, or a Hugging Face id found in the local hub cache.
     /// Default: the small model bundled with the repository.
@@ -108,9 +104,7 @@ fn bundled_model() -> PathBuf {
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         logs.json().init();
     } else {
@@ -133,18 +127,13 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
     };
     let t = Instant::now();
     let model = ModelDir::open(dir)?;
-    let opts = RunnerOptions {
-        kv_cache_bytes: args.kv_cache_memory_mib << 20,
-        load_format,
-    };
+    let opts = RunnerOptions { kv_cache_bytes: args.kv_cache_memory_mib << 20, load_format };
     let threads = device.threads();
     let runner = Runner::load(dir, &model.config, device, &opts)?;
     let c = &model.config;
     let capacity = runner.num_blocks() * BLOCK_SIZE;
 
-    let max_total = args
-        .max_total_tokens
-        .unwrap_or(c.max_position_embeddings.min(capacity));
+    let max_total = args.max_total_tokens.unwrap_or(c.max_position_embeddings.min(capacity));
     let max_input = args.max_input_tokens.unwrap_or(max_total.saturating_sub(1));
     if max_input == 0 || max_input >= max_total {
         bail!(
@@ -166,10 +155,7 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
     if args.max_batch_prefill_tokens == 0 {
         bail!("--max-batch-prefill-tokens must be positive");
     }
-    let max_batch_size = args
-        .max_batch_size
-        .unwrap_or(args.max_concurrent_requests)
-        .max(1);
+    let max_batch_size = args.max_batch_size.unwrap_or(args.max_concurrent_requests).max(1);
     tracing::info!(
         model = %dir.display(),
         architecture = c.architecture.hf_name(),
@@ -185,12 +171,9 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
         load_ms = t.elapsed().as_millis() as u64,
         "model loaded"
     );
-    let config = SchedulerConfig {
-        max_batch_tokens: args.max_batch_prefill_tokens,
-        max_batch_size,
-    };
-    let stats = Arc::new(Mutex::new(EngineStats::default()));
-    let engine = engine::spawn(runner, config, model.eos_token_ids.clone(), stats);
+    let config =
+        SchedulerConfig { max_batch_tokens: args.max_batch_prefill_tokens, max_batch_size };
+    let engine = engine::spawn(runner, config, model.eos_token_ids.clone());
     let limits = Limits {
         max_input_tokens: max_input,
         max_total_tokens: max_total,
@@ -198,12 +181,7 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
         max_top_n_tokens: args.max_top_n_tokens,
         max_best_of: args.max_best_of,
     };
-    Ok(Infer::new(
-        engine,
-        Arc::new(model.tokenizer),
-        limits,
-        args.max_concurrent_requests,
-    ))
+    Ok(Infer::new(engine, Arc::new(model.tokenizer), limits, args.max_concurrent_requests))
 }
 
 async fn shutdown_signal() {
@@ -233,10 +211,7 @@ async fn main() -> Result<()> {
         None => bundled_model(),
         Some(id) => model_id::resolve(id)?,
     };
-    let model_name = args
-        .model_id
-        .clone()
-        .unwrap_or_else(|| dir.display().to_string());
+    let model_name = args.model_id.clone().unwrap_or_else(|| dir.display().to_string());
 
     let addr = format!("{}:{}", args.hostname, args.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -244,7 +219,19 @@ async fn main() -> Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!("listening on {}", listener.local_addr()?);
 
+    let metrics = rill_router::metrics::install().context("cannot install the metrics recorder")?;
+    {
+        // Histograms are summarised over a window; upkeep keeps that window moving.
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                metrics.run_upkeep();
+            }
+        });
+    }
     let state = Arc::new(AppState {
+        metrics: Some(metrics),
         info: Info {
             model_id: model_name,
             model_sha: None,

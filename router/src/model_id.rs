@@ -54,10 +54,7 @@ mod tests {
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
         std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
-        assert_eq!(
-            snapshot(cache.path(), "org/tiny"),
-            Some(repo.join("snapshots/abc123"))
-        );
+        assert_eq!(snapshot(cache.path(), "org/tiny"), Some(repo.join("snapshots/abc123")));
         assert_eq!(snapshot(cache.path(), "org/other"), None);
     }
 }

@@ -68,10 +68,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig, num_blocks: usize) -> Self {
-        assert!(
-            config.max_batch_tokens > 0 && config.max_batch_size > 0,
-            "empty step budget"
-        );
+        assert!(config.max_batch_tokens > 0 && config.max_batch_size > 0, "empty step budget");
         Scheduler {
             config,
             blocks: BlockManager::new(num_blocks),
@@ -120,18 +117,13 @@ impl Scheduler {
     }
 
     pub fn get(&self, id: SeqId) -> Option<&Sequence> {
-        self.running
-            .iter()
-            .chain(&self.waiting)
-            .find(|s| s.id == id)
+        self.running.iter().chain(&self.waiting).find(|s| s.id == id)
     }
 
     /// Build the next step's batch (empty when there is nothing to run).
     pub fn schedule(&mut self) -> ForwardBatch {
-        let mut batch = ForwardBatch {
-            released: std::mem::take(&mut self.released),
-            ..Default::default()
-        };
+        let mut batch =
+            ForwardBatch { released: std::mem::take(&mut self.released), ..Default::default() };
         self.in_flight.clear();
         let mut budget = self.config.max_batch_tokens;
 
@@ -158,10 +150,7 @@ impl Scheduler {
                 break;
             }
             if self.running[i].is_decoding()
-                || self
-                    .in_flight
-                    .iter()
-                    .any(|(id, _)| *id == self.running[i].id)
+                || self.in_flight.iter().any(|(id, _)| *id == self.running[i].id)
             {
                 continue;
             }
@@ -202,11 +191,7 @@ impl Scheduler {
             retry.released.splice(0..0, released);
             return retry;
         }
-        debug_assert!(
-            self.check_invariants().is_ok(),
-            "{:?}",
-            self.check_invariants()
-        );
+        debug_assert!(self.check_invariants().is_ok(), "{:?}", self.check_invariants());
         batch
     }
 
@@ -224,31 +209,20 @@ impl Scheduler {
             let seq = &mut self.running[i];
             seq.push(sampled.token);
             let finish = seq.finish_reason();
-            updates.push(Update {
-                id,
-                token: sampled.token,
-                logprob: sampled.logprob,
-                finish,
-            });
+            updates.push(Update { id, token: sampled.token, logprob: sampled.logprob, finish });
             if finish.is_some() {
                 self.remove(id);
             }
         }
-        debug_assert!(
-            self.check_invariants().is_ok(),
-            "{:?}",
-            self.check_invariants()
-        );
+        debug_assert!(self.check_invariants().is_ok(), "{:?}", self.check_invariants());
         updates
     }
 
     /// The step failed: every sequence in it is dropped (its blocks freed) and
     /// returned so the router can fail those requests.
     pub fn fail_step(&mut self) -> Vec<SeqId> {
-        let ids: Vec<SeqId> = std::mem::take(&mut self.in_flight)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+        let ids: Vec<SeqId> =
+            std::mem::take(&mut self.in_flight).into_iter().map(|(id, _)| id).collect();
         for id in &ids {
             self.remove(*id);
         }
@@ -305,10 +279,7 @@ impl Scheduler {
             return None;
         }
         let need = seq.blocks_needed(start + chunk);
-        let blocks = self
-            .blocks
-            .allocate(need)
-            .expect("room was counted from free blocks");
+        let blocks = self.blocks.allocate(need).expect("room was counted from free blocks");
         self.running[i].add_blocks(blocks);
         Some(chunk)
     }

@@ -23,11 +23,14 @@ use rill_proto::api::{
 use serde_json::json;
 
 use crate::infer::{Generation, Infer, InferError};
+use crate::metrics as m;
 use crate::validation::{self, ValidationError};
 
 /// Shared by every handler.
 #[derive(Debug)]
 pub struct AppState {
+    /// Renders `/metrics` (absent in tests that install no recorder).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// `/info`'s answer; the token limits are filled in once the model is loaded.
     pub info: Info,
     /// Set once the model has loaded.
@@ -45,15 +48,13 @@ pub fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
         .route("/tokenize", post(tokenize))
         .route("/health", get(health))
         .route("/info", get(info))
+        .route("/metrics", get(render_metrics))
         .layer(DefaultBodyLimit::max(payload_limit))
         .with_state(state)
 }
 
 fn error(status: StatusCode, message: impl Into<String>, error_type: &str) -> Response {
-    let body = ErrorResponse {
-        error: message.into(),
-        error_type: error_type.into(),
-    };
+    let body = ErrorResponse { error: message.into(), error_type: error_type.into() };
     (status, Json(body)).into_response()
 }
 
@@ -79,6 +80,13 @@ impl From<InferError> for ApiError {
 /// The single mapping from errors to status and `error_type`.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let kind = match &self {
+            ApiError::Infer(e) => e.error_type(),
+            ApiError::Loading { .. } => "loading",
+            ApiError::Body(_) => "validation",
+            ApiError::Internal(_) => "internal",
+        };
+        metrics::counter!(m::REQUEST_FAILURE, "err" => kind).increment(1);
         match self {
             ApiError::Infer(e) => {
                 let status = match e {
@@ -94,17 +102,11 @@ impl IntoResponse for ApiError {
             }
             ApiError::Body(r) => match r {
                 JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload too large",
-                        "payload_too_large",
-                    )
+                    error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large", "payload_too_large")
                 }
-                JsonRejection::JsonDataError(e) => error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    e.body_text(),
-                    "validation",
-                ),
+                JsonRejection::JsonDataError(e) => {
+                    error(StatusCode::UNPROCESSABLE_ENTITY, e.body_text(), "validation")
+                }
                 other => error(StatusCode::BAD_REQUEST, other.body_text(), "malformed_json"),
             },
             ApiError::Internal(what) => error(StatusCode::INTERNAL_SERVER_ERROR, what, "internal"),
@@ -127,6 +129,8 @@ async fn start(
     request: GenerateRequest,
     stream: bool,
 ) -> Result<Generation, ApiError> {
+    let arrived = Instant::now();
+    metrics::counter!(m::REQUEST_COUNT).increment(1);
     let infer = state.infer()?;
     let tokenizer = Arc::clone(&infer.tokenizer);
     let limits = infer.limits.clone();
@@ -136,7 +140,7 @@ async fn start(
     .await
     .map_err(|_| ApiError::Internal("validation worker failed"))?
     .map_err(InferError::from)?;
-    Ok(infer.start(valid)?)
+    Ok(infer.start(valid, arrived)?)
 }
 
 async fn generate(
@@ -171,10 +175,8 @@ async fn stream_response(state: &AppState, request: GenerateRequest) -> Result<R
                 Some((event, Some(generation)))
             }
             Err(e) => {
-                let body = ErrorResponse {
-                    error: e.to_string(),
-                    error_type: e.error_type().into(),
-                };
+                let body =
+                    ErrorResponse { error: e.to_string(), error_type: e.error_type().into() };
                 Some((sse_json(&body), None))
             }
         }
@@ -188,12 +190,8 @@ fn sse_json<T: serde::Serialize>(value: &T) -> Result<Event, Infallible> {
 }
 
 fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response();
-    response
-        .headers_mut()
-        .insert("X-Accel-Buffering", HeaderValue::from_static("no"));
+    let mut response = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
+    response.headers_mut().insert("X-Accel-Buffering", HeaderValue::from_static("no"));
     response
 }
 
@@ -202,10 +200,7 @@ async fn compat_generate(
     body: Result<Json<CompatGenerateRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(ApiError::Body)?;
-    let inner = GenerateRequest {
-        inputs: request.inputs,
-        parameters: request.parameters,
-    };
+    let inner = GenerateRequest { inputs: request.inputs, parameters: request.parameters };
     if request.stream {
         stream_response(&state, inner).await
     } else {
@@ -233,9 +228,8 @@ async fn tokenize(
         .iter()
         .zip(encoding.get_offsets())
         .map(|(id, &(start, stop))| {
-            let text: String = chars[start.min(chars.len())..stop.min(chars.len())]
-                .iter()
-                .collect();
+            let text: String =
+                chars[start.min(chars.len())..stop.min(chars.len())].iter().collect();
             json!({"id": id, "text": text, "start": start, "stop": stop})
         })
         .collect();
@@ -247,6 +241,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         Some(_) => StatusCode::OK.into_response(),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "healthcheck"),
     }
+}
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {

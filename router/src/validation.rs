@@ -89,9 +89,7 @@ pub fn check_parameters(
     if !positive(p.repetition_penalty) {
         return Err(RepetitionPenalty);
     }
-    if p.frequency_penalty
-        .is_some_and(|v| !(-2.0..=2.0).contains(&v))
-    {
+    if p.frequency_penalty.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
         return Err(FrequencyPenalty);
     }
     if p.top_p.is_some_and(|v| v <= 0.0 || v >= 1.0) {
@@ -159,9 +157,8 @@ pub fn validate(
     if request.inputs.is_empty() {
         return Err(EmptyInput);
     }
-    let encoding = tokenizer
-        .encode(request.inputs.as_str(), true)
-        .map_err(|e| Tokenizer(e.to_string()))?;
+    let encoding =
+        tokenizer.encode(request.inputs.as_str(), true).map_err(|e| Tokenizer(e.to_string()))?;
     let mut prompt = encoding.get_ids().to_vec();
     if prompt.is_empty() {
         return Err(EmptyInput);
@@ -180,11 +177,7 @@ pub fn validate(
         None => limits.max_total_tokens.saturating_sub(input).max(1),
     };
     if input + max_new_tokens > limits.max_total_tokens {
-        return Err(MaxTotalTokens(
-            limits.max_total_tokens,
-            input,
-            max_new_tokens,
-        ));
+        return Err(MaxTotalTokens(limits.max_total_tokens, input, max_new_tokens));
     }
     Ok(ValidRequest {
         inputs: request.inputs,
@@ -232,44 +225,17 @@ mod tests {
     fn every_bound_is_enforced_with_tgi_messages() {
         use serde_json::json;
         let cases = [
-            (
-                json!({"temperature": 0.0}),
-                "`temperature` must be strictly positive",
-            ),
-            (
-                json!({"repetition_penalty": -1.0}),
-                "`repetition_penalty` must be strictly positive",
-            ),
-            (
-                json!({"frequency_penalty": 2.5}),
-                "`frequency_penalty` must be >= -2.0 and <= 2.0",
-            ),
+            (json!({"temperature": 0.0}), "`temperature` must be strictly positive"),
+            (json!({"repetition_penalty": -1.0}), "`repetition_penalty` must be strictly positive"),
+            (json!({"frequency_penalty": 2.5}), "`frequency_penalty` must be >= -2.0 and <= 2.0"),
             (json!({"top_p": 1.0}), "`top_p` must be > 0.0 and < 1.0"),
-            (
-                json!({"typical_p": 0.0}),
-                "`typical_p` must be > 0.0 and < 1.0",
-            ),
+            (json!({"typical_p": 0.0}), "`typical_p` must be > 0.0 and < 1.0"),
             (json!({"top_k": 0}), "`top_k` must be strictly positive"),
-            (
-                json!({"max_new_tokens": 0}),
-                "`max_new_tokens` must be strictly positive",
-            ),
-            (
-                json!({"stop": ["a", "b", "c"]}),
-                "`stop` supports up to 2 stop sequences. Given: 3",
-            ),
-            (
-                json!({"top_n_tokens": 6}),
-                "`top_n_tokens` must be >= 0 and <= 5. Given: 6",
-            ),
-            (
-                json!({"best_of": 3}),
-                "`best_of` must be > 0 and <= 2. Given: 3",
-            ),
-            (
-                json!({"best_of": 2}),
-                "you must use sampling when `best_of` is > 1",
-            ),
+            (json!({"max_new_tokens": 0}), "`max_new_tokens` must be strictly positive"),
+            (json!({"stop": ["a", "b", "c"]}), "`stop` supports up to 2 stop sequences. Given: 3"),
+            (json!({"top_n_tokens": 6}), "`top_n_tokens` must be >= 0 and <= 5. Given: 6"),
+            (json!({"best_of": 3}), "`best_of` must be > 0 and <= 2. Given: 3"),
+            (json!({"best_of": 2}), "you must use sampling when `best_of` is > 1"),
             (
                 json!({"best_of": 2, "do_sample": true, "seed": 1}),
                 "`seed` must not be set when `best_of` > 1",
@@ -294,17 +260,13 @@ mod tests {
     #[test]
     fn streaming_forbids_best_of_and_prefill_details() {
         use serde_json::json;
-        let err = check(
-            json!({"inputs": "Hi", "parameters": {"best_of": 2, "do_sample": true}}),
-            true,
-        )
-        .unwrap_err();
+        let err =
+            check(json!({"inputs": "Hi", "parameters": {"best_of": 2, "do_sample": true}}), true)
+                .unwrap_err();
         assert_eq!(err, ValidationError::BestOfStream);
-        let err = check(
-            json!({"inputs": "Hi", "parameters": {"decoder_input_details": true}}),
-            true,
-        )
-        .unwrap_err();
+        let err =
+            check(json!({"inputs": "Hi", "parameters": {"decoder_input_details": true}}), true)
+                .unwrap_err();
         assert_eq!(err, ValidationError::PrefillDetailsStream);
     }
 
@@ -314,16 +276,8 @@ mod tests {
         let long = "the quick brown fox jumps over the lazy dog ".repeat(8);
         let err = check(json!({"inputs": long}), false).unwrap_err();
         assert!(matches!(err, ValidationError::InputLength(30, _)), "{err}");
-        let full = tokenizer()
-            .encode(long.as_str(), true)
-            .unwrap()
-            .get_ids()
-            .to_vec();
-        let ok = check(
-            json!({"inputs": long, "parameters": {"truncate": 10}}),
-            false,
-        )
-        .unwrap();
+        let full = tokenizer().encode(long.as_str(), true).unwrap().get_ids().to_vec();
+        let ok = check(json!({"inputs": long, "parameters": {"truncate": 10}}), false).unwrap();
         assert_eq!(ok.prompt, full[full.len() - 10..]);
         assert_eq!(ok.max_new_tokens, 30);
     }

@@ -31,10 +31,7 @@ fn unknown_model_id_is_a_clear_error() {
     let out = rill(&["--model-id", "nobody/nothing"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("nobody/nothing") && stderr.contains("Hugging Face cache"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("nobody/nothing") && stderr.contains("Hugging Face cache"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -45,10 +42,7 @@ fn broken_model_directory_is_a_clear_error() {
     let out = rill(&["--model-id", dir.path().to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("config.json") && stderr.contains("not valid JSON"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("config.json") && stderr.contains("not valid JSON"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -65,8 +59,5 @@ fn inconsistent_limits_say_what_to_change() {
     );
     let out = rill(&["--max-total-tokens", "300"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("exceeds the model's max_position_embeddings (256)"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("exceeds the model's max_position_embeddings (256)"), "{stderr}");
 }

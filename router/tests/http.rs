@@ -14,11 +14,7 @@ struct Server {
 
 impl Server {
     async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_rill"))
             .args([
                 "--hostname",
@@ -35,10 +31,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("start rill");
-        let server = Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
+        let server = Server { child, base: format!("http://127.0.0.1:{port}") };
         let start = Instant::now();
         loop {
             if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await
@@ -46,10 +39,7 @@ impl Server {
             {
                 return server;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "rill did not become healthy"
-            );
+            assert!(start.elapsed() < Duration::from_secs(60), "rill did not become healthy");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -101,12 +91,7 @@ fn reference_greedy() -> (String, Vec<u64>) {
     );
     let r: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let p = &r["prompts"][0];
-    let ids = p["greedy"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let ids = p["greedy"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     (p["text"].as_str().unwrap().to_string(), ids)
 }
 
@@ -115,33 +100,22 @@ async fn generate_gives_transformers_greedy_tokens_with_details() {
     let server = Server::start(&[], &[]).await;
     let (prompt, greedy) = reference_greedy();
     let params = json!({"max_new_tokens": 16, "details": true, "ignore_eos": true});
-    let (status, body) = server
-        .post("/generate", json!({"inputs": prompt, "parameters": params}))
-        .await;
+    let (status, body) =
+        server.post("/generate", json!({"inputs": prompt, "parameters": params})).await;
     assert_eq!(status, 200, "{body}");
     let details = &body["details"];
     assert_eq!(details["finish_reason"], "length");
     assert_eq!(details["generated_tokens"], 16);
-    let ids: Vec<u64> = details["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_u64().unwrap())
-        .collect();
+    let ids: Vec<u64> =
+        details["tokens"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, greedy);
-    let text: String = details["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["text"].as_str().unwrap())
-        .collect();
+    let text: String =
+        details["tokens"].as_array().unwrap().iter().map(|t| t["text"].as_str().unwrap()).collect();
     assert_eq!(body["generated_text"], text);
 
     // TGI compat route answers a list; return_full_text prepends the prompt.
     let params = json!({"max_new_tokens": 16, "ignore_eos": true, "return_full_text": true});
-    let (status, list) = server
-        .post("/", json!({"inputs": prompt, "parameters": params}))
-        .await;
+    let (status, list) = server.post("/", json!({"inputs": prompt, "parameters": params})).await;
     assert_eq!(status, 200);
     assert_eq!(list[0]["generated_text"], format!("{prompt}{text}"));
 }
@@ -149,9 +123,8 @@ async fn generate_gives_transformers_greedy_tokens_with_details() {
 #[tokio::test]
 async fn concurrent_streams_match_their_solo_text() {
     let server = Server::start(&[], &[]).await;
-    let prompts: Vec<String> = (0..12)
-        .map(|i| format!("Request {i}: the quick brown fox"))
-        .collect();
+    let prompts: Vec<String> =
+        (0..12).map(|i| format!("Request {i}: the quick brown fox")).collect();
     let body = |p: &str| json!({"inputs": p, "parameters": {"max_new_tokens": 20, "ignore_eos": true, "details": true}});
     let mut solo = Vec::new();
     for p in &prompts {
@@ -171,10 +144,8 @@ async fn concurrent_streams_match_their_solo_text() {
         assert_eq!(&last["generated_text"], want);
         assert_eq!(last["details"]["finish_reason"], "length");
         assert_eq!(last["details"]["generated_tokens"], 20);
-        let streamed: String = events
-            .iter()
-            .map(|e| e["token"]["text"].as_str().unwrap())
-            .collect();
+        let streamed: String =
+            events.iter().map(|e| e["token"]["text"].as_str().unwrap()).collect();
         assert_eq!(&Value::String(streamed), want);
     }
 }
@@ -184,26 +155,18 @@ async fn stop_sequence_spanning_tokens_ends_the_text() {
     let server = Server::start(&[], &[]).await;
     let (prompt, _) = reference_greedy();
     let params = json!({"max_new_tokens": 16, "ignore_eos": true, "details": true});
-    let (_, full) = server
-        .post("/generate", json!({"inputs": prompt, "parameters": params}))
-        .await;
+    let (_, full) = server.post("/generate", json!({"inputs": prompt, "parameters": params})).await;
     let tokens = full["details"]["tokens"].as_array().unwrap();
     // A stop string made of the end of token 5 and the start of token 6.
-    let (a, b) = (
-        tokens[4]["text"].as_str().unwrap(),
-        tokens[5]["text"].as_str().unwrap(),
-    );
+    let (a, b) = (tokens[4]["text"].as_str().unwrap(), tokens[5]["text"].as_str().unwrap());
     assert!(!a.is_empty() && !b.is_empty());
     let stop = format!("{}{}", a.chars().last().unwrap(), b.chars().next().unwrap());
-    let expected: String = tokens[..6]
-        .iter()
-        .map(|t| t["text"].as_str().unwrap())
-        .collect::<String>();
+    let expected: String =
+        tokens[..6].iter().map(|t| t["text"].as_str().unwrap()).collect::<String>();
     let expected = &expected[..expected.find(&stop).unwrap() + stop.len()];
     let params = json!({"max_new_tokens": 16, "ignore_eos": true, "details": true, "stop": [stop]});
-    let (status, body) = server
-        .post("/generate", json!({"inputs": prompt, "parameters": params}))
-        .await;
+    let (status, body) =
+        server.post("/generate", json!({"inputs": prompt, "parameters": params})).await;
     assert_eq!(status, 200);
     assert_eq!(body["details"]["finish_reason"], "stop_sequence");
     assert_eq!(body["generated_text"], expected);
@@ -213,26 +176,10 @@ async fn stop_sequence_spanning_tokens_ends_the_text() {
 async fn bad_requests_get_the_right_status_and_error_type() {
     let server = Server::start(&["--max-stop-sequences", "2"], &[]).await;
     let cases = [
-        (
-            json!({"inputs": "Hi", "parameters": {"temperature": 0.0}}),
-            422,
-            "validation",
-        ),
-        (
-            json!({"inputs": "Hi", "parameters": {"top_p": 1.5}}),
-            422,
-            "validation",
-        ),
-        (
-            json!({"inputs": "Hi", "parameters": {"stop": ["a", "b", "c"]}}),
-            422,
-            "validation",
-        ),
-        (
-            json!({"inputs": "Hi", "parameters": {"max_new_tokens": 100000}}),
-            422,
-            "validation",
-        ),
+        (json!({"inputs": "Hi", "parameters": {"temperature": 0.0}}), 422, "validation"),
+        (json!({"inputs": "Hi", "parameters": {"top_p": 1.5}}), 422, "validation"),
+        (json!({"inputs": "Hi", "parameters": {"stop": ["a", "b", "c"]}}), 422, "validation"),
+        (json!({"inputs": "Hi", "parameters": {"max_new_tokens": 100000}}), 422, "validation"),
         (json!({"inputs": ""}), 422, "validation"),
         (json!({"inputs": 5}), 422, "validation"),
         (json!({"nothing": true}), 422, "validation"),
@@ -246,9 +193,8 @@ async fn bad_requests_get_the_right_status_and_error_type() {
         }
     }
     // A stream refused before its first token answers with the real status.
-    let (status, _) = server
-        .stream(json!({"inputs": "Hi", "parameters": {"decoder_input_details": true}}))
-        .await;
+    let (status, _) =
+        server.stream(json!({"inputs": "Hi", "parameters": {"decoder_input_details": true}})).await;
     assert_eq!(status, 422);
 
     let client = reqwest::Client::new();
@@ -271,10 +217,7 @@ async fn bad_requests_get_the_right_status_and_error_type() {
 
     // The server is unharmed.
     let (status, _) = server
-        .post(
-            "/generate",
-            json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}),
-        )
+        .post("/generate", json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}))
         .await;
     assert_eq!(status, 200);
 }
@@ -285,12 +228,8 @@ async fn a_full_server_answers_429() {
     let long =
         json!({"inputs": "Hello", "parameters": {"max_new_tokens": 200, "ignore_eos": true}});
     let client = reqwest::Client::new();
-    let first = client
-        .post(format!("{}/generate_stream", server.base))
-        .json(&long)
-        .send()
-        .await
-        .unwrap();
+    let first =
+        client.post(format!("{}/generate_stream", server.base)).json(&long).send().await.unwrap();
     assert_eq!(first.status(), 200);
     let (status, err) = server.post("/generate", json!({"inputs": "Hi"})).await;
     assert_eq!(status, 429);
@@ -301,20 +240,14 @@ async fn a_full_server_answers_429() {
 #[tokio::test]
 async fn tokenize_and_info() {
     let server = Server::start(&[], &[]).await;
-    let (status, tokens) = server
-        .post("/tokenize", json!({"inputs": "The quick brown fox"}))
-        .await;
+    let (status, tokens) = server.post("/tokenize", json!({"inputs": "The quick brown fox"})).await;
     assert_eq!(status, 200);
     let tokens = tokens.as_array().unwrap();
     assert_eq!(tokens[0]["id"], 1, "BOS first");
     let text: String = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
     assert_eq!(text, "The quick brown fox");
-    let info: Value = reqwest::get(format!("{}/info", server.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value =
+        reqwest::get(format!("{}/info", server.base)).await.unwrap().json().await.unwrap();
     assert_eq!(info["max_total_tokens"], 256);
     assert_eq!(info["max_input_tokens"], 255);
     assert_eq!(info["router"], "rill");
@@ -326,14 +259,8 @@ async fn tokenize_and_info() {
 async fn scalar_fallback_generates_the_same_text() {
     let body =
         json!({"inputs": "Hello there", "parameters": {"max_new_tokens": 12, "ignore_eos": true}});
-    let simd = Server::start(&[], &[])
-        .await
-        .post("/generate", body.clone())
-        .await;
-    let scalar = Server::start(&[], &[("RILL_NO_AVX512", "1")])
-        .await
-        .post("/generate", body)
-        .await;
+    let simd = Server::start(&[], &[]).await.post("/generate", body.clone()).await;
+    let scalar = Server::start(&[], &[("RILL_NO_AVX512", "1")]).await.post("/generate", body).await;
     assert_eq!(simd, scalar);
 }
 
@@ -343,21 +270,11 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let client = reqwest::Client::new();
     let body =
         json!({"inputs": "Hello", "parameters": {"max_new_tokens": 250, "ignore_eos": true}});
-    let stream = client
-        .post(format!("{}/generate_stream", server.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let stream =
+        client.post(format!("{}/generate_stream", server.base)).json(&body).send().await.unwrap();
     assert_eq!(stream.status(), 200);
     let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let mut events = 0;
     let mut body = stream.bytes_stream();
     let mut text = String::new();
@@ -368,4 +285,90 @@ async fn sigterm_lets_in_flight_requests_finish() {
     assert_eq!(events, 250, "the in-flight stream completed");
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// The value of an unlabelled metric in `/metrics`.
+async fn metric(server: &Server, name: &str) -> Option<f64> {
+    let text =
+        reqwest::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_cover_tgi_set_and_kv_blocks() {
+    let server = Server::start(&[], &[]).await;
+    let body = json!({"inputs": "Hello", "parameters": {"max_new_tokens": 5, "ignore_eos": true}});
+    for _ in 0..3 {
+        assert_eq!(server.post("/generate", body.clone()).await.0, 200);
+    }
+    assert_eq!(server.post("/generate", json!({"inputs": ""})).await.0, 422);
+    let text =
+        reqwest::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
+    for name in [
+        "rill_request_count 4",
+        "rill_request_success 3",
+        "rill_request_failure{err=\"validation\"} 1",
+        "rill_request_duration_bucket",
+        "rill_request_validation_duration_bucket",
+        "rill_request_queue_duration_bucket",
+        "rill_request_inference_duration_bucket",
+        "rill_request_mean_time_per_token_duration_bucket",
+        "rill_request_time_to_first_token_duration_bucket",
+        "rill_request_inter_token_latency_duration_bucket",
+        "rill_request_input_length_bucket",
+        "rill_request_generated_tokens_bucket",
+        "rill_batch_forward_duration_bucket{method=\"prefill\"",
+        "rill_batch_forward_duration_bucket{method=\"decode\"",
+        "rill_batch_next_size_bucket",
+        "rill_queue_size",
+        "rill_batch_current_size",
+        "rill_kv_blocks_total",
+        "rill_preemptions",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    assert_eq!(metric(&server, "rill_kv_blocks_used").await, Some(0.0));
+    assert!(metric(&server, "rill_kv_blocks_total").await.unwrap() > 0.0);
+}
+
+/// Start 64 streams, drop half of them after a few tokens: every block comes
+/// back and the server keeps answering.
+#[tokio::test]
+async fn disconnect_storm_leaks_no_blocks() {
+    let server = Server::start(&[], &[]).await;
+    let client = reqwest::Client::new();
+    let body = json!({"inputs": "Tell me a long story", "parameters": {"max_new_tokens": 240, "ignore_eos": true}});
+    let streams = futures::future::join_all(
+        (0..64).map(|_| client.post(format!("{}/generate_stream", server.base)).json(&body).send()),
+    )
+    .await;
+    let mut kept = Vec::new();
+    for (i, r) in streams.into_iter().enumerate() {
+        let mut events = r.unwrap().bytes_stream();
+        events.next().await.unwrap().unwrap();
+        if i % 2 == 0 {
+            drop(events); // the client goes away after its first token
+        } else {
+            kept.push(events);
+        }
+    }
+    // The others read to the end.
+    for mut events in kept {
+        while events.next().await.is_some() {}
+    }
+    let start = Instant::now();
+    while metric(&server, "rill_kv_blocks_used").await != Some(0.0)
+        || metric(&server, "rill_batch_current_size").await != Some(0.0)
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "blocks still in use");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The dropped half stopped early: far fewer tokens ran than 64 full requests.
+    let ran = metric(&server, "rill_batch_next_tokens_sum").await.unwrap();
+    let full = 64.0 * (6.0 + 240.0);
+    assert!(ran < 0.75 * full, "{ran} tokens ran; 64 complete requests are {full}");
+    let (status, _) = server
+        .post("/generate", json!({"inputs": "Hi", "parameters": {"max_new_tokens": 3}}))
+        .await;
+    assert_eq!(status, 200);
 }

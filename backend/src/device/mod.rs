@@ -81,8 +81,7 @@ impl StepPlan {
         let mut plan = StepPlan::default();
         for (i, seq) in batch.seqs.iter().enumerate() {
             let first_block = plan.block_tables.len();
-            plan.block_tables
-                .extend(seq.block_table.iter().map(|b| b.0));
+            plan.block_tables.extend(seq.block_table.iter().map(|b| b.0));
             plan.seqs.push(SeqPlan {
                 row: plan.tokens.len(),
                 len: seq.tokens.len(),
@@ -94,8 +93,7 @@ impl StepPlan {
                 let block = seq.block_table[pos / BLOCK_SIZE].0 as usize;
                 plan.tokens.push(token.0);
                 plan.positions.push(pos as u32);
-                plan.slots
-                    .push((block * BLOCK_SIZE + pos % BLOCK_SIZE) as u32);
+                plan.slots.push((block * BLOCK_SIZE + pos % BLOCK_SIZE) as u32);
                 plan.row_seq.push(i as u32);
             }
             if seq.sample {

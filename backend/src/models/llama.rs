@@ -40,9 +40,7 @@ pub struct Llama<D: Device> {
 
 impl<D: Device> std::fmt::Debug for Llama<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Llama")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Llama").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -81,8 +79,7 @@ impl<D: Device> Loader<'_, D> {
             let mut tensors = parts
                 .iter()
                 .map(|(prefix, out)| {
-                    self.source
-                        .load(&format!("{prefix}.{suffix}"), &shape(*out, inp))
+                    self.source.load(&format!("{prefix}.{suffix}"), &shape(*out, inp))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let tensor = match tensors.len() {
@@ -93,11 +90,7 @@ impl<D: Device> Loader<'_, D> {
         };
         Ok(Linear {
             weight: load("weight", |out, inp| vec![out, inp])?,
-            bias: if bias {
-                Some(load("bias", |out, _| vec![out])?)
-            } else {
-                None
-            },
+            bias: if bias { Some(load("bias", |out, _| vec![out])?) } else { None },
         })
     }
 }
@@ -110,11 +103,8 @@ impl<D: Device> Llama<D> {
     ) -> Result<Self, LoadError> {
         let c = config;
         let ld = Loader { source, device };
-        let (h, q_dim, kv_dim) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-        );
+        let (h, q_dim, kv_dim) =
+            (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let layers = (0..c.num_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
@@ -225,12 +215,7 @@ impl<D: Device> Llama<D> {
         dev.gather_sample_rows(&x, plan, &mut last);
         dev.rms_norm(&last, &self.norm, c.rms_norm_eps, &mut normed);
         let mut logits = empty();
-        dev.linear(
-            &normed,
-            self.lm_head.as_ref().unwrap_or(&self.embed),
-            None,
-            &mut logits,
-        );
+        dev.linear(&normed, self.lm_head.as_ref().unwrap_or(&self.embed), None, &mut logits);
         logits
     }
 }

@@ -57,10 +57,7 @@ impl Bench {
         let first = id * self.blocks_per_seq;
         SeqStep {
             id: SeqId(id as u64),
-            tokens: tokens
-                .into_iter()
-                .map(|t| TokenId(t % self.vocab))
-                .collect(),
+            tokens: tokens.into_iter().map(|t| TokenId(t % self.vocab)).collect(),
             start_pos,
             block_table: (first..first + end.div_ceil(BLOCK_SIZE))
                 .map(|b| BlockId(b as u32))
@@ -70,10 +67,7 @@ impl Bench {
     }
 
     fn step(&mut self, seqs: Vec<SeqStep>) -> Result<Vec<u32>> {
-        let out = self.runner.step(&ForwardBatch {
-            seqs,
-            ..Default::default()
-        })?;
+        let out = self.runner.step(&ForwardBatch { seqs, ..Default::default() })?;
         Ok(out.sampled.iter().map(|s| s.token.0).collect())
     }
 
@@ -84,13 +78,7 @@ impl Bench {
     fn decode(&mut self, n: usize, steps: usize, reps: usize) -> Result<f64> {
         let prompt = 8;
         let seqs = (0..n)
-            .map(|i| {
-                self.seq(
-                    i,
-                    (0..prompt as u32).map(|t| t * 97 + i as u32).collect(),
-                    0,
-                )
-            })
+            .map(|i| self.seq(i, (0..prompt as u32).map(|t| t * 97 + i as u32).collect(), 0))
             .collect();
         let mut last = self.step(seqs)?;
         let mut pos = prompt;
@@ -156,10 +144,7 @@ fn main() -> Result<()> {
     for name in &args.dtype {
         let dtype = parse_dtype(name)?;
         let weight_bytes = (streamed * dtype.size()) as f64;
-        eprintln!(
-            "loading {} parameters as {name} (dummy weights)...",
-            config.num_parameters()
-        );
+        eprintln!("loading {} parameters as {name} (dummy weights)...", config.num_parameters());
         let t = Instant::now();
         let blocks_per_seq = (args.prompt.max(8 + args.steps * args.reps + 1)).div_ceil(BLOCK_SIZE);
         let kv_per_block =
@@ -168,28 +153,17 @@ fn main() -> Result<()> {
             kv_cache_bytes: blocks_per_seq * args.batch.max(1) * kv_per_block,
             load_format: LoadFormat::Dummy(dtype),
         };
-        let runner = Runner::load(
-            args.config.parent().unwrap_or(&args.config),
-            &config,
-            Cpu::new(),
-            &opts,
-        )?;
+        let runner =
+            Runner::load(args.config.parent().unwrap_or(&args.config), &config, Cpu::new(), &opts)?;
         eprintln!("  loaded in {:.1} s", t.elapsed().as_secs_f64());
-        let mut bench = Bench {
-            runner,
-            blocks_per_seq,
-            vocab: config.vocab_size as u32,
-        };
+        let mut bench = Bench { runner, blocks_per_seq, vocab: config.vocab_size as u32 };
 
         let b1 = bench.decode(1, args.steps, args.reps)?;
         let roofline = bandwidth / weight_bytes;
         let bn = bench.decode(args.batch, args.steps, args.reps)?;
         let prefill = bench.prefill(args.prompt, args.reps)?;
         let gflops = |tps: f64| tps * flops_per_token / 1e9;
-        println!(
-            "dtype {name}: weights streamed per token {:.2} GB",
-            weight_bytes / 1e9
-        );
+        println!("dtype {name}: weights streamed per token {:.2} GB", weight_bytes / 1e9);
         println!(
             "  decode batch 1:   {b1:7.2} tok/s   roofline {roofline:.2} tok/s ({:.0}% of bandwidth)",
             100.0 * b1 / roofline

@@ -17,10 +17,7 @@ fn runner(model: &ModelDir, blocks: usize) -> Runner<Cpu> {
     let c = &model.config;
     let kv_cache_bytes =
         blocks * KvLayout::block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, 4);
-    let opts = RunnerOptions {
-        kv_cache_bytes,
-        ..Default::default()
-    };
+    let opts = RunnerOptions { kv_cache_bytes, ..Default::default() };
     Runner::load(&model.path, c, Cpu::new(), &opts).unwrap()
 }
 
@@ -32,17 +29,9 @@ fn generate(
 ) -> (HashMap<SeqId, Vec<u32>>, u64) {
     let mut s = Scheduler::new(config, runner.num_blocks());
     for (i, p) in prompts.iter().enumerate() {
-        let stop = StopCriteria {
-            max_new_tokens: new,
-            eos_token_ids: vec![],
-            ignore_eos: true,
-        };
-        s.add(Sequence::new(
-            SeqId(i as u64),
-            p.iter().copied().map(TokenId).collect(),
-            stop,
-        ))
-        .unwrap();
+        let stop = StopCriteria { max_new_tokens: new, eos_token_ids: vec![], ignore_eos: true };
+        s.add(Sequence::new(SeqId(i as u64), p.iter().copied().map(TokenId).collect(), stop))
+            .unwrap();
     }
     let mut out: HashMap<SeqId, Vec<u32>> = HashMap::new();
     while !s.is_idle() {
@@ -61,11 +50,7 @@ fn generate(
 fn preempted_and_chunked_sequences_generate_what_they_generate_alone() {
     let model = ModelDir::open(&fixture_model("llama")).unwrap();
     let prompts: Vec<Vec<u32>> = (0..6u32)
-        .map(|i| {
-            (0..(9 + 7 * i))
-                .map(|t| (t * 31 + i * 17) % 390 + 4)
-                .collect()
-        })
+        .map(|i| (0..(9 + 7 * i)).map(|t| (t * 31 + i * 17) % 390 + 4).collect())
         .collect();
     let new = 30;
 
@@ -74,10 +59,7 @@ fn preempted_and_chunked_sequences_generate_what_they_generate_alone() {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let config = SchedulerConfig {
-                max_batch_tokens: 256,
-                max_batch_size: 1,
-            };
+            let config = SchedulerConfig { max_batch_tokens: 256, max_batch_size: 1 };
             let (mut out, _) = generate(&mut roomy, config, std::slice::from_ref(p), new);
             (SeqId(i as u64), out.remove(&SeqId(0)).unwrap())
         })
@@ -86,10 +68,7 @@ fn preempted_and_chunked_sequences_generate_what_they_generate_alone() {
     // 6 sequences of up to 74 tokens in 10 blocks (160 tokens), 16-token steps.
     let mut tight = runner(&model, 10);
     assert_eq!(tight.num_blocks() * BLOCK_SIZE, 160);
-    let config = SchedulerConfig {
-        max_batch_tokens: 16,
-        max_batch_size: 8,
-    };
+    let config = SchedulerConfig { max_batch_tokens: 16, max_batch_size: 8 };
     let (together, preemptions) = generate(&mut tight, config, &prompts, new);
     assert!(preemptions > 0, "the cache was meant to run out");
     assert_eq!(together, alone);

@@ -11,10 +11,7 @@ pub const BLOCKS_PER_SEQ: usize = 16;
 
 pub fn load(dir: &Path) -> (ModelDir, Runner<Cpu>) {
     let model = ModelDir::open(dir).unwrap_or_else(|e| panic!("{e}"));
-    let opts = RunnerOptions {
-        kv_cache_bytes: 64 << 20,
-        ..Default::default()
-    };
+    let opts = RunnerOptions { kv_cache_bytes: 64 << 20, ..Default::default() };
     let runner =
         Runner::load(dir, &model.config, Cpu::new(), &opts).unwrap_or_else(|e| panic!("{e}"));
     (model, runner)
@@ -78,17 +75,12 @@ pub fn run(runner: &mut Runner<Cpu>, jobs: &[Job]) -> Vec<Outcome> {
             chunk: 0,
             seq: job.prompt.clone(),
             out: Outcome::default(),
-            blocks: (0..BLOCKS_PER_SEQ)
-                .map(|b| BlockId((i * BLOCKS_PER_SEQ + b) as u32))
-                .collect(),
+            blocks: (0..BLOCKS_PER_SEQ).map(|b| BlockId((i * BLOCKS_PER_SEQ + b) as u32)).collect(),
         })
         .collect();
     let mut step = 0;
     while live.iter().any(|l| !l.done()) {
-        let mut batch = ForwardBatch {
-            return_logits: true,
-            ..Default::default()
-        };
+        let mut batch = ForwardBatch { return_logits: true, ..Default::default() };
         let mut members = Vec::new();
         for (i, l) in live.iter_mut().enumerate() {
             if l.done() || step < l.job.delay {
@@ -103,10 +95,7 @@ pub fn run(runner: &mut Runner<Cpu>, jobs: &[Job]) -> Vec<Outcome> {
                 };
                 l.chunk += 1;
                 let last = l.cached + size == prompt_len;
-                (
-                    l.seq[l.cached..l.cached + size].to_vec(),
-                    last || l.job.logits_every_chunk,
-                )
+                (l.seq[l.cached..l.cached + size].to_vec(), last || l.job.logits_every_chunk)
             } else {
                 (vec![*l.seq.last().unwrap()], true)
             };
@@ -121,9 +110,7 @@ pub fn run(runner: &mut Runner<Cpu>, jobs: &[Job]) -> Vec<Outcome> {
             l.cached = end;
             members.push(i);
         }
-        let out = runner
-            .step(&batch)
-            .unwrap_or_else(|e| panic!("step {step}: {e}"));
+        let out = runner.step(&batch).unwrap_or_else(|e| panic!("step {step}: {e}"));
         let mut sampled = out.sampled.into_iter();
         for (i, s) in members.into_iter().zip(&batch.seqs) {
             if !s.sample {

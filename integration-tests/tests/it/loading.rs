@@ -57,41 +57,25 @@ fn unsupported_architecture_lists_the_supported_ones() {
         v["architectures"] = serde_json::json!(["FalconForCausalLM"])
     });
     let msg = load_err(dir.path());
-    assert!(
-        msg.contains("FalconForCausalLM") && msg.contains("Qwen2ForCausalLM"),
-        "{msg}"
-    );
+    assert!(msg.contains("FalconForCausalLM") && msg.contains("Qwen2ForCausalLM"), "{msg}");
 }
 
 #[test]
 fn wrong_shape_names_tensor_expected_and_found() {
     let dir = copy_fixture("llama");
-    edit_json(&dir.path().join("config.json"), |v| {
-        v["intermediate_size"] = serde_json::json!(96)
-    });
+    edit_json(&dir.path().join("config.json"), |v| v["intermediate_size"] = serde_json::json!(96));
     let msg = load_err(dir.path());
-    assert!(
-        msg.contains("model.safetensors") && msg.contains("mlp.gate_proj.weight"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("[96, 64]") && msg.contains("[160, 64]"),
-        "{msg}"
-    );
+    assert!(msg.contains("model.safetensors") && msg.contains("mlp.gate_proj.weight"), "{msg}");
+    assert!(msg.contains("[96, 64]") && msg.contains("[160, 64]"), "{msg}");
 }
 
 #[test]
 fn missing_tensor_is_named() {
     let dir = copy_fixture("llama");
     // Claiming q/k/v biases the checkpoint does not have.
-    edit_json(&dir.path().join("config.json"), |v| {
-        v["attention_bias"] = serde_json::json!(true)
-    });
+    edit_json(&dir.path().join("config.json"), |v| v["attention_bias"] = serde_json::json!(true));
     let msg = load_err(dir.path());
-    assert!(
-        msg.contains("missing tensor `model.layers.0.self_attn.q_proj.bias`"),
-        "{msg}"
-    );
+    assert!(msg.contains("missing tensor `model.layers.0.self_attn.q_proj.bias`"), "{msg}");
 }
 
 #[test]

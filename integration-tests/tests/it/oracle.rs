@@ -32,11 +32,7 @@ fn reference(dir: &Path) -> Vec<RefPrompt> {
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ids = |v: &Value| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect::<Vec<_>>()
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>()
     };
     meta["prompts"]
         .as_array()
@@ -59,10 +55,7 @@ fn reference(dir: &Path) -> Vec<RefPrompt> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Prompt logits at every position, and the greedy continuation, match transformers.
@@ -70,23 +63,10 @@ fn matches_transformers(name: &str) {
     let dir = fixture_model(name);
     let reference = reference(&dir);
     let (model, mut runner) = harness::load(&dir);
-    for (
-        i,
-        RefPrompt {
-            text,
-            ids: prompt,
-            greedy,
-            logits,
-        },
-    ) in reference.iter().enumerate()
-    {
+    for (i, RefPrompt { text, ids: prompt, greedy, logits }) in reference.iter().enumerate() {
         // The server's own tokenization gives the ids transformers was fed.
         let encoded = model.tokenizer.encode(text.as_str(), true).unwrap();
-        assert_eq!(
-            encoded.get_ids(),
-            prompt.as_slice(),
-            "{name} prompt {i} tokenization"
-        );
+        assert_eq!(encoded.get_ids(), prompt.as_slice(), "{name} prompt {i} tokenization");
 
         // One chunk per token, logits after each: every prompt position.
         let job = Job {
@@ -97,15 +77,9 @@ fn matches_transformers(name: &str) {
         let out = &harness::run(&mut runner, &[job])[0];
         for (pos, want) in logits.iter().enumerate() {
             let diff = max_abs_diff(&out.logits[pos], want);
-            assert!(
-                diff < TOLERANCE,
-                "{name} prompt {i} position {pos}: logits differ by {diff}"
-            );
+            assert!(diff < TOLERANCE, "{name} prompt {i} position {pos}: logits differ by {diff}");
         }
-        assert_eq!(
-            &out.tokens, greedy,
-            "{name} prompt {i}: greedy continuation"
-        );
+        assert_eq!(&out.tokens, greedy, "{name} prompt {i}: greedy continuation");
 
         // Whole-prompt prefill: the same last-position logits, to the bit.
         let whole = &harness::run(&mut runner, &[Job::new(prompt, greedy.len())])[0];
@@ -155,17 +129,12 @@ fn invariant_under_chunking_and_batching(name: &str) {
     let (_, mut runner) = harness::load(&dir);
     let (p0, g0) = (&reference[0].ids, &reference[0].greedy);
     let (p1, g1) = (&reference[1].ids, &reference[1].greedy);
-    let alone: Vec<_> = [p0, p1]
-        .iter()
-        .map(|p| harness::run(&mut runner, &[Job::new(p, 12)]).remove(0))
-        .collect();
+    let alone: Vec<_> =
+        [p0, p1].iter().map(|p| harness::run(&mut runner, &[Job::new(p, 12)]).remove(0)).collect();
 
     // Several chunkings of the same prompt, each alone.
     for chunks in [vec![5, 7], vec![3; 9], vec![16], vec![1, 2, 3, 4, 5]] {
-        let job = Job {
-            chunks: chunks.clone(),
-            ..Job::new(p0, 12)
-        };
+        let job = Job { chunks: chunks.clone(), ..Job::new(p0, 12) };
         let out = harness::run(&mut runner, &[job]).remove(0);
         assert_eq!(out.tokens, alone[0].tokens, "{name} chunks {chunks:?}");
         assert_eq!(
@@ -176,32 +145,15 @@ fn invariant_under_chunking_and_batching(name: &str) {
 
     // In a batch: other sequences in prefill and decode around it, in another chunking.
     let jobs = vec![
-        Job {
-            chunks: vec![4, 4],
-            ..Job::new(p1, 12)
-        },
+        Job { chunks: vec![4, 4], ..Job::new(p1, 12) },
         Job::new(&p0[..7], 20),
-        Job {
-            chunks: vec![6],
-            delay: 3,
-            ..Job::new(p0, 12)
-        },
-        Job {
-            delay: 1,
-            ..Job::new(&[1, 5, 9, 200, 37], 15)
-        },
-        Job {
-            chunks: vec![2],
-            delay: 5,
-            ..Job::new(p1, 12)
-        },
+        Job { chunks: vec![6], delay: 3, ..Job::new(p0, 12) },
+        Job { delay: 1, ..Job::new(&[1, 5, 9, 200, 37], 15) },
+        Job { chunks: vec![2], delay: 5, ..Job::new(p1, 12) },
     ];
     let outs = harness::run(&mut runner, &jobs);
     assert_eq!(outs[0], alone[1], "{name}: prompt 1 chunked in a batch");
-    assert_eq!(
-        outs[2], alone[0],
-        "{name}: prompt 0 joining a running batch"
-    );
+    assert_eq!(outs[2], alone[0], "{name}: prompt 0 joining a running batch");
     assert_eq!(outs[4], alone[1], "{name}: prompt 1 late in a batch");
     assert_eq!(&alone[0].tokens[..], &g0[..12]);
     assert_eq!(&alone[1].tokens[..], &g1[..12]);

@@ -27,51 +27,21 @@ fn each_bad_batch_is_refused_with_its_reason() {
     let num_blocks = runner.num_blocks() as u32;
     let good = seq(1, &[1, 2, 3], 0, &[0]);
     let cases: Vec<(SeqStep, IsExpected)> = vec![
-        (seq(2, &[], 0, &[1]), |e| {
-            matches!(e, StepError::EmptySequence { .. })
-        }),
+        (seq(2, &[], 0, &[1]), |e| matches!(e, StepError::EmptySequence { .. })),
         (seq(2, &[1, 400], 0, &[1]), |e| {
-            matches!(
-                e,
-                StepError::TokenOutOfRange {
-                    token: 400,
-                    vocab: 400,
-                    ..
-                }
-            )
+            matches!(e, StepError::TokenOutOfRange { token: 400, vocab: 400, .. })
         }),
         (seq(2, &[1; 17], 0, &[1]), |e| {
-            matches!(
-                e,
-                StepError::BlockTableTooShort {
-                    needed: 2,
-                    have: 1,
-                    ..
-                }
-            )
+            matches!(e, StepError::BlockTableTooShort { needed: 2, have: 1, .. })
         }),
-        (seq(2, &[1], 0, &[num_blocks]), |e| {
-            matches!(e, StepError::BlockOutOfRange { .. })
-        }),
+        (seq(2, &[1], 0, &[num_blocks]), |e| matches!(e, StepError::BlockOutOfRange { .. })),
         (seq(2, &[1], 256, &[1; 17]), |e| {
-            matches!(
-                e,
-                StepError::TooLong {
-                    end: 257,
-                    max: 256,
-                    ..
-                }
-            )
+            matches!(e, StepError::TooLong { end: 257, max: 256, .. })
         }),
-        (seq(1, &[1], 0, &[1]), |e| {
-            matches!(e, StepError::DuplicateSequence { .. })
-        }),
+        (seq(1, &[1], 0, &[1]), |e| matches!(e, StepError::DuplicateSequence { .. })),
     ];
     for (bad, expected) in cases {
-        let batch = ForwardBatch {
-            seqs: vec![good.clone(), bad.clone()],
-            ..Default::default()
-        };
+        let batch = ForwardBatch { seqs: vec![good.clone(), bad.clone()], ..Default::default() };
         let err = runner.step(&batch).expect_err(&format!("{bad:?} accepted"));
         assert!(expected(&err), "{bad:?}: unexpected error {err}");
         assert!(!err.to_string().is_empty());
@@ -82,32 +52,21 @@ fn each_bad_batch_is_refused_with_its_reason() {
 fn a_refused_batch_changes_nothing() {
     let (_, mut runner) = harness::load(&fixture_model("llama"));
     let prompt = [1, 50, 60, 70, 80, 90];
-    let with_logits = |s: SeqStep| ForwardBatch {
-        seqs: vec![s],
-        return_logits: true,
-        ..Default::default()
-    };
+    let with_logits =
+        |s: SeqStep| ForwardBatch { seqs: vec![s], return_logits: true, ..Default::default() };
     // Prefill, then decode one token: once undisturbed, once with a refused batch
     // in between that would have overwritten the sequence's cached keys.
     let mut decode_logits = Vec::new();
     for disturb in [false, true] {
-        let first = runner
-            .step(&with_logits(seq(0, &prompt, 0, &[0])))
-            .unwrap()
-            .sampled[0]
-            .token;
+        let first = runner.step(&with_logits(seq(0, &prompt, 0, &[0]))).unwrap().sampled[0].token;
         if disturb {
             let batch = ForwardBatch {
                 seqs: vec![seq(5, &[7; 16], 0, &[0]), seq(9, &[1], 0, &[u32::MAX])],
                 ..Default::default()
             };
-            runner
-                .step(&batch)
-                .expect_err("out-of-range block accepted");
+            runner.step(&batch).expect_err("out-of-range block accepted");
         }
-        let out = runner
-            .step(&with_logits(seq(0, &[first.0], prompt.len(), &[0])))
-            .unwrap();
+        let out = runner.step(&with_logits(seq(0, &[first.0], prompt.len(), &[0]))).unwrap();
         decode_logits.push(out.sampled[0].logits.clone().unwrap());
     }
     assert_eq!(decode_logits[0], decode_logits[1]);

@@ -47,25 +47,16 @@ impl FakeRunner {
 }
 
 fn seq(id: u64, prompt_len: usize, max_new_tokens: usize) -> Sequence {
-    let prompt = (0..prompt_len as u32)
-        .map(|t| TokenId(t * 7 + id as u32))
-        .collect();
+    let prompt = (0..prompt_len as u32).map(|t| TokenId(t * 7 + id as u32)).collect();
     Sequence::new(
         SeqId(id),
         prompt,
-        StopCriteria {
-            max_new_tokens,
-            eos_token_ids: vec![3],
-            ignore_eos: false,
-        },
+        StopCriteria { max_new_tokens, eos_token_ids: vec![3], ignore_eos: false },
     )
 }
 
 fn config(max_batch_tokens: usize) -> SchedulerConfig {
-    SchedulerConfig {
-        max_batch_tokens,
-        max_batch_size: 64,
-    }
+    SchedulerConfig { max_batch_tokens, max_batch_size: 64 }
 }
 
 /// Run until idle; every sequence's generated tokens, by id.
@@ -95,18 +86,11 @@ fn long_prompt_is_prefilled_in_chunks_then_decoded() {
     let mut shapes = Vec::new();
     while !s.is_idle() {
         let b = s.schedule();
-        shapes.push((
-            b.seqs[0].start_pos,
-            b.seqs[0].tokens.len(),
-            b.seqs[0].sample,
-        ));
+        shapes.push((b.seqs[0].start_pos, b.seqs[0].tokens.len(), b.seqs[0].sample));
         s.update(&r.step(&b));
     }
     let decodes = [(20, 1, true), (21, 1, true), (22, 1, true)];
-    assert_eq!(
-        shapes,
-        [&[(0, 8, false), (8, 8, false), (16, 4, true)][..], &decodes].concat()
-    );
+    assert_eq!(shapes, [&[(0, 8, false), (8, 8, false), (16, 4, true)][..], &decodes].concat());
 }
 
 #[test]
@@ -206,26 +190,14 @@ fn a_failed_step_drops_its_sequences() {
 #[test]
 fn sequences_that_can_never_fit_are_refused() {
     let mut s = Scheduler::new(config(16), 2);
-    assert_eq!(
-        s.add(seq(1, 30, 3)),
-        Err(AddError::TooLong {
-            tokens: 33,
-            capacity: 32
-        })
-    );
+    assert_eq!(s.add(seq(1, 30, 3)), Err(AddError::TooLong { tokens: 33, capacity: 32 }));
     s.add(seq(1, 10, 3)).unwrap();
     assert_eq!(s.add(seq(1, 10, 3)), Err(AddError::Duplicate(SeqId(1))));
 }
 
 #[test]
 fn batch_size_limit_holds() {
-    let mut s = Scheduler::new(
-        SchedulerConfig {
-            max_batch_tokens: 1000,
-            max_batch_size: 3,
-        },
-        64,
-    );
+    let mut s = Scheduler::new(SchedulerConfig { max_batch_tokens: 1000, max_batch_size: 3 }, 64);
     for i in 0..5 {
         s.add(seq(i, 4, 2)).unwrap();
     }
@@ -245,13 +217,7 @@ fn random_workload_keeps_invariants_and_leaks_nothing() {
         rng ^= rng << 17;
         rng % n
     };
-    let mut s = Scheduler::new(
-        SchedulerConfig {
-            max_batch_tokens: 24,
-            max_batch_size: 6,
-        },
-        12,
-    );
+    let mut s = Scheduler::new(SchedulerConfig { max_batch_tokens: 24, max_batch_size: 6 }, 12);
     let mut r = FakeRunner::default();
     let mut id = 0;
     for step in 0..3000 {

@@ -23,52 +23,44 @@ pub(super) fn paged(
     plan: &StepPlan,
     out: &mut Mat,
 ) {
-    let AttentionShape {
-        heads,
-        kv_heads,
-        head_dim,
-        window,
-    } = shape;
+    let AttentionShape { heads, kv_heads, head_dim, window } = shape;
     let group = heads / kv_heads;
     let kv_width = kv_heads * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
 
-    out.data
-        .par_chunks_mut(head_dim)
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (task, o)| {
-            let (row, head) = (task / heads, task % heads);
-            let seq = plan.row_seq[row] as usize;
-            let table = plan.block_table(seq);
-            let pos = plan.positions[row] as usize;
-            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let qh = &q.row(row)[head * head_dim..(head + 1) * head_dim];
-            let kv_off = (head / group) * head_dim;
-            let slot = |p: usize| {
-                (table[p / BLOCK_SIZE] as usize * BLOCK_SIZE + p % BLOCK_SIZE) * kv_width + kv_off
-            };
+    out.data.par_chunks_mut(head_dim).enumerate().for_each_init(Vec::new, |scores, (task, o)| {
+        let (row, head) = (task / heads, task % heads);
+        let seq = plan.row_seq[row] as usize;
+        let table = plan.block_table(seq);
+        let pos = plan.positions[row] as usize;
+        let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let qh = &q.row(row)[head * head_dim..(head + 1) * head_dim];
+        let kv_off = (head / group) * head_dim;
+        let slot = |p: usize| {
+            (table[p / BLOCK_SIZE] as usize * BLOCK_SIZE + p % BLOCK_SIZE) * kv_width + kv_off
+        };
 
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for p in lo..=pos {
-                let at = slot(p);
-                let s = simd::dot(qh, &k_cache[at..at + head_dim]) * scale;
-                max = max.max(s);
-                scores.push(s);
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for p in lo..=pos {
+            let at = slot(p);
+            let s = simd::dot(qh, &k_cache[at..at + head_dim]) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        o.fill(0.0);
+        for (p, s) in (lo..=pos).zip(scores.iter()) {
+            let at = slot(p);
+            let weight = s * inv;
+            for (o, v) in o.iter_mut().zip(&v_cache[at..at + head_dim]) {
+                *o += weight * v;
             }
-            let mut sum = 0.0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            o.fill(0.0);
-            for (p, s) in (lo..=pos).zip(scores.iter()) {
-                let at = slot(p);
-                let weight = s * inv;
-                for (o, v) in o.iter_mut().zip(&v_cache[at..at + head_dim]) {
-                    *o += weight * v;
-                }
-            }
-        });
+        }
+    });
 }

@@ -58,20 +58,10 @@ pub fn linear<E: Elem>(
     }
     // Enough chunks to balance threads; each a multiple of the widest tile.
     let threads = rayon::current_num_threads().max(1);
-    let per = n
-        .div_ceil(threads * 4)
-        .next_multiple_of(DECODE_NR)
-        .max(DECODE_NR);
+    let per = n.div_ceil(threads * 4).next_multiple_of(DECODE_NR).max(DECODE_NR);
     let chunks = n.div_ceil(per);
     let optr = OutPtr(out.as_mut_ptr());
-    let product = Product {
-        x,
-        m,
-        k,
-        w,
-        n,
-        bias,
-    };
+    let product = Product { x, m, k, w, n, bias };
     (0..chunks).into_par_iter().for_each(|c| {
         let cols = c * per..((c + 1) * per).min(n);
         let out = optr;
@@ -97,14 +87,7 @@ impl<E: Elem> Product<'_, E> {
     /// # Safety
     /// `out` must point to `m * n` writable f32s not otherwise accessed in `cols`.
     unsafe fn columns(&self, out: *mut f32, cols: Range<usize>) {
-        let Product {
-            x,
-            m,
-            k,
-            w,
-            n,
-            bias,
-        } = *self;
+        let Product { x, m, k, w, n, bias } = *self;
         let store = |i: usize, j: usize, v: f32| {
             let v = v + bias.map_or(0.0, |b| b[j]);
             // SAFETY: `i < m`, `j` in `cols`: inside `out` and owned by this call.
@@ -125,11 +108,7 @@ impl<E: Elem> Product<'_, E> {
         }
         for i in 0..m {
             for j in cols.clone() {
-                store(
-                    i,
-                    j,
-                    simd::dot_scalar(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]),
-                );
+                store(i, j, simd::dot_scalar(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]));
             }
         }
     }
@@ -268,14 +247,9 @@ mod tests {
 
     #[test]
     fn every_shape_matches_the_scalar_reference_bit_for_bit() {
-        for (m, k, n) in [
-            (1, 64, 40),
-            (1, 33, 9),
-            (2, 64, 13),
-            (5, 100, 17),
-            (9, 48, 64),
-            (37, 2048, 11),
-        ] {
+        for (m, k, n) in
+            [(1, 64, 40), (1, 33, 9), (2, 64, 13), (5, 100, 17), (9, 48, 64), (37, 2048, 11)]
+        {
             let x = data(m * k, 1);
             let w = data(n * k, 2);
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();

@@ -31,11 +31,7 @@ pub struct Mat {
 
 impl Mat {
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Mat {
-            data: vec![0.0; rows * cols],
-            rows,
-            cols,
-        }
+        Mat { data: vec![0.0; rows * cols], rows, cols }
     }
 
     pub fn row(&self, r: usize) -> &[f32] {
@@ -82,9 +78,7 @@ impl Cpu {
             .build()
             // Only fails if the OS refuses to spawn threads; nothing can run then.
             .expect("cannot start the CPU device's threads");
-        Cpu {
-            pool: std::sync::Arc::new(pool),
-        }
+        Cpu { pool: std::sync::Arc::new(pool) }
     }
 
     pub fn threads(&self) -> usize {
@@ -148,11 +142,7 @@ impl Device for Cpu {
     fn linear(&self, x: &Mat, w: &HostTensor, bias: Option<&HostTensor>, out: &mut Mat) {
         let (n, k) = (w.shape[0], w.shape[1]);
         debug_assert_eq!(x.cols, k);
-        *out = Mat {
-            data: std::mem::take(&mut out.data),
-            rows: x.rows,
-            cols: n,
-        };
+        *out = Mat { data: std::mem::take(&mut out.data), rows: x.rows, cols: n };
         out.data.resize(x.rows * n, 0.0);
         let bias = bias.map(small_f32);
         let b = bias.as_deref();
@@ -172,36 +162,30 @@ impl Device for Cpu {
     fn rms_norm(&self, x: &Mat, weight: &HostTensor, eps: f32, out: &mut Mat) {
         let w = small_f32(weight);
         *out = Mat::zeros(x.rows, x.cols);
-        out.data
-            .par_chunks_mut(x.cols)
-            .zip(x.data.par_chunks(x.cols))
-            .for_each(|(o, r)| {
-                let mean_sq = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
-                let inv = 1.0 / (mean_sq + eps).sqrt();
-                for ((o, v), w) in o.iter_mut().zip(r).zip(&w) {
-                    *o = w * (v * inv);
-                }
-            });
+        out.data.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).for_each(|(o, r)| {
+            let mean_sq = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
+            let inv = 1.0 / (mean_sq + eps).sqrt();
+            for ((o, v), w) in o.iter_mut().zip(r).zip(&w) {
+                *o = w * (v * inv);
+            }
+        });
     }
 
     fn rope(&self, x: &mut Mat, head_dim: usize, plan: &StepPlan) {
         let half = head_dim / 2;
         let cols = x.cols;
-        x.data
-            .par_chunks_mut(cols)
-            .enumerate()
-            .for_each(|(r, row)| {
-                let cos = &plan.rope_cos[r * half..(r + 1) * half];
-                let sin = &plan.rope_sin[r * half..(r + 1) * half];
-                for head in row.chunks_exact_mut(head_dim) {
-                    let (a, b) = head.split_at_mut(half);
-                    for i in 0..half {
-                        let (x0, x1) = (a[i], b[i]);
-                        a[i] = x0 * cos[i] - x1 * sin[i];
-                        b[i] = x1 * cos[i] + x0 * sin[i];
-                    }
+        x.data.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+            let cos = &plan.rope_cos[r * half..(r + 1) * half];
+            let sin = &plan.rope_sin[r * half..(r + 1) * half];
+            for head in row.chunks_exact_mut(head_dim) {
+                let (a, b) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x0, x1) = (a[i], b[i]);
+                    a[i] = x0 * cos[i] - x1 * sin[i];
+                    b[i] = x1 * cos[i] + x0 * sin[i];
                 }
-            });
+            }
+        });
     }
 
     fn write_kv(&self, cache: &mut CpuKvCache, layer: usize, k: &Mat, v: &Mat, plan: &StepPlan) {
@@ -230,25 +214,20 @@ impl Device for Cpu {
     fn silu_mul(&self, gate_up: &Mat, out: &mut Mat) {
         let half = gate_up.cols / 2;
         *out = Mat::zeros(gate_up.rows, half);
-        out.data
-            .par_chunks_mut(half)
-            .zip(gate_up.data.par_chunks(gate_up.cols))
-            .for_each(|(o, gu)| {
+        out.data.par_chunks_mut(half).zip(gate_up.data.par_chunks(gate_up.cols)).for_each(
+            |(o, gu)| {
                 let (g, u) = gu.split_at(half);
                 for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
                     *o = g / (1.0 + (-g).exp()) * u;
                 }
-            });
+            },
+        );
     }
 
     fn split_cols(&self, x: &Mat, widths: &[usize], outs: &mut [&mut Mat]) {
         debug_assert_eq!(widths.iter().sum::<usize>(), x.cols);
         for (out, &w) in outs.iter_mut().zip(widths) {
-            **out = Mat {
-                data: Vec::with_capacity(x.rows * w),
-                rows: x.rows,
-                cols: w,
-            };
+            **out = Mat { data: Vec::with_capacity(x.rows * w), rows: x.rows, cols: w };
         }
         for row in x.data.chunks_exact(x.cols) {
             let mut at = 0;

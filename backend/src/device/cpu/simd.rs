@@ -104,11 +104,7 @@ pub fn dot_scalar<E: Elem>(x: &[f32], w: &[E]) -> f32 {
     let (xr, wr) = (xs.remainder(), ws.remainder());
     if !xr.is_empty() {
         for l in 0..LANES {
-            let (a, b) = if l < xr.len() {
-                (xr[l], wr[l].widen())
-            } else {
-                (0.0, 0.0)
-            };
+            let (a, b) = if l < xr.len() { (xr[l], wr[l].widen()) } else { (0.0, 0.0) };
             acc[l] = a.mul_add(b, acc[l]);
         }
     }
@@ -210,11 +206,7 @@ pub unsafe fn accumulate_avx512<E: Elem, const MR: usize, const NR: usize>(
                 // Near a row's end, prefetch the start of the row NR further on
                 // (the next tile's), so its streams are warm when that tile begins.
                 let ahead = off + PREFETCH_BYTES / size_of::<E>();
-                let (row, at) = if ahead < k {
-                    (0, ahead)
-                } else {
-                    (NR, ahead - k)
-                };
+                let (row, at) = if ahead < k { (0, ahead) } else { (NR, ahead - k) };
                 for j in 0..NR {
                     let target = w.wrapping_add((j + row) * ldw + at);
                     _mm_prefetch::<_MM_HINT_T0>(target.cast());
@@ -342,21 +334,9 @@ mod tests {
             let w = data(k, 2);
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-            assert_eq!(
-                dot(&x, &w).to_bits(),
-                dot_scalar(&x, &w).to_bits(),
-                "f32 k={k}"
-            );
-            assert_eq!(
-                dot(&x, &wb).to_bits(),
-                dot_scalar(&x, &wb).to_bits(),
-                "bf16 k={k}"
-            );
-            assert_eq!(
-                dot(&x, &wh).to_bits(),
-                dot_scalar(&x, &wh).to_bits(),
-                "f16 k={k}"
-            );
+            assert_eq!(dot(&x, &w).to_bits(), dot_scalar(&x, &w).to_bits(), "f32 k={k}");
+            assert_eq!(dot(&x, &wb).to_bits(), dot_scalar(&x, &wb).to_bits(), "bf16 k={k}");
+            assert_eq!(dot(&x, &wh).to_bits(), dot_scalar(&x, &wh).to_bits(), "f16 k={k}");
             let exact: f64 = x.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
             assert!((dot(&x, &w) as f64 - exact).abs() < 1e-4 * k as f64);
         }

@@ -1,0 +1,57 @@
+//! Prometheus metrics: TGI's set under a `rill_` prefix, plus what TGI lacks (time
+//! to first token, inter-token latency, KV blocks used/total, preemptions).
+//!
+//! Names live here as constants so the engine, the request path and the tests agree.
+//! Histograms get buckets chosen for LLM serving (milliseconds to minutes; token
+//! counts by powers of two) so they render as real Prometheus histograms.
+
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUEST_COUNT: &str = "rill_request_count";
+pub const REQUEST_SUCCESS: &str = "rill_request_success";
+/// Label `err`: validation, overloaded, generation, loading, ...
+pub const REQUEST_FAILURE: &str = "rill_request_failure";
+pub const REQUEST_DURATION: &str = "rill_request_duration";
+pub const REQUEST_VALIDATION_DURATION: &str = "rill_request_validation_duration";
+pub const REQUEST_QUEUE_DURATION: &str = "rill_request_queue_duration";
+pub const REQUEST_INFERENCE_DURATION: &str = "rill_request_inference_duration";
+pub const REQUEST_MEAN_TIME_PER_TOKEN_DURATION: &str = "rill_request_mean_time_per_token_duration";
+pub const REQUEST_TIME_TO_FIRST_TOKEN_DURATION: &str = "rill_request_time_to_first_token_duration";
+pub const REQUEST_INTER_TOKEN_LATENCY_DURATION: &str = "rill_request_inter_token_latency_duration";
+pub const REQUEST_INPUT_LENGTH: &str = "rill_request_input_length";
+pub const REQUEST_GENERATED_TOKENS: &str = "rill_request_generated_tokens";
+pub const REQUEST_MAX_NEW_TOKENS: &str = "rill_request_max_new_tokens";
+pub const QUEUE_SIZE: &str = "rill_queue_size";
+pub const BATCH_CURRENT_SIZE: &str = "rill_batch_current_size";
+pub const BATCH_NEXT_SIZE: &str = "rill_batch_next_size";
+pub const BATCH_NEXT_TOKENS: &str = "rill_batch_next_tokens";
+/// Label `method`: prefill (the step ran any prefill chunk) or decode.
+pub const BATCH_FORWARD_DURATION: &str = "rill_batch_forward_duration";
+pub const BATCH_INFERENCE_COUNT: &str = "rill_batch_inference_count";
+pub const BATCH_INFERENCE_FAILURE: &str = "rill_batch_inference_failure";
+pub const KV_BLOCKS_USED: &str = "rill_kv_blocks_used";
+pub const KV_BLOCKS_TOTAL: &str = "rill_kv_blocks_total";
+pub const PREEMPTIONS: &str = "rill_preemptions";
+
+const SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
+    0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+
+fn powers_of_two(max: f64) -> Vec<f64> {
+    std::iter::successors(Some(1.0), |x| Some(x * 2.0)).take_while(|x| *x <= max).collect()
+}
+
+/// Install the process-wide recorder; render its text with [`PrometheusHandle::render`].
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let tokens = powers_of_two(262_144.0);
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_duration".into()), SECONDS)?
+        .set_buckets_for_metric(Matcher::Full(REQUEST_INPUT_LENGTH.into()), &tokens)?
+        .set_buckets_for_metric(Matcher::Full(REQUEST_GENERATED_TOKENS.into()), &tokens)?
+        .set_buckets_for_metric(Matcher::Full(REQUEST_MAX_NEW_TOKENS.into()), &tokens)?
+        .set_buckets_for_metric(Matcher::Full(BATCH_NEXT_SIZE.into()), &powers_of_two(4096.0))?
+        .set_buckets_for_metric(Matcher::Full(BATCH_NEXT_TOKENS.into()), &tokens)?
+        .install_recorder()
+}
