@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Real Python clients against the real `rill` binary: huggingface_hub's
+# InferenceClient, and TGI's own `text-generation` client, which pins
+# huggingface_hub < 1.0 and so gets a virtualenv of its own. The virtualenvs are
+# made here (from PyPI) on first use and reused after.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --locked -q -p rill-router --bin rill
+export RILL_BIN="$PWD/target/debug/rill"
+
+run() { # venv, packages...
+    local venv=$1
+    shift
+    if [ ! -x "$venv/bin/pytest" ]; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check pytest "$@"
+    fi
+    "$venv/bin/pytest" -q -W ignore::DeprecationWarning integration-tests/python
+}
+
+run .venv-client-hub "huggingface_hub>=1.0,<3"
+run .venv-client-tgi "text-generation==0.7.0"
