@@ -2,8 +2,9 @@
 //! errors), so TGI clients work unchanged.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct GenerateParameters {
     #[serde(default)]
     pub best_of: Option<usize>,
@@ -39,7 +40,9 @@ pub struct GenerateParameters {
     pub seed: Option<u64>,
     #[serde(default)]
     pub top_n_tokens: Option<u32>,
+    /// `{"type": "json" | "json_schema" | "regex", "value": ...}` (accepted, not yet applied).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub grammar: Option<serde_json::Value>,
     #[serde(default)]
     pub adapter_id: Option<String>,
@@ -48,7 +51,7 @@ pub struct GenerateParameters {
     pub ignore_eos: bool,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct GenerateRequest {
     pub inputs: String,
     #[serde(default)]
@@ -56,7 +59,7 @@ pub struct GenerateRequest {
 }
 
 /// `POST /` (TGI compat): `stream` picks `/generate_stream` or `/generate`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct CompatGenerateRequest {
     pub inputs: String,
     #[serde(default)]
@@ -65,7 +68,7 @@ pub struct CompatGenerateRequest {
     pub stream: bool,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct Token {
     pub id: u32,
     pub text: String,
@@ -73,14 +76,14 @@ pub struct Token {
     pub special: bool,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct PrefillToken {
     pub id: u32,
     pub text: String,
     pub logprob: Option<f32>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct Details {
     pub finish_reason: String,
     pub generated_tokens: u32,
@@ -91,14 +94,14 @@ pub struct Details {
     pub top_tokens: Vec<Vec<Token>>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct GenerateResponse {
     pub generated_text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<Details>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct StreamDetails {
     pub finish_reason: String,
     pub generated_tokens: u32,
@@ -106,7 +109,7 @@ pub struct StreamDetails {
     pub input_length: u32,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct StreamResponse {
     pub index: u32,
     pub token: Token,
@@ -115,14 +118,14 @@ pub struct StreamResponse {
     pub details: Option<StreamDetails>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct ErrorResponse {
     pub error: String,
     pub error_type: String,
 }
 
 /// `GET /info`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct Info {
     pub model_id: String,
     pub model_sha: Option<String>,

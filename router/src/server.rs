@@ -18,9 +18,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::stream::{self, Stream, StreamExt};
 use rill_proto::api::{
-    CompatGenerateRequest, ErrorResponse, GenerateRequest, GenerateResponse, Info,
+    CompatGenerateRequest, Details, ErrorResponse, GenerateParameters, GenerateRequest,
+    GenerateResponse, Info, PrefillToken, StreamDetails, StreamResponse, Token,
 };
 use serde_json::json;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::infer::{Generation, Infer, InferError};
 use crate::metrics as m;
@@ -40,8 +43,32 @@ pub struct AppState {
     pub estimated_load_secs: f64,
 }
 
+/// The OpenAPI document of every route (served at `/api-doc/openapi.json`, browsable
+/// at `/docs`).
+#[derive(Debug, OpenApi)]
+#[openapi(
+    paths(compat_generate, generate, generate_stream, tokenize, health, info, render_metrics),
+    components(schemas(
+        GenerateRequest, CompatGenerateRequest, GenerateParameters, GenerateResponse, Details,
+        Token, PrefillToken, StreamResponse, StreamDetails, ErrorResponse, Info, SimpleToken
+    )),
+    tags((name = "Text Generation Inference", description = "TGI-compatible text generation")),
+    info(title = "Rill", description = "A streaming text-generation server with TGI's API", license(name = "Apache-2.0"))
+)]
+pub struct ApiDoc;
+
+/// One `/tokenize` entry.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct SimpleToken {
+    id: u32,
+    text: String,
+    start: usize,
+    stop: usize,
+}
+
 pub fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
     Router::new()
+        .merge(SwaggerUi::new("/docs").url("/api-doc/openapi.json", ApiDoc::openapi()))
         .route("/", post(compat_generate))
         .route("/generate", post(generate))
         .route("/generate_stream", post(generate_stream))
@@ -143,6 +170,17 @@ async fn start(
     Ok(infer.start(valid, arrived)?)
 }
 
+/// Generate tokens.
+#[utoipa::path(post, path = "/generate", tag = "Text Generation Inference",
+    request_body = GenerateRequest,
+    responses(
+        (status = 200, description = "Generated text", body = GenerateResponse),
+        (status = 422, description = "Input validation error", body = ErrorResponse,
+            example = json!({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"})),
+        (status = 424, description = "Generation error", body = ErrorResponse),
+        (status = 429, description = "Model is overloaded", body = ErrorResponse),
+        (status = 503, description = "Model is loading", body = ErrorResponse),
+    ))]
 async fn generate(
     State(state): State<Arc<AppState>>,
     body: Result<Json<GenerateRequest>, JsonRejection>,
@@ -151,6 +189,18 @@ async fn generate(
     Ok(Json(start(&state, request, false).await?.complete().await?))
 }
 
+/// Generate a stream of tokens as server-sent events.
+#[utoipa::path(post, path = "/generate_stream", tag = "Text Generation Inference",
+    request_body = GenerateRequest,
+    responses(
+        (status = 200, description = "Generated tokens, one `data:` event each", body = StreamResponse,
+            content_type = "text/event-stream"),
+        (status = 422, description = "Input validation error", body = ErrorResponse,
+            example = json!({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"})),
+        (status = 424, description = "Generation error", body = ErrorResponse),
+        (status = 429, description = "Model is overloaded", body = ErrorResponse),
+        (status = 503, description = "Model is loading", body = ErrorResponse),
+    ))]
 async fn generate_stream(
     State(state): State<Arc<AppState>>,
     body: Result<Json<GenerateRequest>, JsonRejection>,
@@ -195,6 +245,17 @@ fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -
     response
 }
 
+/// Generate tokens if `stream == false` (answering a list), or a stream of tokens.
+#[utoipa::path(post, path = "/", tag = "Text Generation Inference",
+    request_body = CompatGenerateRequest,
+    responses(
+        (status = 200, description = "Generated text", body = Vec<GenerateResponse>),
+        (status = 422, description = "Input validation error", body = ErrorResponse,
+            example = json!({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"})),
+        (status = 424, description = "Generation error", body = ErrorResponse),
+        (status = 429, description = "Model is overloaded", body = ErrorResponse),
+        (status = 503, description = "Model is loading", body = ErrorResponse),
+    ))]
 async fn compat_generate(
     State(state): State<Arc<AppState>>,
     body: Result<Json<CompatGenerateRequest>, JsonRejection>,
@@ -209,6 +270,14 @@ async fn compat_generate(
     }
 }
 
+/// Tokenize the inputs.
+#[utoipa::path(post, path = "/tokenize", tag = "Text Generation Inference",
+    request_body = GenerateRequest,
+    responses(
+        (status = 200, description = "Tokens with character offsets", body = Vec<SimpleToken>),
+        (status = 422, description = "Tokenization error", body = ErrorResponse),
+        (status = 503, description = "Model is loading", body = ErrorResponse),
+    ))]
 async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Json<GenerateRequest>, JsonRejection>,
@@ -230,12 +299,18 @@ async fn tokenize(
         .map(|(id, &(start, stop))| {
             let text: String =
                 chars[start.min(chars.len())..stop.min(chars.len())].iter().collect();
-            json!({"id": id, "text": text, "start": start, "stop": stop})
+            SimpleToken { id: *id, text, start, stop }
         })
         .collect();
     Ok(Json(tokens).into_response())
 }
 
+/// Health check: 200 once the model is loaded.
+#[utoipa::path(get, path = "/health", tag = "Text Generation Inference",
+    responses(
+        (status = 200, description = "Ready"),
+        (status = 503, description = "Unhealthy", body = ErrorResponse),
+    ))]
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     match state.ready.get() {
         Some(_) => StatusCode::OK.into_response(),
@@ -243,11 +318,17 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "Text Generation Inference",
+    responses((status = 200, description = "Prometheus text", body = String)))]
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
     let text = state.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// The model and the server's limits.
+#[utoipa::path(get, path = "/info", tag = "Text Generation Inference",
+    responses((status = 200, description = "Served model info", body = Info)))]
 async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
     let mut info = state.info.clone();
     if let Some(infer) = state.ready.get() {

@@ -372,3 +372,25 @@ async fn disconnect_storm_leaks_no_blocks() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn openapi_document_and_swagger_ui_are_served_offline() {
+    let server = Server::start(&[], &[]).await;
+    let doc: Value = reqwest::get(format!("{}/api-doc/openapi.json", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in ["/", "/generate", "/generate_stream", "/tokenize", "/health", "/info", "/metrics"]
+    {
+        assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    }
+    let params = &doc["components"]["schemas"]["GenerateParameters"]["properties"];
+    for field in ["max_new_tokens", "temperature", "top_p", "stop", "details", "truncate", "seed"] {
+        assert!(params[field].is_object(), "{field} missing from GenerateParameters");
+    }
+    let page = reqwest::get(format!("{}/docs/", server.base)).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Swagger UI"));
+}
