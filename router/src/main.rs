@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
+use rill_backend::device::KvLayout;
 use rill_backend::{Cpu, DType, LoadFormat, ModelDir, Runner, RunnerOptions};
 use rill_proto::BLOCK_SIZE;
 use rill_proto::api::Info;
 use rill_router::engine;
 use rill_router::infer::Infer;
 use rill_router::scheduler::SchedulerConfig;
-use rill_router::server::{self, AppState};
+use rill_router::server::{self, AppState, ServerConfig};
 use rill_router::validation::Limits;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -89,6 +90,15 @@ struct Args {
     /// Largest request body, in bytes.
     #[arg(long, env = "PAYLOAD_LIMIT", default_value_t = 2_000_000)]
     payload_limit: usize,
+    /// Require `Authorization: Bearer <key>` on generation routes.
+    #[arg(long, env = "API_KEY")]
+    api_key: Option<String>,
+    /// Origins allowed to call from a browser (repeat or comma-separate).
+    #[arg(long, env = "CORS_ALLOW_ORIGIN", value_delimiter = ',')]
+    cors_allow_origin: Vec<String>,
+    /// Size the KV cache by tokens instead of memory (overrides --kv-cache-memory-mib).
+    #[arg(long, env = "MAX_BATCH_TOTAL_TOKENS")]
+    max_batch_total_tokens: Option<usize>,
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM.
     #[arg(long, env = "GRACEFUL_TERMINATION_TIMEOUT", default_value_t = 90)]
     graceful_termination_timeout: u64,
@@ -127,10 +137,17 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
     };
     let t = Instant::now();
     let model = ModelDir::open(dir)?;
-    let opts = RunnerOptions { kv_cache_bytes: args.kv_cache_memory_mib << 20, load_format };
+    let c = &model.config;
+    let kv_cache_bytes = match args.max_batch_total_tokens {
+        Some(tokens) => {
+            let block = KvLayout::block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, 4);
+            tokens.div_ceil(BLOCK_SIZE) * block
+        }
+        None => args.kv_cache_memory_mib << 20,
+    };
+    let opts = RunnerOptions { kv_cache_bytes, load_format };
     let threads = device.threads();
     let runner = Runner::load(dir, &model.config, device, &opts)?;
-    let c = &model.config;
     let capacity = runner.num_blocks() * BLOCK_SIZE;
 
     let max_total = args.max_total_tokens.unwrap_or(c.max_position_embeddings.min(capacity));
@@ -252,7 +269,12 @@ async fn main() -> Result<()> {
         started: Instant::now(),
         estimated_load_secs: 10.0,
     });
-    let app = server::router(Arc::clone(&state), args.payload_limit);
+    let server_config = ServerConfig {
+        payload_limit: args.payload_limit,
+        api_key: args.api_key.clone(),
+        cors_allow_origin: args.cors_allow_origin.clone(),
+    };
+    let app = server::router(Arc::clone(&state), &server_config);
 
     let timeout = Duration::from_secs(args.graceful_termination_timeout);
     {

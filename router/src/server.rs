@@ -9,9 +9,11 @@ use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use axum::extract::Request;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +24,7 @@ use rill_proto::api::{
     GenerateResponse, Info, PrefillToken, StreamDetails, StreamResponse, Token,
 };
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -66,18 +69,59 @@ pub struct SimpleToken {
     stop: usize,
 }
 
-pub fn router(state: Arc<AppState>, payload_limit: usize) -> Router {
-    Router::new()
-        .merge(SwaggerUi::new("/docs").url("/api-doc/openapi.json", ApiDoc::openapi()))
+/// HTTP-level settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest request body in bytes (413 beyond).
+    pub payload_limit: usize,
+    /// When set, generation routes need `Authorization: Bearer <key>` (401 otherwise).
+    pub api_key: Option<String>,
+    /// Origins allowed to call from a browser; none = no CORS headers.
+    pub cors_allow_origin: Vec<String>,
+}
+
+pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
+    let mut generation = Router::new()
         .route("/", post(compat_generate))
         .route("/generate", post(generate))
-        .route("/generate_stream", post(generate_stream))
+        .route("/generate_stream", post(generate_stream));
+    if let Some(key) = &config.api_key {
+        let key: Arc<str> = key.as_str().into();
+        generation = generation.route_layer(middleware::from_fn_with_state(key, require_api_key));
+    }
+    let mut app = Router::new()
+        .merge(SwaggerUi::new("/docs").url("/api-doc/openapi.json", ApiDoc::openapi()))
+        .merge(generation)
         .route("/tokenize", post(tokenize))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(render_metrics))
-        .layer(DefaultBodyLimit::max(payload_limit))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(config.payload_limit))
+        .with_state(state);
+    if !config.cors_allow_origin.is_empty() {
+        let origins: Vec<HeaderValue> =
+            config.cors_allow_origin.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+        app = app.layer(
+            CorsLayer::new()
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+                .allow_origin(AllowOrigin::list(origins)),
+        );
+    }
+    app
+}
+
+/// `Authorization: Bearer <key>`, compared in constant time.
+async fn require_api_key(State(key): State<Arc<str>>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let same = given.len() == key.len()
+        && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same { next.run(request).await } else { ApiError::Unauthorized.into_response() }
 }
 
 fn error(status: StatusCode, message: impl Into<String>, error_type: &str) -> Response {
@@ -95,6 +139,8 @@ enum ApiError {
     },
     /// The body could not be read as the route's JSON.
     Body(JsonRejection),
+    /// Missing or wrong API key.
+    Unauthorized,
     Internal(&'static str),
 }
 
@@ -111,6 +157,7 @@ impl IntoResponse for ApiError {
             ApiError::Infer(e) => e.error_type(),
             ApiError::Loading { .. } => "loading",
             ApiError::Body(_) => "validation",
+            ApiError::Unauthorized => "authentication",
             ApiError::Internal(_) => "internal",
         };
         metrics::counter!(m::REQUEST_FAILURE, "err" => kind).increment(1);
@@ -136,6 +183,9 @@ impl IntoResponse for ApiError {
                 }
                 other => error(StatusCode::BAD_REQUEST, other.body_text(), "malformed_json"),
             },
+            ApiError::Unauthorized => {
+                error(StatusCode::UNAUTHORIZED, "Unauthorized", "authentication")
+            }
             ApiError::Internal(what) => error(StatusCode::INTERNAL_SERVER_ERROR, what, "internal"),
         }
     }

@@ -394,3 +394,41 @@ async fn openapi_document_and_swagger_ui_are_served_offline() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("Swagger UI"));
 }
+
+#[tokio::test]
+async fn api_key_guards_generation_routes_only() {
+    let server =
+        Server::start(&["--api-key", "s3cret", "--cors-allow-origin", "https://chat.example"], &[])
+            .await;
+    let client = reqwest::Client::new();
+    let body = json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}});
+    for path in ["/generate", "/generate_stream", "/"] {
+        let url = format!("{}{path}", server.base);
+        let r = client.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path} without a key");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error_type"], "authentication");
+        let r = client.post(&url).bearer_auth("wrong!").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path} with a wrong key");
+        let r = client.post(&url).bearer_auth("s3cret").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} with the key");
+    }
+    // Health, info, metrics and tokenize stay open.
+    assert_eq!(reqwest::get(format!("{}/health", server.base)).await.unwrap().status(), 200);
+    assert_eq!(server.post("/tokenize", json!({"inputs": "Hi"})).await.0, 200);
+    // CORS for the configured origin only.
+    let allowed = client
+        .get(format!("{}/info", server.base))
+        .header("Origin", "https://chat.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://chat.example");
+    let other = client
+        .get(format!("{}/info", server.base))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
