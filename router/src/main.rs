@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use axum::serve::ListenerExt;
 use clap::{Parser, ValueEnum};
 use rill_backend::device::KvLayout;
 use rill_backend::{Cpu, DType, LoadFormat, ModelDir, Runner, RunnerOptions};
@@ -293,6 +294,12 @@ async fn main() -> Result<()> {
     // SIGINT/SIGTERM: stop accepting, let in-flight requests finish, but no longer
     // than the termination timeout.
     let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+    // Tokens are small writes that must leave at once: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = signalled.send(true);

@@ -151,7 +151,8 @@ impl<E: Elem> Product<'_, E> {
         let (m, k) = (self.m, self.k);
         let xp = self.x.as_ptr();
         let wrow = |j: usize| self.w[j * k..].as_ptr();
-        let mb = (X_BLOCK_BYTES / (k * 4)).max(MR) / MR * MR;
+        // Rows per m-block: as many as fit the L2 budget, but no more than there are.
+        let mb = (X_BLOCK_BYTES / (k * 4)).max(MR).min(m.next_multiple_of(MR)) / MR * MR;
         // SAFETY: AVX-512 is present (this function's contract).
         let zero = unsafe { [[_mm512_setzero_ps(); NR]; MR] };
         let mut acc_full = vec![zero; mb / MR];
