@@ -67,9 +67,11 @@ struct Args {
     /// Longest prompt + generation (default: the model's maximum, capped by the KV cache).
     #[arg(long, env = "MAX_TOTAL_TOKENS")]
     max_total_tokens: Option<usize>,
-    /// Tokens one engine step may run (decodes + prefill chunks).
-    #[arg(long, env = "MAX_BATCH_PREFILL_TOKENS", default_value_t = 512)]
-    max_batch_prefill_tokens: usize,
+    /// Tokens one engine step may run (decodes + prefill chunks). Default on the
+    /// CPU: 128, which bounds how long a prefill chunk stalls running streams
+    /// without costing throughput (prefill is compute-bound from ~16 rows on).
+    #[arg(long, env = "MAX_BATCH_PREFILL_TOKENS")]
+    max_batch_prefill_tokens: Option<usize>,
     /// Sequences one engine step may hold (default: max concurrent requests).
     #[arg(long, env = "MAX_BATCH_SIZE")]
     max_batch_size: Option<usize>,
@@ -170,7 +172,8 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
             c.max_position_embeddings
         );
     }
-    if args.max_batch_prefill_tokens == 0 {
+    let max_batch_prefill_tokens = args.max_batch_prefill_tokens.unwrap_or(128);
+    if max_batch_prefill_tokens == 0 {
         bail!("--max-batch-prefill-tokens must be positive");
     }
     let max_batch_size = args.max_batch_size.unwrap_or(args.max_concurrent_requests).max(1);
@@ -184,13 +187,12 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
         kv_tokens = capacity,
         max_input_tokens = max_input,
         max_total_tokens = max_total,
-        max_batch_prefill_tokens = args.max_batch_prefill_tokens,
+        max_batch_prefill_tokens,
         max_batch_size,
         load_ms = t.elapsed().as_millis() as u64,
         "model loaded"
     );
-    let config =
-        SchedulerConfig { max_batch_tokens: args.max_batch_prefill_tokens, max_batch_size };
+    let config = SchedulerConfig { max_batch_tokens: max_batch_prefill_tokens, max_batch_size };
     let engine = engine::spawn(runner, config, model.eos_token_ids.clone());
     let limits = Limits {
         max_input_tokens: max_input,
