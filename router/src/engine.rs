@@ -67,14 +67,17 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Queue a request; its events arrive on the returned receiver. Dropping the
     /// receiver cancels the request.
-    pub fn submit(&self, request: GenerationRequest) -> async_mpsc::UnboundedReceiver<EngineEvent> {
+    pub fn submit(
+        &self,
+        request: GenerationRequest,
+    ) -> (SeqId, async_mpsc::UnboundedReceiver<EngineEvent>) {
         let (events, rx) = async_mpsc::unbounded_channel();
         let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let submission = Submission { id, request, events, submitted: Instant::now() };
         if let Err(mpsc::SendError(s)) = self.tx.send(submission) {
             let _ = s.events.send(EngineEvent::Error("the engine has stopped".into()));
         }
-        rx
+        (id, rx)
     }
 }
 

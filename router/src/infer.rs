@@ -15,6 +15,8 @@ use tokenizers::Tokenizer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::detokenizer::{Detokenizer, StopMatcher};
+use rill_proto::SeqId;
+
 use crate::engine::{EngineEvent, EngineHandle, GenerationRequest};
 use crate::metrics as m;
 use crate::sequence::FinishReason;
@@ -67,6 +69,8 @@ struct Progress {
 /// A generation in flight: the engine's events and the permit that counts it.
 #[derive(Debug)]
 pub struct Generation {
+    /// The engine's id for this request, used as the request id in logs.
+    pub id: SeqId,
     arrived: Instant,
     submitted: Instant,
     last_token: Option<Instant>,
@@ -105,7 +109,7 @@ impl Infer {
     pub fn start(&self, request: ValidRequest, arrived: Instant) -> Result<Generation, InferError> {
         let permit =
             Arc::clone(&self.permits).try_acquire_owned().map_err(|_| InferError::Overloaded)?;
-        let events = self.engine.submit(GenerationRequest {
+        let (id, events) = self.engine.submit(GenerationRequest {
             prompt: request.prompt.clone(),
             max_new_tokens: request.max_new_tokens,
             ignore_eos: request.ignore_eos,
@@ -115,7 +119,14 @@ impl Infer {
         metrics::histogram!(m::REQUEST_VALIDATION_DURATION).record(now - arrived);
         metrics::histogram!(m::REQUEST_INPUT_LENGTH).record(prompt_len as f64);
         metrics::histogram!(m::REQUEST_MAX_NEW_TOKENS).record(request.max_new_tokens as f64);
+        tracing::debug!(
+            request_id = id.0,
+            prompt_tokens = prompt_len,
+            max_new_tokens = request.max_new_tokens,
+            "queued"
+        );
         Ok(Generation {
+            id,
             arrived,
             submitted: now,
             last_token: None,
@@ -191,6 +202,17 @@ impl Generation {
         metrics::histogram!(m::REQUEST_GENERATED_TOKENS).record(generated as f64);
         let per_token = inference / generated.max(1) as u32;
         metrics::histogram!(m::REQUEST_MEAN_TIME_PER_TOKEN_DURATION).record(per_token);
+        tracing::info!(
+            request_id = self.id.0,
+            prompt_tokens = self.progress.request.prompt.len(),
+            generated_tokens = generated,
+            finish_reason = self.finish_reason(),
+            total_ms = (now - self.arrived).as_millis() as u64,
+            validation_ms = (self.submitted - self.arrived).as_millis() as u64,
+            inference_ms = inference.as_millis() as u64,
+            time_per_token_ms = per_token.as_secs_f64() * 1e3,
+            "success"
+        );
     }
 
     /// The text to return at the end (with the prompt when `return_full_text`).

@@ -161,6 +161,9 @@ impl IntoResponse for ApiError {
             ApiError::Internal(_) => "internal",
         };
         metrics::counter!(m::REQUEST_FAILURE, "err" => kind).increment(1);
+        if let ApiError::Infer(e) = &self {
+            tracing::info!(error_type = kind, "request refused: {e}");
+        }
         match self {
             ApiError::Infer(e) => {
                 let status = match e {
@@ -275,6 +278,8 @@ async fn stream_response(state: &AppState, request: GenerateRequest) -> Result<R
                 Some((event, Some(generation)))
             }
             Err(e) => {
+                tracing::warn!(request_id = generation.id.0, error = %e, "stream failed");
+                metrics::counter!(m::REQUEST_FAILURE, "err" => e.error_type()).increment(1);
                 let body =
                     ErrorResponse { error: e.to_string(), error_type: e.error_type().into() };
                 Some((sse_json(&body), None))

@@ -124,7 +124,7 @@ async fn generate_gives_transformers_greedy_tokens_with_details() {
 async fn concurrent_streams_match_their_solo_text() {
     let server = Server::start(&[], &[]).await;
     let prompts: Vec<String> =
-        (0..12).map(|i| format!("Request {i}: the quick brown fox")).collect();
+        (0..32).map(|i| format!("Request {i}: the quick brown fox")).collect();
     let body = |p: &str| json!({"inputs": p, "parameters": {"max_new_tokens": 20, "ignore_eos": true, "details": true}});
     let mut solo = Vec::new();
     for p in &prompts {
