@@ -105,6 +105,16 @@ struct Args {
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM.
     #[arg(long, env = "GRACEFUL_TERMINATION_TIMEOUT", default_value_t = 90)]
     graceful_termination_timeout: u64,
+    /// Prompts tokenized at once (on blocking threads).
+    #[arg(long, env = "VALIDATION_WORKERS", default_value_t = 2)]
+    validation_workers: usize,
+    /// Accepted for TGI compatibility; has no effect: Rill's chunked-prefill
+    /// scheduler adds waiting requests to every step.
+    #[arg(long, env = "MAX_WAITING_TOKENS", hide = true)]
+    max_waiting_tokens: Option<usize>,
+    /// Accepted for TGI compatibility; has no effect (see --max-waiting-tokens).
+    #[arg(long, env = "WAITING_SERVED_RATIO", hide = true)]
+    waiting_served_ratio: Option<f64>,
     /// Log as JSON lines.
     #[arg(long, env = "JSON_OUTPUT")]
     json_output: bool,
@@ -261,7 +271,7 @@ async fn main() -> Result<()> {
             max_stop_sequences: args.max_stop_sequences,
             max_input_tokens: 0,
             max_total_tokens: 0,
-            validation_workers: 1,
+            validation_workers: args.validation_workers,
             max_client_batch_size: 1,
             router: "rill".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -271,7 +281,14 @@ async fn main() -> Result<()> {
         ready: OnceLock::new(),
         started: Instant::now(),
         estimated_load_secs: 10.0,
+        validation_workers: Arc::new(tokio::sync::Semaphore::new(args.validation_workers.max(1))),
     });
+    if args.max_waiting_tokens.is_some() || args.waiting_served_ratio.is_some() {
+        tracing::warn!(
+            "--max-waiting-tokens and --waiting-served-ratio have no effect: Rill's chunked-prefill \
+             scheduler adds waiting requests to every step"
+        );
+    }
     let server_config = ServerConfig {
         payload_limit: args.payload_limit,
         api_key: args.api_key.clone(),

@@ -44,6 +44,8 @@ pub struct AppState {
     pub started: Instant,
     /// Seconds a load is expected to take (for `estimated_time`).
     pub estimated_load_secs: f64,
+    /// Bounds concurrent tokenization jobs (`--validation-workers`).
+    pub validation_workers: Arc<tokio::sync::Semaphore>,
 }
 
 /// The OpenAPI document of every route (served at `/api-doc/openapi.json`, browsable
@@ -214,6 +216,12 @@ async fn start(
     let infer = state.infer()?;
     let tokenizer = Arc::clone(&infer.tokenizer);
     let limits = infer.limits.clone();
+    // Closed only if the server is shutting down.
+    let _worker = state
+        .validation_workers
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal("shutting down"))?;
     let valid = tokio::task::spawn_blocking(move || {
         validation::validate(request, stream, &limits, &tokenizer)
     })
