@@ -62,6 +62,24 @@ pub struct AppState {
 )]
 pub struct ApiDoc;
 
+/// The errors every generation route can answer (documentation only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum GenerationErrors {
+    /// Input validation error
+    #[response(status = 422, example = json!({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"}))]
+    Validation(ErrorResponse),
+    /// Generation error
+    #[response(status = 424)]
+    Generation(ErrorResponse),
+    /// Model is overloaded
+    #[response(status = 429)]
+    Overloaded(ErrorResponse),
+    /// Model is loading
+    #[response(status = 503)]
+    Loading(ErrorResponse),
+}
+
 /// One `/tokenize` entry.
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct SimpleToken {
@@ -236,11 +254,7 @@ async fn start(
     request_body = GenerateRequest,
     responses(
         (status = 200, description = "Generated text", body = GenerateResponse),
-        (status = 422, description = "Input validation error", body = ErrorResponse,
-            example = json!({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"})),
-        (status = 424, description = "Generation error", body = ErrorResponse),
-        (status = 429, description = "Model is overloaded", body = ErrorResponse),
-        (status = 503, description = "Model is loading", body = ErrorResponse),
+        GenerationErrors,
     ))]
 async fn generate(
     State(state): State<Arc<AppState>>,
@@ -256,11 +270,7 @@ async fn generate(
     responses(
         (status = 200, description = "Generated tokens, one `data:` event each", body = StreamResponse,
             content_type = "text/event-stream"),
-        (status = 422, description = "Input validation error", body = ErrorResponse,
-            example = json!({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"})),
-        (status = 424, description = "Generation error", body = ErrorResponse),
-        (status = 429, description = "Model is overloaded", body = ErrorResponse),
-        (status = 503, description = "Model is loading", body = ErrorResponse),
+        GenerationErrors,
     ))]
 async fn generate_stream(
     State(state): State<Arc<AppState>>,
@@ -313,11 +323,7 @@ fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -
     request_body = CompatGenerateRequest,
     responses(
         (status = 200, description = "Generated text", body = Vec<GenerateResponse>),
-        (status = 422, description = "Input validation error", body = ErrorResponse,
-            example = json!({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"})),
-        (status = 424, description = "Generation error", body = ErrorResponse),
-        (status = 429, description = "Model is overloaded", body = ErrorResponse),
-        (status = 503, description = "Model is loading", body = ErrorResponse),
+        GenerationErrors,
     ))]
 async fn compat_generate(
     State(state): State<Arc<AppState>>,

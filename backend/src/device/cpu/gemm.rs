@@ -219,14 +219,8 @@ impl<E: Elem> Product<'_, E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::cpu::simd::tests::data;
     use half::bf16;
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) % 997)
-            .map(|v| v as f32 / 500.0 - 1.0)
-            .collect()
-    }
 
     fn reference<E: Elem>(
         x: &[f32],

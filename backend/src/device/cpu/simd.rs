@@ -317,12 +317,13 @@ unsafe fn widen_avx512<E: Elem>(src: &[E], dst: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-1, 1) for kernel tests.
+    pub(crate) fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
-            .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) % 1000)
+            .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) % 997)
             .map(|v| v as f32 / 500.0 - 1.0)
             .collect()
     }
