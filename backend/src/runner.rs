@@ -135,6 +135,7 @@ impl<D: Device> Runner<D> {
                     id: seq.id,
                     token,
                     logprob,
+                    top: sampler::top_n(row, seq.top_n as usize),
                     logits: batch.return_logits.then(|| row.to_vec()),
                 }
             })

@@ -16,6 +16,27 @@ pub fn greedy(logits: &[f32]) -> (TokenId, f32) {
     (TokenId(best as u32), logits[best] - log_sum_exp(logits, logits[best]))
 }
 
+/// The `n` most likely tokens with their logprobs, most likely first (ties: lower
+/// id first). One pass over the row keeping a sorted list of `n`: selection, not a
+/// sort of the whole vocabulary.
+pub fn top_n(logits: &[f32], n: usize) -> Vec<(TokenId, f32)> {
+    if n == 0 || logits.is_empty() {
+        return Vec::new();
+    }
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(n + 1);
+    for (i, &v) in logits.iter().enumerate() {
+        if best.len() == n && v <= best[n - 1].1 {
+            continue;
+        }
+        let at = best.partition_point(|&(_, b)| b >= v);
+        best.insert(at, (i, v));
+        best.truncate(n);
+    }
+    let max = best[0].1;
+    let lse = log_sum_exp(logits, max);
+    best.into_iter().map(|(i, v)| (TokenId(i as u32), v - lse)).collect()
+}
+
 /// `log Σ exp(l)`, given the row's maximum.
 fn log_sum_exp(logits: &[f32], max: f32) -> f32 {
     let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
@@ -25,6 +46,18 @@ fn log_sum_exp(logits: &[f32], max: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_n_is_sorted_and_agrees_with_greedy() {
+        let row = [0.5, 3.0, -1.0, 2.0, 3.0, 0.0];
+        let top = top_n(&row, 3);
+        assert_eq!(top.iter().map(|t| t.0.0).collect::<Vec<_>>(), vec![1, 4, 3]);
+        let (g, lp) = greedy(&row);
+        assert_eq!((top[0].0, top[0].1), (g, lp));
+        assert!(top.windows(2).all(|w| w[0].1 >= w[1].1));
+        assert_eq!(top_n(&row, 10).len(), 6);
+        assert!(top_n(&row, 0).is_empty());
+    }
 
     #[test]
     fn first_maximum_and_its_logprob() {

@@ -15,6 +15,9 @@ pub struct SeqStep {
     /// Whether to compute logits after the last token and choose the next one.
     /// False for every prefill chunk but the last.
     pub sample: bool,
+    /// Also return this many most likely tokens with their logprobs (TGI's
+    /// `top_n_tokens`; 0 = none).
+    pub top_n: u32,
 }
 
 impl SeqStep {
@@ -51,6 +54,8 @@ pub struct SampledToken {
     pub token: TokenId,
     /// Natural-log probability of `token` under the model's distribution.
     pub logprob: f32,
+    /// The `top_n` most likely tokens with their logprobs, most likely first.
+    pub top: Vec<(TokenId, f32)>,
     /// The full logits row, when the batch asked for it.
     pub logits: Option<Vec<f32>>,
 }

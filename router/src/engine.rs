@@ -30,6 +30,8 @@ pub struct GenerationRequest {
     pub max_new_tokens: usize,
     /// Generate exactly `max_new_tokens` (benchmarks).
     pub ignore_eos: bool,
+    /// Alternatives to report with each token.
+    pub top_n_tokens: u32,
 }
 
 /// What the engine says about a request, in order.
@@ -38,6 +40,8 @@ pub enum EngineEvent {
     Token {
         token: TokenId,
         logprob: f32,
+        /// The most likely alternatives (`top_n_tokens`), most likely first.
+        top: Vec<(TokenId, f32)>,
         finish: Option<FinishReason>,
     },
     /// The request failed in the engine; nothing follows.
@@ -183,7 +187,8 @@ impl<D: Device> EngineLoop<D> {
             ignore_eos: s.request.ignore_eos,
         };
         let prompt = s.request.prompt.into_iter().map(TokenId).collect();
-        match self.scheduler.add(Sequence::new(s.id, prompt, stop)) {
+        let seq = Sequence::new(s.id, prompt, stop).with_top_n(s.request.top_n_tokens);
+        match self.scheduler.add(seq) {
             Ok(()) => {
                 self.replies
                     .insert(s.id, Reply { events: s.events, queued_since: Some(s.submitted) });
@@ -196,7 +201,12 @@ impl<D: Device> EngineLoop<D> {
 
     fn postprocess(&mut self, output: &rill_proto::StepOutput) {
         for u in self.scheduler.update(output) {
-            let event = EngineEvent::Token { token: u.token, logprob: u.logprob, finish: u.finish };
+            let event = EngineEvent::Token {
+                token: u.token,
+                logprob: u.logprob,
+                top: u.top,
+                finish: u.finish,
+            };
             let delivered = self.reply(u.id, event);
             if u.finish.is_some() {
                 self.replies.remove(&u.id);

@@ -63,6 +63,8 @@ struct Progress {
     stop: StopMatcher,
     text: String,
     tokens: Vec<Token>,
+    /// Per token, its `top_n_tokens` alternatives (empty lists when not asked).
+    top_tokens: Vec<Vec<Token>>,
     finish: Option<FinishReason>,
 }
 
@@ -113,6 +115,7 @@ impl Infer {
             prompt: request.prompt.clone(),
             max_new_tokens: request.max_new_tokens,
             ignore_eos: request.ignore_eos,
+            top_n_tokens: request.top_n_tokens,
         });
         let prompt_len = request.prompt.len();
         let now = Instant::now();
@@ -136,6 +139,7 @@ impl Infer {
                 stop: StopMatcher::new(request.stop.clone()),
                 text: String::new(),
                 tokens: Vec::new(),
+                top_tokens: Vec::new(),
                 finish: None,
                 request,
             },
@@ -160,7 +164,19 @@ impl Generation {
             }
         };
         let (token, logprob, finish) = match event {
-            EngineEvent::Token { token, logprob, finish } => (token.0, logprob, finish),
+            EngineEvent::Token { token, logprob, top, finish } => {
+                let top = top
+                    .into_iter()
+                    .map(|(id, logprob)| Token {
+                        id: id.0,
+                        text: self.tokenizer.decode(&[id.0], false).unwrap_or_default(),
+                        logprob,
+                        special: self.special.contains(&id.0),
+                    })
+                    .collect();
+                self.progress.top_tokens.push(top);
+                (token.0, logprob, finish)
+            }
             EngineEvent::Error(e) => return Some(Err(InferError::Generation(e))),
         };
         let now = Instant::now();
@@ -241,7 +257,7 @@ impl Generation {
             seed: p.request.seed,
             prefill: Vec::new(),
             tokens: p.tokens.clone(),
-            top_tokens: Vec::new(),
+            top_tokens: if p.request.top_n_tokens > 0 { p.top_tokens.clone() } else { Vec::new() },
         });
         Ok(GenerateResponse { generated_text: self.final_text(), details })
     }
@@ -254,7 +270,7 @@ impl Generation {
         StreamResponse {
             index: p.tokens.len() as u32,
             token,
-            top_tokens: Vec::new(),
+            top_tokens: p.top_tokens.last().cloned().unwrap_or_default(),
             generated_text: last.then(|| self.final_text()),
             details: (last && p.request.details).then(|| StreamDetails {
                 finish_reason: self.finish_reason().into(),

@@ -39,6 +39,8 @@ pub struct Update {
     pub id: SeqId,
     pub token: TokenId,
     pub logprob: f32,
+    /// The most likely alternatives, when the sequence asked for them.
+    pub top: Vec<(TokenId, f32)>,
     /// Set when this token ended the sequence (its blocks are already free).
     pub finish: Option<FinishReason>,
 }
@@ -209,7 +211,13 @@ impl Scheduler {
             let seq = &mut self.running[i];
             seq.push(sampled.token);
             let finish = seq.finish_reason();
-            updates.push(Update { id, token: sampled.token, logprob: sampled.logprob, finish });
+            updates.push(Update {
+                id,
+                token: sampled.token,
+                logprob: sampled.logprob,
+                top: sampled.top.clone(),
+                finish,
+            });
             if finish.is_some() {
                 self.remove(id);
             }
@@ -293,6 +301,7 @@ impl Scheduler {
             start_pos: start,
             block_table: seq.blocks().to_vec(),
             sample: start + n == seq.len(),
+            top_n: seq.top_n,
         });
         self.in_flight.push((seq.id, n));
     }

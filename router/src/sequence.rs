@@ -46,6 +46,8 @@ pub struct Sequence {
     num_computed: usize,
     blocks: Vec<BlockId>,
     pub stop: StopCriteria,
+    /// Alternatives to report with each token (`top_n_tokens`).
+    pub top_n: u32,
 }
 
 impl Sequence {
@@ -59,7 +61,14 @@ impl Sequence {
             num_computed: 0,
             blocks: Vec::new(),
             stop,
+            top_n: 0,
         }
+    }
+
+    /// Report the `n` most likely alternatives with each token.
+    pub fn with_top_n(mut self, n: u32) -> Self {
+        self.top_n = n;
+        self
     }
 
     pub fn len(&self) -> usize {

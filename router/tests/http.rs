@@ -432,3 +432,35 @@ async fn api_key_guards_generation_routes_only() {
         .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn top_n_tokens_lists_the_most_likely_alternatives() {
+    let server = Server::start(&[], &[]).await;
+    let (prompt, _) = reference_greedy();
+    let params =
+        json!({"max_new_tokens": 6, "ignore_eos": true, "details": true, "top_n_tokens": 3});
+    let (status, body) =
+        server.post("/generate", json!({"inputs": prompt, "parameters": params})).await;
+    assert_eq!(status, 200, "{body}");
+    let tokens = body["details"]["tokens"].as_array().unwrap();
+    let top = body["details"]["top_tokens"].as_array().unwrap();
+    assert_eq!(top.len(), tokens.len());
+    for (token, alternatives) in tokens.iter().zip(top) {
+        let alternatives = alternatives.as_array().unwrap();
+        assert_eq!(alternatives.len(), 3);
+        // Greedy: the chosen token is the most likely one, with the same logprob.
+        assert_eq!(alternatives[0]["id"], token["id"]);
+        assert_eq!(alternatives[0]["logprob"], token["logprob"]);
+        let lps: Vec<f64> = alternatives.iter().map(|a| a["logprob"].as_f64().unwrap()).collect();
+        assert!(lps.windows(2).all(|w| w[0] >= w[1]) && lps.iter().all(|&l| l <= 0.0), "{lps:?}");
+    }
+    // Streams carry each token's alternatives.
+    let (_, events) = server.stream(json!({"inputs": prompt, "parameters": params})).await;
+    for (event, alternatives) in events.iter().zip(top) {
+        assert_eq!(&event["top_tokens"], alternatives);
+    }
+    // Without top_n_tokens the field is omitted from details.
+    let params = json!({"max_new_tokens": 2, "details": true});
+    let (_, body) = server.post("/generate", json!({"inputs": prompt, "parameters": params})).await;
+    assert!(body["details"].get("top_tokens").is_none());
+}

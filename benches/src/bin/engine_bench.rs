@@ -63,6 +63,7 @@ impl Bench {
                 .map(|b| BlockId(b as u32))
                 .collect(),
             sample: true,
+            top_n: 0,
         }
     }
 

@@ -106,6 +106,7 @@ pub fn run(runner: &mut Runner<Cpu>, jobs: &[Job]) -> Vec<Outcome> {
                 start_pos: l.cached,
                 block_table: l.blocks[..end.div_ceil(BLOCK_SIZE)].to_vec(),
                 sample,
+                top_n: 0,
             });
             l.cached = end;
             members.push(i);

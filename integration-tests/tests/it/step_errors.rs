@@ -15,6 +15,7 @@ fn seq(id: u64, tokens: &[u32], start_pos: usize, blocks: &[u32]) -> SeqStep {
         start_pos,
         block_table: blocks.iter().copied().map(BlockId).collect(),
         sample: true,
+        top_n: 0,
     }
 }
 

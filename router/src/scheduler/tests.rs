@@ -38,6 +38,7 @@ impl FakeRunner {
                     id: s.id,
                     token: TokenId((h % 1000) as u32 + 10),
                     logprob: -1.0,
+                    top: Vec::new(),
                     logits: None,
                 });
             }
