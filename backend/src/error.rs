@@ -71,6 +71,8 @@ pub enum StepError {
     BlockOutOfRange { seq: rill_proto::SeqId, block: u32, num_blocks: usize },
     #[error("{seq}: position {end} exceeds the model's maximum ({max})")]
     TooLong { seq: rill_proto::SeqId, end: usize, max: usize },
+    #[error("{seq}: {targets} logprob targets for {tokens} tokens")]
+    TooManyTargets { seq: rill_proto::SeqId, targets: usize, tokens: usize },
     #[error("{seq}: appears twice in one batch")]
     DuplicateSequence { seq: rill_proto::SeqId },
 }

@@ -123,24 +123,33 @@ impl<D: Device> Runner<D> {
             let logits = model.forward(device, cache, &host, &plan);
             device.to_host(&logits)
         });
+        // Rows come per sequence: its logprob targets' rows, then its sampled row.
         let vocab = self.config().vocab_size;
-        let sampled = batch
-            .seqs
-            .iter()
-            .filter(|s| s.sample)
-            .zip(logits.chunks_exact(vocab))
-            .map(|(seq, row)| {
-                let (token, logprob) = sampler::greedy(row);
-                SampledToken {
-                    id: seq.id,
-                    token,
-                    logprob,
-                    top: sampler::top_n(row, seq.top_n as usize),
-                    logits: batch.return_logits.then(|| row.to_vec()),
-                }
-            })
-            .collect();
-        Ok(StepOutput { sampled })
+        let mut rows = logits.chunks_exact(vocab);
+        let mut out = StepOutput::default();
+        for seq in &batch.seqs {
+            if !seq.logprob_targets.is_empty() {
+                let lps = seq
+                    .logprob_targets
+                    .iter()
+                    .zip(&mut rows)
+                    .map(|(t, row)| sampler::logprob(row, *t));
+                out.prompt_logprobs.push((seq.id, lps.collect()));
+            }
+            if !seq.sample {
+                continue;
+            }
+            let row = rows.next().expect("one logits row per sampling sequence");
+            let (token, logprob) = sampler::greedy(row);
+            out.sampled.push(SampledToken {
+                id: seq.id,
+                token,
+                logprob,
+                top: sampler::top_n(row, seq.top_n as usize),
+                logits: batch.return_logits.then(|| row.to_vec()),
+            });
+        }
+        Ok(out)
     }
 
     fn validate(&self, batch: &ForwardBatch) -> Result<(), StepError> {
@@ -155,7 +164,16 @@ impl<D: Device> Runner<D> {
             if s.tokens.is_empty() {
                 return Err(StepError::EmptySequence { seq });
             }
-            if let Some(&TokenId(token)) = s.tokens.iter().find(|t| t.index() >= vocab) {
+            if s.logprob_targets.len() > s.tokens.len() {
+                return Err(StepError::TooManyTargets {
+                    seq,
+                    targets: s.logprob_targets.len(),
+                    tokens: s.tokens.len(),
+                });
+            }
+            if let Some(&TokenId(token)) =
+                s.tokens.iter().chain(&s.logprob_targets).find(|t| t.index() >= vocab)
+            {
                 return Err(StepError::TokenOutOfRange { seq, token, vocab });
             }
             let end = s.end_pos();

@@ -37,6 +37,12 @@ pub fn top_n(logits: &[f32], n: usize) -> Vec<(TokenId, f32)> {
     best.into_iter().map(|(i, v)| (TokenId(i as u32), v - lse)).collect()
 }
 
+/// The logprob of `token` under a logits row.
+pub fn logprob(logits: &[f32], token: TokenId) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    logits[token.index()] - log_sum_exp(logits, max)
+}
+
 /// `log Σ exp(l)`, given the row's maximum.
 fn log_sum_exp(logits: &[f32], max: f32) -> f32 {
     let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();

@@ -18,6 +18,10 @@ pub struct SeqStep {
     /// Also return this many most likely tokens with their logprobs (TGI's
     /// `top_n_tokens`; 0 = none).
     pub top_n: u32,
+    /// Prompt logprobs (`decoder_input_details`): the i-th entry is the token that
+    /// follows `tokens[i]`, whose logprob given everything up to `tokens[i]` the
+    /// step returns in [`StepOutput::prompt_logprobs`]. At most `tokens.len()`.
+    pub logprob_targets: Vec<TokenId>,
 }
 
 impl SeqStep {
@@ -65,4 +69,6 @@ pub struct SampledToken {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepOutput {
     pub sampled: Vec<SampledToken>,
+    /// For each sequence with `logprob_targets`, their logprobs, in order.
+    pub prompt_logprobs: Vec<(SeqId, Vec<f32>)>,
 }

@@ -32,6 +32,8 @@ pub struct GenerationRequest {
     pub ignore_eos: bool,
     /// Alternatives to report with each token.
     pub top_n_tokens: u32,
+    /// Report the prompt tokens' logprobs (`decoder_input_details`).
+    pub prompt_logprobs: bool,
 }
 
 /// What the engine says about a request, in order.
@@ -44,6 +46,8 @@ pub enum EngineEvent {
         top: Vec<(TokenId, f32)>,
         finish: Option<FinishReason>,
     },
+    /// Logprobs of prompt tokens 1.. (when asked), just before the first token.
+    Prefill(Vec<f32>),
     /// The request failed in the engine; nothing follows.
     Error(String),
 }
@@ -187,7 +191,10 @@ impl<D: Device> EngineLoop<D> {
             ignore_eos: s.request.ignore_eos,
         };
         let prompt = s.request.prompt.into_iter().map(TokenId).collect();
-        let seq = Sequence::new(s.id, prompt, stop).with_top_n(s.request.top_n_tokens);
+        let mut seq = Sequence::new(s.id, prompt, stop).with_top_n(s.request.top_n_tokens);
+        if s.request.prompt_logprobs {
+            seq = seq.with_prompt_logprobs();
+        }
         match self.scheduler.add(seq) {
             Ok(()) => {
                 self.replies
@@ -201,6 +208,9 @@ impl<D: Device> EngineLoop<D> {
 
     fn postprocess(&mut self, output: &rill_proto::StepOutput) {
         for u in self.scheduler.update(output) {
+            if let Some(lps) = u.prompt_logprobs {
+                self.reply(u.id, EngineEvent::Prefill(lps));
+            }
             let event = EngineEvent::Token {
                 token: u.token,
                 logprob: u.logprob,

@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rill_proto::api::{Details, GenerateResponse, StreamDetails, StreamResponse, Token};
+use rill_proto::api::{
+    Details, GenerateResponse, PrefillToken, StreamDetails, StreamResponse, Token,
+};
 use tokenizers::Tokenizer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -65,6 +67,8 @@ struct Progress {
     tokens: Vec<Token>,
     /// Per token, its `top_n_tokens` alternatives (empty lists when not asked).
     top_tokens: Vec<Vec<Token>>,
+    /// The prompt's tokens with their logprobs (`decoder_input_details`).
+    prefill: Vec<PrefillToken>,
     finish: Option<FinishReason>,
 }
 
@@ -116,6 +120,7 @@ impl Infer {
             max_new_tokens: request.max_new_tokens,
             ignore_eos: request.ignore_eos,
             top_n_tokens: request.top_n_tokens,
+            prompt_logprobs: request.decoder_input_details,
         });
         let prompt_len = request.prompt.len();
         let now = Instant::now();
@@ -140,6 +145,7 @@ impl Infer {
                 text: String::new(),
                 tokens: Vec::new(),
                 top_tokens: Vec::new(),
+                prefill: Vec::new(),
                 finish: None,
                 request,
             },
@@ -157,7 +163,21 @@ impl Generation {
         if self.progress.finish.is_some() {
             return None;
         }
-        let event = match self.events.recv().await {
+        let mut event = self.events.recv().await;
+        if let Some(EngineEvent::Prefill(lps)) = &event {
+            let prompt = &self.progress.request.prompt;
+            let token = |id: u32, logprob| PrefillToken {
+                id,
+                text: self.tokenizer.decode(&[id], false).unwrap_or_default(),
+                logprob,
+            };
+            // TGI's shape: the first prompt token has no logprob.
+            self.progress.prefill = std::iter::once(token(prompt[0], None))
+                .chain(prompt[1..].iter().zip(lps).map(|(&id, &lp)| token(id, Some(lp))))
+                .collect();
+            event = self.events.recv().await;
+        }
+        let event = match event {
             Some(e) => e,
             None => {
                 return Some(Err(InferError::Generation("the engine dropped the request".into())));
@@ -178,6 +198,9 @@ impl Generation {
                 (token.0, logprob, finish)
             }
             EngineEvent::Error(e) => return Some(Err(InferError::Generation(e))),
+            EngineEvent::Prefill(_) => {
+                return Some(Err(InferError::Generation("prompt logprobs sent twice".into())));
+            }
         };
         let now = Instant::now();
         match self.last_token.replace(now) {
@@ -255,7 +278,7 @@ impl Generation {
             finish_reason: self.finish_reason().into(),
             generated_tokens: p.tokens.len() as u32,
             seed: p.request.seed,
-            prefill: Vec::new(),
+            prefill: p.prefill.clone(),
             tokens: p.tokens.clone(),
             top_tokens: if p.request.top_n_tokens > 0 { p.top_tokens.clone() } else { Vec::new() },
         });

@@ -41,6 +41,9 @@ pub struct Update {
     pub logprob: f32,
     /// The most likely alternatives, when the sequence asked for them.
     pub top: Vec<(TokenId, f32)>,
+    /// With the first generated token of a sequence that asked for them: the
+    /// logprobs of prompt tokens 1.. .
+    pub prompt_logprobs: Option<Vec<f32>>,
     /// Set when this token ended the sequence (its blocks are already free).
     pub finish: Option<FinishReason>,
 }
@@ -205,6 +208,9 @@ impl Scheduler {
                 continue;
             };
             self.running[i].advance(n);
+            if let Some((_, lps)) = output.prompt_logprobs.iter().find(|(s, _)| *s == id) {
+                self.running[i].add_prompt_logprobs(lps);
+            }
             let Some(sampled) = output.sampled.iter().find(|s| s.id == id) else {
                 continue;
             };
@@ -216,6 +222,9 @@ impl Scheduler {
                 token: sampled.token,
                 logprob: sampled.logprob,
                 top: sampled.top.clone(),
+                prompt_logprobs: (seq.generated().len() == 1)
+                    .then(|| seq.prompt_logprobs().map(<[f32]>::to_vec))
+                    .flatten(),
                 finish,
             });
             if finish.is_some() {
@@ -302,6 +311,7 @@ impl Scheduler {
             block_table: seq.blocks().to_vec(),
             sample: start + n == seq.len(),
             top_n: seq.top_n,
+            logprob_targets: seq.logprob_targets(start, n),
         });
         self.in_flight.push((seq.id, n));
     }

@@ -48,6 +48,8 @@ pub struct Sequence {
     pub stop: StopCriteria,
     /// Alternatives to report with each token (`top_n_tokens`).
     pub top_n: u32,
+    /// With `decoder_input_details`: the logprobs of prompt tokens 1.. computed so far.
+    prompt_logprobs: Option<Vec<f32>>,
 }
 
 impl Sequence {
@@ -62,6 +64,35 @@ impl Sequence {
             blocks: Vec::new(),
             stop,
             top_n: 0,
+            prompt_logprobs: None,
+        }
+    }
+
+    /// Compute the prompt tokens' logprobs (`decoder_input_details`).
+    pub fn with_prompt_logprobs(mut self) -> Self {
+        self.prompt_logprobs = Some(Vec::new());
+        self
+    }
+
+    /// The prompt logprobs, once all are known.
+    pub fn prompt_logprobs(&self) -> Option<&[f32]> {
+        self.prompt_logprobs.as_deref().filter(|v| v.len() + 1 == self.prompt_len)
+    }
+
+    /// The tokens whose logprobs a step running `start..start + n` should return:
+    /// the prompt tokens that follow those positions, until all are known.
+    pub fn logprob_targets(&self, start: usize, n: usize) -> Vec<TokenId> {
+        match &self.prompt_logprobs {
+            Some(v) if v.len() + 1 < self.prompt_len && start == v.len() => {
+                self.tokens[start + 1..(start + n + 1).min(self.prompt_len)].to_vec()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    pub(crate) fn add_prompt_logprobs(&mut self, lps: &[f32]) {
+        if let Some(v) = &mut self.prompt_logprobs {
+            v.extend_from_slice(lps);
         }
     }
 
@@ -132,6 +163,12 @@ impl Sequence {
     /// Drop the cache: the blocks go back, everything will be recomputed.
     pub(crate) fn take_blocks(&mut self) -> Vec<BlockId> {
         self.num_computed = 0;
+        // Incomplete prompt logprobs are recomputed from the start with the cache.
+        if let Some(v) = &mut self.prompt_logprobs
+            && v.len() + 1 < self.prompt_len
+        {
+            v.clear();
+        }
         std::mem::take(&mut self.blocks)
     }
 

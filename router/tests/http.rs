@@ -464,3 +464,27 @@ async fn top_n_tokens_lists_the_most_likely_alternatives() {
     let (_, body) = server.post("/generate", json!({"inputs": prompt, "parameters": params})).await;
     assert!(body["details"].get("top_tokens").is_none());
 }
+
+/// `decoder_input_details`: every prompt token with its logprob (the first has
+/// none), the same whether the prompt is prefilled whole or in 4-token chunks.
+#[tokio::test]
+async fn decoder_input_details_report_prompt_logprobs() {
+    let (prompt, _) = reference_greedy();
+    let params = json!({"max_new_tokens": 3, "decoder_input_details": true});
+    let body = json!({"inputs": prompt, "parameters": params});
+    let whole = Server::start(&[], &[]).await;
+    let (status, a) = whole.post("/generate", body.clone()).await;
+    assert_eq!(status, 200, "{a}");
+    let (_, tokens) = whole.post("/tokenize", json!({"inputs": prompt})).await;
+    let prefill = a["details"]["prefill"].as_array().unwrap();
+    let ids: Vec<&Value> = prefill.iter().map(|t| &t["id"]).collect();
+    let want: Vec<&Value> = tokens.as_array().unwrap().iter().map(|t| &t["id"]).collect();
+    assert_eq!(ids, want);
+    assert!(prefill[0]["logprob"].is_null());
+    assert!(prefill[1..].iter().all(|t| t["logprob"].as_f64().is_some_and(|l| l <= 0.0)));
+
+    let chunked = Server::start(&["--max-batch-prefill-tokens", "4"], &[]).await;
+    let (_, b) = chunked.post("/generate", body).await;
+    assert_eq!(a["details"]["prefill"], b["details"]["prefill"]);
+    assert_eq!(a["generated_text"], b["generated_text"]);
+}

@@ -68,7 +68,8 @@ pub struct StepPlan {
     pub seqs: Vec<SeqPlan>,
     /// All sequences' block tables, concatenated.
     pub block_tables: Vec<u32>,
-    /// Rows whose logits are computed (the last row of each sampling sequence).
+    /// Rows whose logits are computed: per sequence, the rows of its
+    /// `logprob_targets`, then its last row if it samples.
     pub sample_rows: Vec<u32>,
     /// `cos`/`sin` of each row's rotary angles, `[rows, head_dim / 2]`.
     pub rope_cos: Vec<f32>,
@@ -96,6 +97,8 @@ impl StepPlan {
                 plan.slots.push((block * BLOCK_SIZE + pos % BLOCK_SIZE) as u32);
                 plan.row_seq.push(i as u32);
             }
+            let first_row = plan.seqs[i].row;
+            plan.sample_rows.extend((0..seq.logprob_targets.len()).map(|j| (first_row + j) as u32));
             if seq.sample {
                 plan.sample_rows.push((plan.tokens.len() - 1) as u32);
             }

@@ -64,6 +64,7 @@ impl Bench {
                 .collect(),
             sample: true,
             top_n: 0,
+            logprob_targets: Vec::new(),
         }
     }
 

@@ -107,6 +107,7 @@ pub fn run(runner: &mut Runner<Cpu>, jobs: &[Job]) -> Vec<Outcome> {
                 block_table: l.blocks[..end.div_ceil(BLOCK_SIZE)].to_vec(),
                 sample,
                 top_n: 0,
+                logprob_targets: Vec::new(),
             });
             l.cached = end;
             members.push(i);

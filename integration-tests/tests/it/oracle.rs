@@ -173,3 +173,50 @@ fn bf16_is_invariant_under_chunking_and_batching() {
 fn sliding_window_is_invariant_under_chunking_and_batching() {
     invariant_under_chunking_and_batching("mistral");
 }
+
+/// Prompt logprobs (`decoder_input_details`) are transformers' log-softmax of the
+/// previous position's logits, and do not depend on how the prompt is chunked.
+#[test]
+fn prompt_logprobs_match_transformers_and_chunking() {
+    use rill_proto::{BLOCK_SIZE, BlockId, ForwardBatch, SeqId, SeqStep, TokenId};
+    let dir = fixture_model("llama");
+    let reference = reference(&dir);
+    let (_, mut runner) = harness::load(&dir);
+    let prompt = &reference[0].ids;
+    let step = |start: usize, end: usize| SeqStep {
+        id: SeqId(7),
+        tokens: prompt[start..end].iter().copied().map(TokenId).collect(),
+        start_pos: start,
+        block_table: (0..end.div_ceil(BLOCK_SIZE) as u32).map(BlockId).collect(),
+        sample: end == prompt.len(),
+        top_n: 0,
+        logprob_targets: prompt[start + 1..(end + 1).min(prompt.len())]
+            .iter()
+            .copied()
+            .map(TokenId)
+            .collect(),
+    };
+    let run = |runner: &mut rill_backend::Runner<rill_backend::Cpu>, chunks: &[usize]| {
+        let mut lps = Vec::new();
+        let mut start = 0;
+        for &end in chunks {
+            let out = runner
+                .step(&ForwardBatch { seqs: vec![step(start, end)], ..Default::default() })
+                .unwrap();
+            lps.extend(out.prompt_logprobs.into_iter().flat_map(|(_, v)| v));
+            start = end;
+        }
+        lps
+    };
+    let whole = run(&mut runner, &[prompt.len()]);
+    assert_eq!(whole.len(), prompt.len() - 1);
+    for (i, lp) in whole.iter().enumerate() {
+        let row = &reference[0].logits[i];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max + row.iter().map(|l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+        let want = row[prompt[i + 1] as usize] - lse;
+        assert!((lp - want).abs() < TOLERANCE, "position {}: {lp} vs {want}", i + 1);
+    }
+    let chunked = run(&mut runner, &[5, 6, 13, prompt.len()]);
+    assert_eq!(chunked, whole);
+}

@@ -16,6 +16,7 @@ fn seq(id: u64, tokens: &[u32], start_pos: usize, blocks: &[u32]) -> SeqStep {
         block_table: blocks.iter().copied().map(BlockId).collect(),
         sample: true,
         top_n: 0,
+        logprob_targets: Vec::new(),
     }
 }
 

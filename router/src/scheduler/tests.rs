@@ -43,7 +43,14 @@ impl FakeRunner {
                 });
             }
         }
-        StepOutput { sampled }
+        // A prompt token's "logprob" here is minus its id, so tests can check targets.
+        let prompt_logprobs = batch
+            .seqs
+            .iter()
+            .filter(|s| !s.logprob_targets.is_empty())
+            .map(|s| (s.id, s.logprob_targets.iter().map(|t| -(t.0 as f32)).collect()))
+            .collect();
+        StepOutput { sampled, prompt_logprobs }
     }
 }
 
@@ -239,4 +246,25 @@ fn random_workload_keeps_invariants_and_leaks_nothing() {
     assert!(s.is_idle());
     assert_eq!(s.blocks().num_used(), 0);
     assert!(s.preemptions() > 0);
+}
+
+#[test]
+fn prompt_logprobs_cover_the_prompt_once_across_chunks() {
+    let mut s = Scheduler::new(config(8), 64);
+    let mut r = FakeRunner::default();
+    let q = seq(1, 21, 3).with_prompt_logprobs();
+    let prompt: Vec<u32> = q.tokens().iter().map(|t| t.0).collect();
+    s.add(q).unwrap();
+    let mut first = None;
+    while !s.is_idle() {
+        let b = s.schedule();
+        for u in s.update(&r.step(&b)) {
+            if let Some(lps) = u.prompt_logprobs {
+                assert!(first.is_none(), "sent twice");
+                first = Some(lps);
+            }
+        }
+    }
+    let want: Vec<f32> = prompt[1..].iter().map(|&t| -(t as f32)).collect();
+    assert_eq!(first, Some(want));
 }
