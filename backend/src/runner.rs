@@ -15,13 +15,14 @@ use crate::device::{Device, KvLayout, StepPlan};
 use crate::error::{LoadError, StepError};
 use crate::models::Llama;
 use crate::sampler;
-use crate::weights::{DummyWeights, SafetensorsWeights, WeightSource};
+use crate::weights::{CastWeights, DummyWeights, SafetensorsWeights, WeightSource};
 
 /// Where the weights come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadFormat {
-    /// The directory's safetensors files.
-    Safetensors,
+    /// The directory's safetensors files; `Some(dtype)` converts every weight to
+    /// it at load (`--dtype`), `None` keeps each tensor's own dtype.
+    Safetensors(Option<DType>),
     /// Random weights of this dtype for the model `config.json` describes
     /// (vLLM's `--load-format dummy`; for benchmarks).
     Dummy(DType),
@@ -36,7 +37,7 @@ pub struct RunnerOptions {
 
 impl Default for RunnerOptions {
     fn default() -> Self {
-        RunnerOptions { kv_cache_bytes: 1 << 30, load_format: LoadFormat::Safetensors }
+        RunnerOptions { kv_cache_bytes: 1 << 30, load_format: LoadFormat::Safetensors(None) }
     }
 }
 
@@ -66,7 +67,10 @@ impl<D: Device> Runner<D> {
         opts: &RunnerOptions,
     ) -> Result<Self, LoadError> {
         let source: Box<dyn WeightSource> = match opts.load_format {
-            LoadFormat::Safetensors => Box::new(SafetensorsWeights::open(dir)?),
+            LoadFormat::Safetensors(None) => Box::new(SafetensorsWeights::open(dir)?),
+            LoadFormat::Safetensors(Some(dtype)) => {
+                Box::new(CastWeights { inner: SafetensorsWeights::open(dir)?, dtype })
+            }
             LoadFormat::Dummy(dtype) => Box::new(DummyWeights {
                 dtype,
                 seed: 0x5eed,

@@ -253,6 +253,38 @@ impl WeightSource for SafetensorsWeights {
     }
 }
 
+/// Another source's weights converted to one dtype at load (`--dtype`), rounding
+/// to nearest even as torch's `.to()` does. Converted tensors are owned copies.
+#[derive(Debug)]
+pub struct CastWeights<S> {
+    pub inner: S,
+    pub dtype: DType,
+}
+
+impl<S: WeightSource> WeightSource for CastWeights<S> {
+    fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor, LoadError> {
+        let t = self.inner.load(name, shape)?;
+        if t.data.dtype() == self.dtype {
+            return Ok(t);
+        }
+        let values = t.data.to_f32();
+        let data = match self.dtype {
+            DType::F32 => TensorData::F32(Storage::Owned(values)),
+            DType::Bf16 => TensorData::Bf16(Storage::Owned(
+                values.iter().map(|&v| bf16::from_f32(v)).collect(),
+            )),
+            DType::F16 => {
+                TensorData::F16(Storage::Owned(values.iter().map(|&v| f16::from_f32(v)).collect()))
+            }
+        };
+        Ok(HostTensor { data, ..t })
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+}
+
 /// Random weights for a model described by its config alone (benchmarks).
 ///
 /// Values are scaled like a trained model's (matrices ~ N(0, 1/fan_in), norms near 1)

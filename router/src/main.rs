@@ -81,9 +81,10 @@ struct Args {
     /// Weight source (`dummy` fills the model with random weights of `--dtype`).
     #[arg(long, env = "LOAD_FORMAT", value_enum, default_value_t = LoadFormatArg::Safetensors)]
     load_format: LoadFormatArg,
-    /// Weight dtype for `--load-format dummy` (bfloat16, float16, float32).
-    #[arg(long, env = "DTYPE", default_value = "bfloat16")]
-    dtype: String,
+    /// Convert every weight to this dtype at load (bfloat16, float16, float32);
+    /// default: keep the checkpoint's, and bfloat16 for `--load-format dummy`.
+    #[arg(long, env = "DTYPE")]
+    dtype: Option<String>,
     /// Memory for the paged KV cache, in MiB.
     #[arg(long, env = "KV_CACHE_MEMORY_MIB", default_value_t = 1024)]
     kv_cache_memory_mib: usize,
@@ -141,12 +142,16 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
         Some(n) => Cpu::with_threads(n),
         None => Cpu::new(),
     };
-    let load_format = match args.load_format {
-        LoadFormatArg::Safetensors => LoadFormat::Safetensors,
-        LoadFormatArg::Dummy => LoadFormat::Dummy(
-            DType::parse(&args.dtype)
-                .with_context(|| format!("unknown --dtype `{}`", args.dtype))?,
+    let dtype = match &args.dtype {
+        None => None,
+        Some(d) => Some(
+            DType::parse(d)
+                .with_context(|| format!("unknown --dtype `{d}` (bfloat16, float16, float32)"))?,
         ),
+    };
+    let load_format = match args.load_format {
+        LoadFormatArg::Safetensors => LoadFormat::Safetensors(dtype),
+        LoadFormatArg::Dummy => LoadFormat::Dummy(dtype.unwrap_or(DType::Bf16)),
     };
     let t = Instant::now();
     let model = ModelDir::open(dir)?;

@@ -61,3 +61,11 @@ fn inconsistent_limits_say_what_to_change() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("exceeds the model's max_position_embeddings (256)"), "{stderr}");
 }
+
+#[test]
+fn unknown_dtype_is_a_clear_error() {
+    let out = rill(&["--dtype", "float8"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown --dtype `float8`"), "{stderr}");
+}

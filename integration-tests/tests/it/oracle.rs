@@ -220,3 +220,22 @@ fn prompt_logprobs_match_transformers_and_chunking() {
     let chunked = run(&mut runner, &[5, 6, 13, prompt.len()]);
     assert_eq!(chunked, whole);
 }
+
+/// `--dtype bfloat16` on the f32 checkpoint rounds like torch's `.to(bfloat16)`: the
+/// same logits, to the bit, as the bf16 checkpoint transformers saved.
+#[test]
+fn casting_f32_weights_to_bf16_equals_the_bf16_checkpoint() {
+    use rill_backend::{Cpu, DType, LoadFormat, ModelDir, Runner, RunnerOptions};
+    let f32_dir = fixture_model("llama");
+    let model = ModelDir::open(&f32_dir).unwrap();
+    let opts = RunnerOptions {
+        kv_cache_bytes: 64 << 20,
+        load_format: LoadFormat::Safetensors(Some(DType::Bf16)),
+    };
+    let mut cast = Runner::load(&f32_dir, &model.config, Cpu::new(), &opts).unwrap();
+    let (_, mut saved) = harness::load(&fixture_model("llama-bfloat16"));
+    let prompt = &reference(&f32_dir)[0].ids;
+    let a = harness::run(&mut cast, &[Job::new(prompt, 8)]).remove(0);
+    let b = harness::run(&mut saved, &[Job::new(prompt, 8)]).remove(0);
+    assert_eq!(a, b);
+}
