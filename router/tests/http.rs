@@ -488,3 +488,36 @@ async fn decoder_input_details_report_prompt_logprobs() {
     assert_eq!(a["details"]["prefill"], b["details"]["prefill"]);
     assert_eq!(a["generated_text"], b["generated_text"]);
 }
+
+/// The port opens before the model is loaded: 503 until it is ready.
+#[tokio::test]
+async fn loading_answers_503_with_an_estimate() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/models/llama-1.1b");
+    // ~1.1B random bf16 weights take seconds to generate: long enough to look.
+    let child = Command::new(env!("CARGO_BIN_EXE_rill"))
+        .args(["--hostname", "127.0.0.1", "--port", &port.to_string(), "--model-id", config])
+        .args(["--load-format", "dummy", "--kv-cache-memory-mib", "64"])
+        .env_remove("MODEL_ID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rill");
+    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
+    let start = Instant::now();
+    let health = loop {
+        if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "port never opened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(health.status(), 503);
+    let (status, err) = server.post("/generate", json!({"inputs": "Hi"})).await;
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["error_type"], "loading");
+    assert_eq!(err["error"], "Model is loading");
+    assert!(err["estimated_time"].as_f64().is_some_and(|t| t > 0.0), "{err}");
+    let (status, _) = server.stream(json!({"inputs": "Hi"})).await;
+    assert_eq!(status, 503);
+}
