@@ -521,3 +521,41 @@ async fn loading_answers_503_with_an_estimate() {
     let (status, _) = server.stream(json!({"inputs": "Hi"})).await;
     assert_eq!(status, 503);
 }
+
+/// Odd but well-formed requests get an answer (never a 5xx) and leave the server
+/// healthy and leak-free.
+#[tokio::test]
+async fn odd_requests_never_break_the_server() {
+    let server = Server::start(&[], &[]).await;
+    let odd = [
+        json!({"inputs": "\u{0}\u{1}\u{fffd}\u{10ffff}", "parameters": {"max_new_tokens": 3}}),
+        json!({"inputs": "😀".repeat(200), "parameters": {"max_new_tokens": 2, "truncate": 5}}),
+        json!({"inputs": "Hi", "parameters": {"max_new_tokens": -1}}),
+        json!({"inputs": "Hi", "parameters": {"max_new_tokens": 4294967296u64}}),
+        json!({"inputs": "Hi", "parameters": {"top_k": 2147483647, "max_new_tokens": 2}}),
+        json!({"inputs": "Hi", "parameters": {"temperature": 1e30, "max_new_tokens": 2}}),
+        json!({"inputs": "Hi", "parameters": {"stop": [""], "max_new_tokens": 2}}),
+        json!({"inputs": "Hi", "parameters": {"stop": ["x".repeat(10_000)], "max_new_tokens": 2}}),
+        json!({"inputs": "Hi", "parameters": {"seed": 18446744073709551615u64, "max_new_tokens": 2}}),
+        json!({"inputs": "Hi", "parameters": {"grammar": {"type": "regex", "value": "("}, "max_new_tokens": 2}}),
+        json!({"inputs": "Hi", "parameters": null}),
+        json!({"inputs": "Hi", "parameters": {"unknown_field": true, "max_new_tokens": 2}}),
+        json!({"inputs": "Hi", "stream": "yes"}),
+        json!([1, 2, 3]),
+    ];
+    for body in odd {
+        for path in ["/generate", "/generate_stream", "/", "/tokenize"] {
+            let (status, _) = server.post(path, body.clone()).await;
+            assert!(status < 500, "{path} {body}: {status}");
+        }
+    }
+    let start = Instant::now();
+    while metric(&server, "rill_kv_blocks_used").await != Some(0.0) {
+        assert!(start.elapsed() < Duration::from_secs(10), "blocks leaked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = server
+        .post("/generate", json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}))
+        .await;
+    assert_eq!(status, 200);
+}
