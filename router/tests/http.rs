@@ -13,17 +13,12 @@ struct Server {
 }
 
 impl Server {
-    async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+    /// Spawn `rill` on a free port with the test defaults, without waiting for it.
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_rill"))
-            .args([
-                "--hostname",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--kv-cache-memory-mib",
-                "16",
-            ])
+            .args(["--hostname", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--kv-cache-memory-mib", "16"])
             .args(args)
             .envs(env.iter().copied())
             .env_remove("MODEL_ID")
@@ -31,7 +26,12 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("start rill");
-        let server = Server { child, base: format!("http://127.0.0.1:{port}") };
+        Server { child, base: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Spawn and wait until `/health` says 200.
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let server = Server::spawn(args, env);
         let start = Instant::now();
         loop {
             if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await
@@ -42,6 +42,24 @@ impl Server {
             assert!(start.elapsed() < Duration::from_secs(60), "rill did not become healthy");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Wait until no request runs and no KV block is in use (a leak fails the test).
+    async fn wait_idle(&self) {
+        let start = Instant::now();
+        while metric(self, "rill_kv_blocks_used").await != Some(0.0)
+            || metric(self, "rill_batch_current_size").await != Some(0.0)
+        {
+            assert!(start.elapsed() < Duration::from_secs(30), "blocks still in use");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A small request still succeeds.
+    async fn assert_answers(&self) {
+        let body = json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}});
+        let (status, err) = self.post("/generate", body).await;
+        assert_eq!(status, 200, "{err}");
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -216,10 +234,7 @@ async fn bad_requests_get_the_right_status_and_error_type() {
     assert_eq!(r.status(), 413);
 
     // The server is unharmed.
-    let (status, _) = server
-        .post("/generate", json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}))
-        .await;
-    assert_eq!(status, 200);
+    server.assert_answers().await;
 }
 
 #[tokio::test]
@@ -356,21 +371,12 @@ async fn disconnect_storm_leaks_no_blocks() {
     for mut events in kept {
         while events.next().await.is_some() {}
     }
-    let start = Instant::now();
-    while metric(&server, "rill_kv_blocks_used").await != Some(0.0)
-        || metric(&server, "rill_batch_current_size").await != Some(0.0)
-    {
-        assert!(start.elapsed() < Duration::from_secs(30), "blocks still in use");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_idle().await;
     // The dropped half stopped early: far fewer tokens ran than 64 full requests.
     let ran = metric(&server, "rill_batch_next_tokens_sum").await.unwrap();
     let full = 64.0 * (6.0 + 240.0);
     assert!(ran < 0.75 * full, "{ran} tokens ran; 64 complete requests are {full}");
-    let (status, _) = server
-        .post("/generate", json!({"inputs": "Hi", "parameters": {"max_new_tokens": 3}}))
-        .await;
-    assert_eq!(status, 200);
+    server.assert_answers().await;
 }
 
 #[tokio::test]
@@ -492,18 +498,9 @@ async fn decoder_input_details_report_prompt_logprobs() {
 /// The port opens before the model is loaded: 503 until it is ready.
 #[tokio::test]
 async fn loading_answers_503_with_an_estimate() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/models/llama-1.1b");
     // ~1.1B random bf16 weights take seconds to generate: long enough to look.
-    let child = Command::new(env!("CARGO_BIN_EXE_rill"))
-        .args(["--hostname", "127.0.0.1", "--port", &port.to_string(), "--model-id", config])
-        .args(["--load-format", "dummy", "--kv-cache-memory-mib", "64"])
-        .env_remove("MODEL_ID")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start rill");
-    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
+    let server = Server::spawn(&["--model-id", config, "--load-format", "dummy"], &[]);
     let start = Instant::now();
     let health = loop {
         if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await {
@@ -549,13 +546,6 @@ async fn odd_requests_never_break_the_server() {
             assert!(status < 500, "{path} {body}: {status}");
         }
     }
-    let start = Instant::now();
-    while metric(&server, "rill_kv_blocks_used").await != Some(0.0) {
-        assert!(start.elapsed() < Duration::from_secs(10), "blocks leaked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (status, _) = server
-        .post("/generate", json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}))
-        .await;
-    assert_eq!(status, 200);
+    server.wait_idle().await;
+    server.assert_answers().await;
 }

@@ -92,8 +92,13 @@ impl Default for Cpu {
     }
 }
 
-fn small_f32(t: &HostTensor) -> Vec<f32> {
-    t.data.to_f32()
+/// A vector parameter (norm weight, bias) as f32. [`Cpu::weight`] widens these once
+/// at load, so on the per-token path this borrows.
+fn vector_f32(t: &HostTensor) -> std::borrow::Cow<'_, [f32]> {
+    match &t.data {
+        TensorData::F32(s) => std::borrow::Cow::Borrowed(s.as_slice()),
+        other => std::borrow::Cow::Owned(other.to_f32()),
+    }
 }
 
 impl Device for Cpu {
@@ -111,6 +116,12 @@ impl Device for Cpu {
     }
 
     fn weight(&self, tensor: HostTensor) -> Result<HostTensor, LoadError> {
+        // Matrices stay in their dtype (widened inside the kernels); vectors are tiny
+        // and read whole on every op, so widen them once here.
+        if tensor.shape.len() == 1 && tensor.data.dtype() != crate::config::DType::F32 {
+            let data = TensorData::F32(crate::weights::Storage::Owned(tensor.data.to_f32()));
+            return Ok(HostTensor { data, ..tensor });
+        }
         Ok(tensor)
     }
 
@@ -144,7 +155,7 @@ impl Device for Cpu {
         debug_assert_eq!(x.cols, k);
         *out = Mat { data: std::mem::take(&mut out.data), rows: x.rows, cols: n };
         out.data.resize(x.rows * n, 0.0);
-        let bias = bias.map(small_f32);
+        let bias = bias.map(vector_f32);
         let b = bias.as_deref();
         match &w.data {
             TensorData::F32(s) => {
@@ -160,12 +171,12 @@ impl Device for Cpu {
     }
 
     fn rms_norm(&self, x: &Mat, weight: &HostTensor, eps: f32, out: &mut Mat) {
-        let w = small_f32(weight);
+        let w = vector_f32(weight);
         *out = Mat::zeros(x.rows, x.cols);
         out.data.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).for_each(|(o, r)| {
             let mean_sq = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
             let inv = 1.0 / (mean_sq + eps).sqrt();
-            for ((o, v), w) in o.iter_mut().zip(r).zip(&w) {
+            for ((o, v), w) in o.iter_mut().zip(r).zip(w.iter()) {
                 *o = w * (v * inv);
             }
         });
