@@ -4,7 +4,8 @@
 //! [`Cpu`] owns a rayon pool (one thread per core) and runs each whole step inside
 //! it, so the dozens of parallel ops of a step hand work between pool threads
 //! instead of waking a caller thread for every op. Weights are the
-//! loader's [`HostTensor`]s as they are (memory-mapped, 16-bit kept 16-bit);
+//! loader's [`HostTensor`]s: matrices as they are (memory-mapped, 16-bit kept 16-bit),
+//! vectors (norms, biases) widened to f32 once at load;
 //! activations are [`Mat`]s; the KV cache is [`CpuKvCache`], f32 so that cached
 //! keys are exactly the keys just computed (chunked prefill and whole-prompt
 //! prefill then agree to the bit). Linear layers go through [`gemm`], attention
