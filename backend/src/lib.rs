@@ -14,6 +14,7 @@
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod grammar;
 pub mod model_dir;
 pub mod models;
 pub mod rope;
@@ -25,4 +26,4 @@ pub use config::{Architecture, DType, ModelConfig};
 pub use device::cpu::Cpu;
 pub use error::{LoadError, StepError};
 pub use model_dir::ModelDir;
-pub use runner::{LoadFormat, Runner, RunnerOptions};
+pub use runner::{LoadFormat, Runner, RunnerOptions, StepStats};

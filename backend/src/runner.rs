@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rill_proto::{BLOCK_SIZE, ForwardBatch, SampledToken, StepOutput, TokenId};
 
@@ -14,7 +15,7 @@ use crate::config::{DType, ModelConfig};
 use crate::device::{Device, KvLayout, StepPlan};
 use crate::error::{LoadError, StepError};
 use crate::models::Llama;
-use crate::sampler;
+use crate::sampler::{self, Sampler};
 use crate::weights::{CastWeights, DummyWeights, SafetensorsWeights, WeightSource};
 
 /// Where the weights come from.
@@ -47,6 +48,21 @@ pub struct Runner<D: Device> {
     model: Llama<D>,
     cache: D::Cache,
     layout: KvLayout,
+    sampler: Sampler,
+    stats: StepStats,
+}
+
+/// Where the last step's time went (benchmarks, logs).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepStats {
+    /// The forward pass, logits on the host.
+    pub forward: Duration,
+    /// Computing grammar masks (on their own thread, during the forward pass).
+    pub masks: Duration,
+    /// How long sampling waited for masks after the forward pass ended.
+    pub mask_wait: Duration,
+    /// Logits processors and the choice, every row.
+    pub sampling: Duration,
 }
 
 impl<D: Device> std::fmt::Debug for Runner<D> {
@@ -97,7 +113,8 @@ impl<D: Device> Runner<D> {
             head_dim: c.head_dim,
         };
         let cache = device.kv_cache(layout)?;
-        Ok(Runner { device, model, cache, layout })
+        let sampler = Sampler::new(c.vocab_size);
+        Ok(Runner { device, model, cache, layout, sampler, stats: StepStats::default() })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -113,24 +130,56 @@ impl<D: Device> Runner<D> {
         self.device.name()
     }
 
+    /// The last step's timings.
+    pub fn last_step_stats(&self) -> StepStats {
+        self.stats
+    }
+
+    /// Sequences the sampler holds state for (their parameters, counts, grammar).
+    pub fn num_sampling_states(&self) -> usize {
+        self.sampler.num_sequences()
+    }
+
     /// Run one forward pass over `batch` and pick the next token of every
-    /// sequence that samples.
+    /// sequence that samples. Grammar masks for this step are computed on their own
+    /// thread while the forward pass runs: they depend only on tokens already chosen.
     pub fn step(&mut self, batch: &ForwardBatch) -> Result<StepOutput, StepError> {
         self.validate(batch)?;
+        self.sampler.prepare(batch);
         if batch.seqs.is_empty() {
             return Ok(StepOutput::default());
         }
         let host = StepPlan::new(batch, self.model.inv_freq());
-        let Runner { device, model, cache, .. } = self;
-        let logits = device.run(|| {
-            let plan = device.plan(&host);
-            let logits = model.forward(device, cache, &host, &plan);
-            device.to_host(&logits)
+        let mut jobs = self.sampler.take_mask_jobs(batch);
+        let Runner { device, model, cache, stats, .. } = self;
+        let started = Instant::now();
+        let mut logits = std::thread::scope(|s| {
+            let masks = (!jobs.is_empty()).then(|| {
+                s.spawn(|| {
+                    let t = Instant::now();
+                    sampler::compute_masks(&mut jobs);
+                    t.elapsed()
+                })
+            });
+            let logits = device.run(|| {
+                let plan = device.plan(&host);
+                let logits = model.forward(device, cache, &host, &plan);
+                device.to_host(&logits)
+            });
+            stats.forward = started.elapsed();
+            let waited = Instant::now();
+            // A panic in a matcher is a bug in it; sampling reports the lost state.
+            stats.masks = masks.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+            stats.mask_wait = waited.elapsed();
+            logits
         });
+        let sampling = Instant::now();
         // Rows come per sequence: its logprob targets' rows, then its sampled row.
         let vocab = self.config().vocab_size;
-        let mut rows = logits.chunks_exact(vocab);
+        let mut rows = logits.chunks_exact_mut(vocab);
         let mut out = StepOutput::default();
+        let mut to_sample = Vec::new();
+        let mut raw_logits = Vec::new();
         for seq in &batch.seqs {
             if !seq.logprob_targets.is_empty() {
                 let lps = seq
@@ -140,19 +189,29 @@ impl<D: Device> Runner<D> {
                     .map(|(t, row)| sampler::logprob(row, *t));
                 out.prompt_logprobs.push((seq.id, lps.collect()));
             }
-            if !seq.sample {
-                continue;
+            if seq.sample {
+                let row = rows.next().expect("one logits row per sampling sequence");
+                // Processors work in place: keep the model's row first if asked.
+                raw_logits.push(batch.return_logits.then(|| row.to_vec()));
+                to_sample.push((seq, row));
             }
-            let row = rows.next().expect("one logits row per sampling sequence");
-            let (token, logprob) = sampler::greedy(row);
-            out.sampled.push(SampledToken {
-                id: seq.id,
-                token,
-                logprob,
-                top: sampler::top_n(row, seq.top_n as usize),
-                logits: batch.return_logits.then(|| row.to_vec()),
-            });
         }
+        let (device, sampler) = (&self.device, &mut self.sampler);
+        let choices = device.run(|| sampler.sample(to_sample, jobs));
+        for ((id, choice), logits) in choices.into_iter().zip(raw_logits) {
+            match choice {
+                Ok(c) => out.sampled.push(SampledToken {
+                    id,
+                    token: c.token,
+                    logprob: c.logprob,
+                    top: c.top,
+                    forced: c.forced,
+                    logits,
+                }),
+                Err(e) => out.failed.push((id, e)),
+            }
+        }
+        self.stats.sampling = sampling.elapsed();
         Ok(out)
     }
 

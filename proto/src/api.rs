@@ -40,15 +40,38 @@ pub struct GenerateParameters {
     pub seed: Option<u64>,
     #[serde(default)]
     pub top_n_tokens: Option<u32>,
-    /// `{"type": "json" | "json_schema" | "regex", "value": ...}` (accepted, not yet applied).
+    /// Constrain the output to a JSON schema or a regular expression.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub grammar: Option<serde_json::Value>,
+    pub grammar: Option<GrammarType>,
     #[serde(default)]
     pub adapter_id: Option<String>,
     /// Rill extension for benchmarks: generate exactly `max_new_tokens`, ignoring EOS.
     #[serde(default)]
     pub ignore_eos: bool,
+}
+
+/// TGI's `grammar` parameter.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
+#[serde(tag = "type", content = "value")]
+pub enum GrammarType {
+    /// A JSON schema the output must satisfy (`{}` or `true`: any JSON value).
+    #[serde(rename = "json", alias = "json_object")]
+    #[schema(value_type = Object)]
+    Json(serde_json::Value),
+    /// OpenAI's form: `{"name": ..., "schema": {...}}`.
+    #[serde(rename = "json_schema")]
+    JsonSchema(JsonSchemaConfig),
+    /// A regular expression the whole output must match.
+    #[serde(rename = "regex")]
+    Regex(String),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
+pub struct JsonSchemaConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[schema(value_type = Object)]
+    pub schema: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
@@ -85,6 +108,22 @@ pub struct PrefillToken {
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct Details {
+    pub finish_reason: String,
+    pub generated_tokens: u32,
+    pub seed: Option<u64>,
+    pub prefill: Vec<PrefillToken>,
+    pub tokens: Vec<Token>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_tokens: Vec<Vec<Token>>,
+    /// With `best_of` > 1: the sequences that were not chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of_sequences: Option<Vec<BestOfSequence>>,
+}
+
+/// One of the other `best_of` candidates.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
+pub struct BestOfSequence {
+    pub generated_text: String,
     pub finish_reason: String,
     pub generated_tokens: u32,
     pub seed: Option<u64>,

@@ -1,6 +1,6 @@
 //! One engine step: what to run ([`ForwardBatch`]) and what came out ([`StepOutput`]).
 
-use crate::{BlockId, SeqId, TokenId};
+use crate::{BlockId, SamplingParams, SeqId, TokenId};
 
 /// The work for one sequence in one step: a prefill chunk or a single decode token.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,6 +22,10 @@ pub struct SeqStep {
     /// follows `tokens[i]`, whose logprob given everything up to `tokens[i]` the
     /// step returns in [`StepOutput::prompt_logprobs`]. At most `tokens.len()`.
     pub logprob_targets: Vec<TokenId>,
+    /// How to choose tokens: sent once, on the sequence's first step; the runner
+    /// keeps it (and the state it implies) until the sequence is released. A
+    /// sequence the runner has never seen parameters for is greedy.
+    pub sampling: Option<Box<SamplingParams>>,
 }
 
 impl SeqStep {
@@ -56,10 +60,15 @@ impl ForwardBatch {
 pub struct SampledToken {
     pub id: SeqId,
     pub token: TokenId,
-    /// Natural-log probability of `token` under the model's distribution.
+    /// Natural-log probability of `token` under the distribution it was drawn
+    /// from: the model's, after the sequence's logits processors (TGI's report).
     pub logprob: f32,
-    /// The `top_n` most likely tokens with their logprobs, most likely first.
+    /// The `top_n` most likely tokens of that distribution with their logprobs,
+    /// most likely first.
     pub top: Vec<(TokenId, f32)>,
+    /// Tokens the sequence's grammar forces after `token`, already committed:
+    /// they follow without sampling (probability 1 under the constraint).
+    pub forced: Vec<TokenId>,
     /// The full logits row, when the batch asked for it.
     pub logits: Option<Vec<f32>>,
 }
@@ -71,4 +80,7 @@ pub struct StepOutput {
     pub sampled: Vec<SampledToken>,
     /// For each sequence with `logprob_targets`, their logprobs, in order.
     pub prompt_logprobs: Vec<(SeqId, Vec<f32>)>,
+    /// Sequences that could not choose a token (their grammar failed); the rest of
+    /// the step is valid. They should be ended and released.
+    pub failed: Vec<(SeqId, String)>,
 }

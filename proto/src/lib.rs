@@ -12,9 +12,11 @@
 pub mod api;
 mod batch;
 mod ids;
+mod sampling;
 
 pub use batch::{ForwardBatch, SampledToken, SeqStep, StepOutput};
 pub use ids::{BlockId, SeqId, TokenId};
+pub use sampling::{Constraint, ConstraintState, Grammar, SamplingParams};
 
 /// Tokens per KV-cache block (vLLM's choice; the CUDA kernels assume it too).
 pub const BLOCK_SIZE: usize = 16;

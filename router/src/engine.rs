@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use rill_backend::Runner;
 use rill_backend::device::Device;
-use rill_proto::{SeqId, TokenId};
+use rill_proto::{SamplingParams, SeqId, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
 use crate::metrics as m;
@@ -34,6 +34,7 @@ pub struct GenerationRequest {
     pub top_n_tokens: u32,
     /// Report the prompt tokens' logprobs (`decoder_input_details`).
     pub prompt_logprobs: bool,
+    pub sampling: SamplingParams,
 }
 
 /// What the engine says about a request, in order.
@@ -191,7 +192,9 @@ impl<D: Device> EngineLoop<D> {
             ignore_eos: s.request.ignore_eos,
         };
         let prompt = s.request.prompt.into_iter().map(TokenId).collect();
-        let mut seq = Sequence::new(s.id, prompt, stop).with_top_n(s.request.top_n_tokens);
+        let mut seq = Sequence::new(s.id, prompt, stop)
+            .with_top_n(s.request.top_n_tokens)
+            .with_sampling(s.request.sampling);
         if s.request.prompt_logprobs {
             seq = seq.with_prompt_logprobs();
         }
@@ -207,17 +210,24 @@ impl<D: Device> EngineLoop<D> {
     }
 
     fn postprocess(&mut self, output: &rill_proto::StepOutput) {
+        for (id, e) in &output.failed {
+            tracing::warn!(request_id = id.0, error = %e, "sampling failed");
+            self.reply(*id, EngineEvent::Error(format!("generation failed: {e}")));
+            self.replies.remove(id);
+        }
         for u in self.scheduler.update(output) {
             if let Some(lps) = u.prompt_logprobs {
                 self.reply(u.id, EngineEvent::Prefill(lps));
             }
-            let event = EngineEvent::Token {
-                token: u.token,
-                logprob: u.logprob,
-                top: u.top,
-                finish: u.finish,
-            };
-            let delivered = self.reply(u.id, event);
+            // Forced tokens had no choice: probability 1 under the grammar.
+            let n = 1 + u.forced.len();
+            let tokens = std::iter::once((u.token, u.logprob, u.top))
+                .chain(u.forced.into_iter().map(|t| (t, 0.0, Vec::new())));
+            let mut delivered = true;
+            for (i, (token, logprob, top)) in tokens.enumerate() {
+                let finish = if i + 1 == n { u.finish } else { None };
+                delivered &= self.reply(u.id, EngineEvent::Token { token, logprob, top, finish });
+            }
             if u.finish.is_some() {
                 self.replies.remove(&u.id);
             } else if !delivered {

@@ -10,8 +10,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rill_backend::grammar::GrammarCompiler;
 use rill_proto::api::{
-    Details, GenerateResponse, PrefillToken, StreamDetails, StreamResponse, Token,
+    BestOfSequence, Details, GenerateResponse, PrefillToken, StreamDetails, StreamResponse, Token,
 };
 use tokenizers::Tokenizer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -53,6 +54,8 @@ pub struct Infer {
     /// Ids of the tokenizer's special tokens (`token.special`).
     special: Arc<HashSet<u32>>,
     pub limits: Limits,
+    /// Compiles `grammar` parameters; `None` with `--disable-grammar-support`.
+    pub grammar: Option<Arc<GrammarCompiler>>,
     permits: Arc<Semaphore>,
 }
 
@@ -92,6 +95,7 @@ impl Infer {
         engine: EngineHandle,
         tokenizer: Arc<Tokenizer>,
         limits: Limits,
+        grammar: Option<Arc<GrammarCompiler>>,
         max_concurrent: usize,
     ) -> Self {
         let special: HashSet<u32> = tokenizer
@@ -106,6 +110,7 @@ impl Infer {
             tokenizer,
             special,
             limits,
+            grammar,
             permits: Arc::new(Semaphore::new(max_concurrent)),
         }
     }
@@ -121,6 +126,7 @@ impl Infer {
             ignore_eos: request.ignore_eos,
             top_n_tokens: request.top_n_tokens,
             prompt_logprobs: request.decoder_input_details,
+            sampling: request.sampling.clone(),
         });
         let prompt_len = request.prompt.len();
         let now = Instant::now();
@@ -154,6 +160,76 @@ impl Infer {
             special: Arc::clone(&self.special),
             _permit: permit,
         })
+    }
+}
+
+impl Infer {
+    /// Generate to the end (`/generate`). With `best_of` = n > 1, n samples run side
+    /// by side (each with its own seed and concurrency permit); the one with the
+    /// highest mean token logprob is the answer, the others go to
+    /// `details.best_of_sequences` (TGI's rule).
+    pub async fn generate(
+        &self,
+        request: ValidRequest,
+        arrived: Instant,
+    ) -> Result<GenerateResponse, InferError> {
+        let n = request.best_of.max(1);
+        let mut generations = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = if i == 0 { request.clone() } else { request.reseeded() };
+            generations.push(self.start(r, arrived)?);
+        }
+        let done = futures::future::try_join_all(generations.into_iter().map(Generation::finish));
+        let mut done = done.await?;
+        let mean = |f: &Finished| {
+            let t = &f.tokens;
+            t.iter().map(|t| t.logprob).sum::<f32>() / t.len().max(1) as f32
+        };
+        let best = (0..done.len())
+            .max_by(|&a, &b| mean(&done[a]).total_cmp(&mean(&done[b])).then(b.cmp(&a)))
+            .unwrap_or(0);
+        let chosen = done.remove(best);
+        let others = (n > 1).then(|| done.into_iter().map(Finished::into_best_of).collect());
+        Ok(chosen.into_response(others))
+    }
+}
+
+/// A generation that has ended, before it becomes an answer.
+#[derive(Debug)]
+struct Finished {
+    text: String,
+    finish_reason: &'static str,
+    details: bool,
+    seed: Option<u64>,
+    prefill: Vec<PrefillToken>,
+    tokens: Vec<Token>,
+    top_tokens: Vec<Vec<Token>>,
+}
+
+impl Finished {
+    fn into_response(self, best_of_sequences: Option<Vec<BestOfSequence>>) -> GenerateResponse {
+        let details = self.details.then(|| Details {
+            finish_reason: self.finish_reason.into(),
+            generated_tokens: self.tokens.len() as u32,
+            seed: self.seed,
+            prefill: self.prefill,
+            tokens: self.tokens,
+            top_tokens: self.top_tokens,
+            best_of_sequences,
+        });
+        GenerateResponse { generated_text: self.text, details }
+    }
+
+    fn into_best_of(self) -> BestOfSequence {
+        BestOfSequence {
+            generated_text: self.text,
+            finish_reason: self.finish_reason.into(),
+            generated_tokens: self.tokens.len() as u32,
+            seed: self.seed,
+            prefill: self.prefill,
+            tokens: self.tokens,
+            top_tokens: self.top_tokens,
+        }
     }
 }
 
@@ -268,21 +344,29 @@ impl Generation {
         self.progress.finish.unwrap_or(FinishReason::Length).as_str()
     }
 
-    /// Run to the end and build `/generate`'s answer.
-    pub async fn complete(mut self) -> Result<GenerateResponse, InferError> {
+    /// Run to the end and build `/generate`'s answer (one sample; see
+    /// [`Infer::generate`] for `best_of`).
+    pub async fn complete(self) -> Result<GenerateResponse, InferError> {
+        Ok(self.finish().await?.into_response(None))
+    }
+
+    async fn finish(mut self) -> Result<Finished, InferError> {
         while let Some(t) = self.next_token().await {
             t?;
         }
-        let p = &self.progress;
-        let details = p.request.details.then(|| Details {
-            finish_reason: self.finish_reason().into(),
-            generated_tokens: p.tokens.len() as u32,
+        let text = self.final_text();
+        let finish_reason = self.finish_reason();
+        let p = self.progress;
+        let top_tokens = if p.request.top_n_tokens > 0 { p.top_tokens } else { Vec::new() };
+        Ok(Finished {
+            text,
+            finish_reason,
+            details: p.request.details,
             seed: p.request.seed,
-            prefill: p.prefill.clone(),
-            tokens: p.tokens.clone(),
-            top_tokens: if p.request.top_n_tokens > 0 { p.top_tokens.clone() } else { Vec::new() },
-        });
-        Ok(GenerateResponse { generated_text: self.final_text(), details })
+            prefill: p.prefill,
+            tokens: p.tokens,
+            top_tokens,
+        })
     }
 
     /// The `/generate_stream` event for a token just produced (index from 1; the

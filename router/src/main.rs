@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use axum::serve::ListenerExt;
 use clap::{Parser, ValueEnum};
 use rill_backend::device::KvLayout;
+use rill_backend::grammar::GrammarCompiler;
 use rill_backend::{Cpu, DType, LoadFormat, ModelDir, Runner, RunnerOptions};
 use rill_proto::BLOCK_SIZE;
 use rill_proto::api::Info;
@@ -119,6 +120,9 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "JSON_OUTPUT")]
     json_output: bool,
+    /// Refuse `grammar` parameters (422) instead of compiling them.
+    #[arg(long, env = "DISABLE_GRAMMAR_SUPPORT")]
+    disable_grammar_support: bool,
 }
 
 fn bundled_model() -> PathBuf {
@@ -216,7 +220,25 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
         max_top_n_tokens: args.max_top_n_tokens,
         max_best_of: args.max_best_of,
     };
-    Ok(Infer::new(engine, Arc::new(model.tokenizer), limits, args.max_concurrent_requests))
+    let tokenizer = Arc::new(model.tokenizer);
+    let grammar = if args.disable_grammar_support {
+        None
+    } else {
+        let path = dir.join("tokenizer.json");
+        let json: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?;
+        let compiler = GrammarCompiler::new(
+            &json,
+            Arc::clone(&tokenizer),
+            &model.eos_token_ids,
+            model.config.vocab_size,
+        )
+        .context("preparing grammar support (--disable-grammar-support turns it off)")?;
+        Some(Arc::new(compiler))
+    };
+    Ok(Infer::new(engine, tokenizer, limits, grammar, args.max_concurrent_requests))
 }
 
 /// A rough load-time estimate for `estimated_time` while loading: memory-mapped

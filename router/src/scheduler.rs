@@ -41,6 +41,9 @@ pub struct Update {
     pub logprob: f32,
     /// The most likely alternatives, when the sequence asked for them.
     pub top: Vec<(TokenId, f32)>,
+    /// Tokens the grammar forced after `token`, appended too (up to the length
+    /// limit).
+    pub forced: Vec<TokenId>,
     /// With the first generated token of a sequence that asked for them: the
     /// logprobs of prompt tokens 1.. .
     pub prompt_logprobs: Option<Vec<f32>>,
@@ -200,8 +203,12 @@ impl Scheduler {
         batch
     }
 
-    /// Apply a successful step's output.
+    /// Apply a successful step's output. Sequences the runner could not sample
+    /// for (`output.failed`) are removed; the caller fails their requests.
     pub fn update(&mut self, output: &StepOutput) -> Vec<Update> {
+        for (id, _) in &output.failed {
+            self.remove(*id);
+        }
         let mut updates = Vec::with_capacity(output.sampled.len());
         for (id, n) in std::mem::take(&mut self.in_flight) {
             let Some(i) = self.running.iter().position(|s| s.id == id) else {
@@ -216,12 +223,22 @@ impl Scheduler {
             };
             let seq = &mut self.running[i];
             seq.push(sampled.token);
-            let finish = seq.finish_reason();
+            let mut finish = seq.finish_reason();
+            let mut forced = Vec::new();
+            for &t in &sampled.forced {
+                if finish.is_some() {
+                    break;
+                }
+                seq.push(t);
+                forced.push(t);
+                finish = seq.finish_reason();
+            }
             updates.push(Update {
                 id,
                 token: sampled.token,
                 logprob: sampled.logprob,
                 top: sampled.top.clone(),
+                forced,
                 prompt_logprobs: (seq.generated().len() == 1)
                     .then(|| seq.prompt_logprobs().map(<[f32]>::to_vec))
                     .flatten(),
@@ -302,8 +319,9 @@ impl Scheduler {
     }
 
     fn push_step(&mut self, batch: &mut ForwardBatch, i: usize, n: usize) {
-        let seq = &self.running[i];
+        let seq = &mut self.running[i];
         let start = seq.num_computed();
+        let sampling = seq.take_sampling();
         batch.seqs.push(SeqStep {
             id: seq.id,
             tokens: seq.tokens()[start..start + n].to_vec(),
@@ -312,6 +330,7 @@ impl Scheduler {
             sample: start + n == seq.len(),
             top_n: seq.top_n,
             logprob_targets: seq.logprob_targets(start, n),
+            sampling,
         });
         self.in_flight.push((seq.id, n));
     }

@@ -6,7 +6,7 @@
 //! prompt is being read, a single decode token afterwards, or the whole sequence
 //! again after a preemption (recompute keeps every generated token).
 
-use rill_proto::{BLOCK_SIZE, BlockId, SeqId, TokenId, blocks_for};
+use rill_proto::{BLOCK_SIZE, BlockId, SamplingParams, SeqId, TokenId, blocks_for};
 
 /// Why a sequence stopped (TGI's `finish_reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +50,9 @@ pub struct Sequence {
     pub top_n: u32,
     /// With `decoder_input_details`: the logprobs of prompt tokens 1.. computed so far.
     prompt_logprobs: Option<Vec<f32>>,
+    /// Sampling parameters, until the first step hands them to the runner (which
+    /// keeps them, and the state they imply, until the sequence is released).
+    sampling: Option<Box<SamplingParams>>,
 }
 
 impl Sequence {
@@ -65,7 +68,19 @@ impl Sequence {
             stop,
             top_n: 0,
             prompt_logprobs: None,
+            sampling: None,
         }
+    }
+
+    /// Choose tokens with `params` (default: greedy).
+    pub fn with_sampling(mut self, params: SamplingParams) -> Self {
+        self.sampling = Some(Box::new(params));
+        self
+    }
+
+    /// The parameters for the runner, on the sequence's first step only.
+    pub(crate) fn take_sampling(&mut self) -> Option<Box<SamplingParams>> {
+        self.sampling.take()
     }
 
     /// Compute the prompt tokens' logprobs (`decoder_input_details`).

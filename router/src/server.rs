@@ -28,9 +28,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::infer::{Generation, Infer, InferError};
+use crate::infer::{Infer, InferError};
 use crate::metrics as m;
-use crate::validation::{self, ValidationError};
+use crate::validation::{self, ValidRequest, ValidationError};
 
 /// Shared by every handler.
 #[derive(Debug)]
@@ -223,17 +223,18 @@ impl AppState {
     }
 }
 
-/// Validate (tokenizing on a blocking thread) and start the generation.
-async fn start(
+/// Validate (tokenizing and compiling the grammar on a blocking thread).
+async fn validate(
     state: &AppState,
     request: GenerateRequest,
     stream: bool,
-) -> Result<Generation, ApiError> {
+) -> Result<(&Infer, ValidRequest, Instant), ApiError> {
     let arrived = Instant::now();
     metrics::counter!(m::REQUEST_COUNT).increment(1);
     let infer = state.infer()?;
     let tokenizer = Arc::clone(&infer.tokenizer);
     let limits = infer.limits.clone();
+    let grammar = infer.grammar.clone();
     // Closed only if the server is shutting down.
     let _worker = state
         .validation_workers
@@ -241,12 +242,21 @@ async fn start(
         .await
         .map_err(|_| ApiError::Internal("shutting down"))?;
     let valid = tokio::task::spawn_blocking(move || {
-        validation::validate(request, stream, &limits, &tokenizer)
+        validation::validate(request, stream, &limits, &tokenizer, grammar.as_deref())
     })
     .await
     .map_err(|_| ApiError::Internal("validation worker failed"))?
     .map_err(InferError::from)?;
-    Ok(infer.start(valid, arrived)?)
+    Ok((infer, valid, arrived))
+}
+
+/// `/generate`'s answer (with `best_of`).
+async fn generate_response(
+    state: &AppState,
+    request: GenerateRequest,
+) -> Result<GenerateResponse, ApiError> {
+    let (infer, valid, arrived) = validate(state, request, false).await?;
+    Ok(infer.generate(valid, arrived).await?)
 }
 
 /// Generate tokens.
@@ -261,7 +271,7 @@ async fn generate(
     body: Result<Json<GenerateRequest>, JsonRejection>,
 ) -> Result<Json<GenerateResponse>, ApiError> {
     let Json(request) = body.map_err(ApiError::Body)?;
-    Ok(Json(start(&state, request, false).await?.complete().await?))
+    Ok(Json(generate_response(&state, request).await?))
 }
 
 /// Generate a stream of tokens as server-sent events.
@@ -281,7 +291,8 @@ async fn generate_stream(
 }
 
 async fn stream_response(state: &AppState, request: GenerateRequest) -> Result<Response, ApiError> {
-    let mut generation = start(state, request, true).await?;
+    let (infer, valid, arrived) = validate(state, request, true).await?;
+    let mut generation = infer.start(valid, arrived)?;
     // Wait for the first token so that an early failure gets its real status.
     let first = match generation.next_token().await {
         Some(token) => generation.stream_event(token?),
@@ -334,7 +345,7 @@ async fn compat_generate(
     if request.stream {
         stream_response(&state, inner).await
     } else {
-        let response = start(&state, inner, false).await?.complete().await?;
+        let response = generate_response(&state, inner).await?;
         Ok(Json(vec![response]).into_response())
     }
 }

@@ -1,8 +1,13 @@
 //! Request validation with TGI's bounds and messages: every parameter checked,
 //! the prompt tokenized (on a blocking thread, by the caller), `truncate` applied,
-//! `max_new_tokens` defaulted from `max_total_tokens`.
+//! `max_new_tokens` defaulted from `max_total_tokens`, the grammar compiled, and
+//! the sampling parameters normalised into [`SamplingParams`] with a seed.
 
-use rill_proto::api::{GenerateParameters, GenerateRequest};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rill_backend::grammar::{GrammarCompiler, GrammarSpec};
+use rill_proto::SamplingParams;
+use rill_proto::api::{GenerateParameters, GenerateRequest, GrammarType};
 use tokenizers::Tokenizer;
 
 /// Server-wide bounds (from the CLI, checked against the model at start-up).
@@ -26,9 +31,36 @@ pub struct ValidRequest {
     pub decoder_input_details: bool,
     pub return_full_text: bool,
     pub ignore_eos: bool,
+    /// The seed reported in `details` (sampling requests only).
     pub seed: Option<u64>,
     pub top_n_tokens: u32,
-    pub parameters: GenerateParameters,
+    /// How many samples to draw, returning the best (`best_of`).
+    pub best_of: usize,
+    pub sampling: SamplingParams,
+}
+
+impl ValidRequest {
+    /// The same request with another random seed (the other `best_of` samples).
+    pub fn reseeded(&self) -> ValidRequest {
+        let mut r = self.clone();
+        r.sampling.seed = random_seed();
+        r.seed = Some(r.sampling.seed);
+        r
+    }
+}
+
+/// A seed for a request that gave none: distinct per call, unpredictable across
+/// runs (time and a counter through splitmix64).
+pub fn random_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut z = nanos ^ COUNTER.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -73,6 +105,10 @@ pub enum ValidationError {
     MaxTotalTokens(usize, usize, usize),
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
+    #[error("grammar is not supported")]
+    Grammar,
+    #[error("grammar is not valid: {0}")]
+    InvalidGrammar(String),
 }
 
 /// Check `request`'s parameters (everything but the prompt's length).
@@ -144,15 +180,19 @@ pub fn check_parameters(
 }
 
 /// Validate a whole request: parameters, then the tokenized prompt against the
-/// length limits. Tokenization is CPU work: call this on a blocking thread.
+/// length limits, then its grammar (`grammar` is `None` when grammars are
+/// disabled). Tokenizing and compiling are CPU work: call this on a blocking thread.
 pub fn validate(
     request: GenerateRequest,
     stream: bool,
     limits: &Limits,
     tokenizer: &Tokenizer,
+    grammar: Option<&GrammarCompiler>,
 ) -> Result<ValidRequest, ValidationError> {
     use ValidationError::*;
-    let p = request.parameters.unwrap_or_default();
+    // TGI: a request without `parameters` samples.
+    let p =
+        request.parameters.unwrap_or(GenerateParameters { do_sample: true, ..Default::default() });
     check_parameters(&p, stream, limits)?;
     if request.inputs.is_empty() {
         return Err(EmptyInput);
@@ -179,6 +219,33 @@ pub fn validate(
     if input + max_new_tokens > limits.max_total_tokens {
         return Err(MaxTotalTokens(limits.max_total_tokens, input, max_new_tokens));
     }
+    let grammar = match &p.grammar {
+        None => None,
+        Some(g) => {
+            let compiler = grammar.ok_or(Grammar)?;
+            let spec = match g {
+                GrammarType::Json(schema) => GrammarSpec::JsonSchema(schema.clone()),
+                GrammarType::JsonSchema(c) => GrammarSpec::JsonSchema(c.schema.clone()),
+                GrammarType::Regex(r) => GrammarSpec::Regex(r.clone()),
+            };
+            Some(compiler.compile(&spec).map_err(|e| InvalidGrammar(e.to_string()))?)
+        }
+    };
+    let mut sampling = SamplingParams {
+        do_sample: p.do_sample,
+        temperature: p.temperature.unwrap_or(1.0),
+        top_k: p.top_k.unwrap_or(0).max(0) as u32,
+        top_p: p.top_p.unwrap_or(1.0),
+        typical_p: p.typical_p.unwrap_or(1.0),
+        repetition_penalty: p.repetition_penalty.unwrap_or(1.0),
+        frequency_penalty: p.frequency_penalty.unwrap_or(0.0),
+        watermark: p.watermark,
+        seed: 0,
+        grammar,
+        ..SamplingParams::default()
+    };
+    let seed = sampling.samples().then(|| p.seed.unwrap_or_else(random_seed));
+    sampling.seed = seed.unwrap_or(0);
     Ok(ValidRequest {
         inputs: request.inputs,
         prompt,
@@ -188,9 +255,10 @@ pub fn validate(
         decoder_input_details: p.decoder_input_details,
         return_full_text: p.return_full_text.unwrap_or(false),
         ignore_eos: p.ignore_eos,
-        seed: p.seed,
+        seed,
         top_n_tokens: p.top_n_tokens.unwrap_or(0),
-        parameters: p,
+        best_of: p.best_of.unwrap_or(1),
+        sampling,
     })
 }
 
@@ -218,7 +286,7 @@ mod tests {
 
     fn check(json: serde_json::Value, stream: bool) -> Result<ValidRequest, ValidationError> {
         let req: GenerateRequest = serde_json::from_value(json).unwrap();
-        validate(req, stream, &limits(), &tokenizer())
+        validate(req, stream, &limits(), &tokenizer(), None)
     }
 
     #[test]

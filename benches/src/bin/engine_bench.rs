@@ -65,6 +65,7 @@ impl Bench {
             sample: true,
             top_n: 0,
             logprob_targets: Vec::new(),
+            sampling: None,
         }
     }
 

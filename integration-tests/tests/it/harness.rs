@@ -108,6 +108,7 @@ pub fn run(runner: &mut Runner<Cpu>, jobs: &[Job]) -> Vec<Outcome> {
                 sample,
                 top_n: 0,
                 logprob_targets: Vec::new(),
+                sampling: None,
             });
             l.cached = end;
             members.push(i);

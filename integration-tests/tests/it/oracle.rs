@@ -195,6 +195,7 @@ fn prompt_logprobs_match_transformers_and_chunking() {
             .copied()
             .map(TokenId)
             .collect(),
+        sampling: None,
     };
     let run = |runner: &mut rill_backend::Runner<rill_backend::Cpu>, chunks: &[usize]| {
         let mut lps = Vec::new();

@@ -17,6 +17,7 @@ fn seq(id: u64, tokens: &[u32], start_pos: usize, blocks: &[u32]) -> SeqStep {
         sample: true,
         top_n: 0,
         logprob_targets: Vec::new(),
+        sampling: None,
     }
 }
 

@@ -13,6 +13,10 @@ use std::collections::HashMap;
 struct FakeRunner {
     slots: HashMap<usize, (SeqId, usize, TokenId)>,
     steps: usize,
+    /// Tokens to report as forced after a sequence's next sampled token.
+    forced: HashMap<SeqId, Vec<TokenId>>,
+    /// Sequences to report as failed in the next step.
+    fail: std::collections::HashSet<SeqId>,
 }
 
 impl FakeRunner {
@@ -39,6 +43,7 @@ impl FakeRunner {
                     token: TokenId((h % 1000) as u32 + 10),
                     logprob: -1.0,
                     top: Vec::new(),
+                    forced: self.forced.remove(&s.id).unwrap_or_default(),
                     logits: None,
                 });
             }
@@ -50,7 +55,8 @@ impl FakeRunner {
             .filter(|s| !s.logprob_targets.is_empty())
             .map(|s| (s.id, s.logprob_targets.iter().map(|t| -(t.0 as f32)).collect()))
             .collect();
-        StepOutput { sampled, prompt_logprobs }
+        let failed = self.fail.drain().map(|id| (id, "grammar failed".to_string())).collect();
+        StepOutput { sampled, prompt_logprobs, failed }
     }
 }
 
@@ -267,4 +273,64 @@ fn prompt_logprobs_cover_the_prompt_once_across_chunks() {
     }
     let want: Vec<f32> = prompt[1..].iter().map(|&t| -(t as f32)).collect();
     assert_eq!(first, Some(want));
+}
+
+#[test]
+fn sampling_parameters_reach_the_runner_once_even_across_preemption() {
+    let mut s = Scheduler::new(config(64), 3);
+    let mut r = FakeRunner::default();
+    let p = rill_proto::SamplingParams { do_sample: true, seed: 7, ..Default::default() };
+    s.add(seq(1, 20, 20).with_sampling(p.clone())).unwrap();
+    s.add(seq(2, 10, 20)).unwrap();
+    let mut sent = 0;
+    while !s.is_idle() {
+        let b = s.schedule();
+        for x in &b.seqs {
+            if let Some(q) = &x.sampling {
+                assert_eq!((x.id, x.start_pos, &**q), (SeqId(1), 0, &p));
+                sent += 1;
+            }
+        }
+        s.update(&r.step(&b));
+    }
+    assert!(s.preemptions() > 0, "the test needs a preemption");
+    assert_eq!(sent, 1);
+}
+
+#[test]
+fn forced_tokens_are_appended_run_as_one_chunk_and_stop_at_the_length_limit() {
+    let mut s = Scheduler::new(config(64), 64);
+    let mut r = FakeRunner::default();
+    s.add(seq(1, 4, 6)).unwrap();
+    let b = s.schedule();
+    r.forced.insert(SeqId(1), vec![TokenId(100), TokenId(101), TokenId(102)]);
+    let u = s.update(&r.step(&b));
+    assert_eq!(u[0].forced, vec![TokenId(100), TokenId(101), TokenId(102)]);
+    assert_eq!(u[0].finish, None);
+    // The sampled token and the forced ones run together, then one token samples.
+    let b = s.schedule();
+    assert_eq!((b.seqs[0].start_pos, b.seqs[0].tokens.len(), b.seqs[0].sample), (4, 4, true));
+    r.forced.insert(SeqId(1), vec![TokenId(200), TokenId(201), TokenId(202)]);
+    let u = s.update(&r.step(&b));
+    // 4 generated + 1 sampled + 1 forced = max_new_tokens 6: the rest is cut.
+    assert_eq!(u[0].forced, vec![TokenId(200)]);
+    assert_eq!(u[0].finish, Some(FinishReason::Length));
+    assert_eq!(s.blocks().num_used(), 0);
+}
+
+#[test]
+fn sequences_the_runner_could_not_sample_are_removed_alone() {
+    let mut s = Scheduler::new(config(64), 64);
+    let mut r = FakeRunner::default();
+    s.add(seq(1, 4, 10)).unwrap();
+    s.add(seq(2, 4, 10)).unwrap();
+    let b = s.schedule();
+    r.fail.insert(SeqId(1));
+    let mut out = r.step(&b);
+    out.sampled.retain(|x| x.id != SeqId(1));
+    let u = s.update(&out);
+    assert_eq!(u.iter().map(|x| x.id).collect::<Vec<_>>(), vec![SeqId(2)]);
+    assert!(s.get(SeqId(1)).is_none());
+    assert_eq!(s.schedule().released, vec![SeqId(1)]);
+    s.check_invariants().unwrap();
 }

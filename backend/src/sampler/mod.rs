@@ -1,0 +1,479 @@
+//! [`Sampler`]: from a step's logits rows to each sequence's next token, with
+//! TGI's logits processors and a seeded RNG per sequence.
+//!
+//! Per row, in TGI's order: watermark → repetition penalty → frequency penalty
+//! (TGI's, then OpenAI's presence and count penalties) → grammar mask →
+//! temperature → top-k → top-p → typical-p → choice (argmax, or a draw). A
+//! processor whose value is neutral is skipped, and a row nobody asked anything of
+//! takes the greedy path: one max pass and one exponential pass, nothing else.
+//! Rows are independent and run in parallel.
+//!
+//! What a sequence's parameters imply lives here, keyed by [`SeqId`], from its first
+//! step until the batch releases it: the parameters, the token counts the penalties
+//! need (counted by position, so a sequence recomputed after preemption is not
+//! counted twice), the previous token (watermark) and the grammar matcher. The
+//! random number for the token at position `p` is a hash of (seed, p) — a
+//! counter-based stream, so a sequence draws the same numbers whatever else is in
+//! its batch and however often it was preempted.
+//!
+//! The chosen token's logprob and the `top_n` alternatives are those of the
+//! distribution it was drawn from (after every processor), as TGI reports them.
+//! Grammar masks are computed by [`compute_masks`] while the forward pass runs
+//! (see `Runner::step`); tokens a grammar forces afterwards are returned as
+//! `forced` and cost no sampling.
+
+mod filters;
+mod row;
+pub mod watermark;
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use rill_proto::{ConstraintState, SamplingParams, SeqId, SeqStep, TokenId};
+
+use filters::Dist;
+use row::BlockSums;
+
+/// What one sampling sequence got.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    pub token: TokenId,
+    pub logprob: f32,
+    pub top: Vec<(TokenId, f32)>,
+    pub forced: Vec<TokenId>,
+}
+
+/// One sequence's sampling state.
+#[derive(Debug)]
+struct SeqState {
+    params: SamplingParams,
+    /// Tokens at positions below this have been counted.
+    seen: usize,
+    /// Occurrences in prompt and output (TGI's penalties), when a penalty needs them.
+    counts: Option<HashMap<u32, u32>>,
+    /// Occurrences in the output (OpenAI's penalties), when a penalty needs them.
+    generated: Option<HashMap<u32, u32>>,
+    /// The token before the one to choose (watermark key).
+    last: Option<TokenId>,
+    grammar: Option<Box<dyn ConstraintState>>,
+}
+
+impl SeqState {
+    fn new(params: SamplingParams) -> Self {
+        let tgi = params.repetition_penalty != 1.0 || params.frequency_penalty != 0.0;
+        let openai = params.presence_penalty != 0.0 || params.count_penalty != 0.0;
+        let grammar = params.grammar.as_ref().map(|g| g.0.start());
+        SeqState {
+            counts: tgi.then(HashMap::new),
+            generated: openai.then(HashMap::new),
+            seen: 0,
+            last: None,
+            grammar,
+            params,
+        }
+    }
+
+    /// Count the step's new tokens (positions not seen before).
+    fn observe(&mut self, step: &SeqStep) {
+        let end = step.end_pos();
+        if let Some(counts) = &mut self.counts {
+            let from = self.seen.max(step.start_pos) - step.start_pos;
+            for t in step.tokens.iter().skip(from) {
+                *counts.entry(t.0).or_default() += 1;
+            }
+        }
+        self.seen = self.seen.max(end);
+        self.last = step.tokens.last().copied();
+    }
+
+    fn record_output(&mut self, tokens: impl IntoIterator<Item = TokenId>) {
+        if let Some(g) = &mut self.generated {
+            for t in tokens {
+                *g.entry(t.0).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// A grammar mask being computed for one sequence, away from the sampler.
+#[derive(Debug)]
+pub struct MaskJob {
+    id: SeqId,
+    state: Box<dyn ConstraintState>,
+    mask: Vec<u32>,
+    result: Result<(), String>,
+}
+
+/// Fill every job's mask (on whatever thread calls it).
+pub fn compute_masks(jobs: &mut [MaskJob]) {
+    for job in jobs {
+        job.result = job.state.fill_mask(&mut job.mask);
+    }
+}
+
+/// Per-sequence sampling state and the step's choice of tokens.
+#[derive(Debug)]
+pub struct Sampler {
+    vocab: usize,
+    states: HashMap<SeqId, SeqState>,
+}
+
+/// A sampling row's inputs, gathered so rows can run in parallel.
+struct Work<'a> {
+    id: SeqId,
+    row: &'a mut [f32],
+    state: Option<SeqState>,
+    mask: Option<MaskJob>,
+    pos: usize,
+    top_n: usize,
+    out: Result<Choice, String>,
+}
+
+impl Sampler {
+    pub fn new(vocab: usize) -> Self {
+        Sampler { vocab, states: HashMap::new() }
+    }
+
+    /// Sequences with state (tests, invariants).
+    pub fn num_sequences(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Before the forward pass: drop released sequences, take new sequences'
+    /// parameters, count the step's tokens.
+    pub fn prepare(&mut self, batch: &rill_proto::ForwardBatch) {
+        for id in &batch.released {
+            self.states.remove(id);
+        }
+        for step in &batch.seqs {
+            if let Some(params) = &step.sampling
+                && !self.states.contains_key(&step.id)
+                && !params.is_greedy()
+            {
+                self.states.insert(step.id, SeqState::new((**params).clone()));
+            }
+            if let Some(state) = self.states.get_mut(&step.id) {
+                state.observe(step);
+            }
+        }
+    }
+
+    /// Take the grammar matchers of the sequences that sample this step, to
+    /// compute their masks while the forward pass runs; hand them back to
+    /// [`Sampler::sample`].
+    pub fn take_mask_jobs(&mut self, batch: &rill_proto::ForwardBatch) -> Vec<MaskJob> {
+        let words = self.vocab.div_ceil(32);
+        batch
+            .seqs
+            .iter()
+            .filter(|s| s.sample)
+            .filter_map(|s| {
+                let state = self.states.get_mut(&s.id)?.grammar.take()?;
+                Some(MaskJob { id: s.id, state, mask: vec![0; words], result: Ok(()) })
+            })
+            .collect()
+    }
+
+    /// Choose the next token of every sequence in `rows` (`(step, logits row)` for
+    /// each sampling sequence, in batch order). Rows are processed in place.
+    pub fn sample(
+        &mut self,
+        rows: Vec<(&SeqStep, &mut [f32])>,
+        masks: Vec<MaskJob>,
+    ) -> Vec<(SeqId, Result<Choice, String>)> {
+        let mut masks: HashMap<SeqId, MaskJob> = masks.into_iter().map(|m| (m.id, m)).collect();
+        let mut work: Vec<Work<'_>> = rows
+            .into_iter()
+            .map(|(step, row)| Work {
+                id: step.id,
+                row,
+                state: self.states.remove(&step.id),
+                mask: masks.remove(&step.id),
+                pos: step.end_pos(),
+                top_n: step.top_n as usize,
+                out: Err(String::new()),
+            })
+            .collect();
+        work.par_iter_mut().for_each(|w| {
+            w.out = match &mut w.state {
+                None => Ok(greedy(w.row, w.top_n)),
+                Some(state) => {
+                    let mask = w.mask.as_mut().map(|m| std::mem::replace(&mut m.result, Ok(())));
+                    match mask {
+                        Some(Err(e)) => Err(format!("grammar: {e}")),
+                        _ => choose(
+                            state,
+                            w.row,
+                            w.mask.as_ref().map(|m| &m.mask[..]),
+                            w.pos,
+                            w.top_n,
+                        ),
+                    }
+                }
+            };
+            // The grammar advances past what was chosen, then offers what it forces.
+            if let (Some(job), Ok(choice)) = (w.mask.as_mut(), w.out.as_mut()) {
+                let forced = job
+                    .state
+                    .commit(choice.token)
+                    .and_then(|()| job.state.take_forced())
+                    .map_err(|e| format!("grammar: {e}"));
+                match forced {
+                    Ok(f) => choice.forced = f,
+                    Err(e) => w.out = Err(e),
+                }
+            }
+        });
+        let mut out = Vec::with_capacity(work.len());
+        for mut w in work {
+            if let Some(mut state) = w.state.take() {
+                if let Some(job) = w.mask.take() {
+                    state.grammar = Some(job.state);
+                }
+                if let Ok(c) = &w.out {
+                    state.record_output(std::iter::once(c.token).chain(c.forced.iter().copied()));
+                }
+                self.states.insert(w.id, state);
+            }
+            out.push((w.id, w.out));
+        }
+        // Matchers of sequences that did not reach sampling go back as they were.
+        for (id, job) in masks {
+            if let Some(s) = self.states.get_mut(&id) {
+                s.grammar = Some(job.state);
+            }
+        }
+        out
+    }
+}
+
+/// The most likely token of an untouched row.
+fn greedy(row: &mut [f32], top_n: usize) -> Choice {
+    let sums = full_sums(row).unwrap_or_else(|_| BlockSums::of(row));
+    finish(row, Some(&sums), Dist::Full, None, top_n)
+}
+
+/// The sums of a whole row, made usable if it holds NaN or +∞; an error if no
+/// token has any probability left.
+fn full_sums(row: &mut [f32]) -> Result<BlockSums, String> {
+    let mut sums = BlockSums::of(row);
+    let sane = |s: &BlockSums| s.max.is_finite() && s.total.is_finite() && s.total > 0.0;
+    if !sane(&sums) {
+        sanitize(row);
+        sums.compute(row);
+        if !sane(&sums) {
+            return Err("no token is allowed here (every logit is -inf or NaN)".into());
+        }
+    }
+    Ok(sums)
+}
+
+/// Make a broken row usable: NaN becomes -∞; if any logit is +∞, those tokens
+/// share all the probability.
+fn sanitize(row: &mut [f32]) {
+    let any_inf = row.contains(&f32::INFINITY);
+    for v in row.iter_mut() {
+        *v = match *v {
+            f32::INFINITY => 0.0,
+            x if x.is_nan() || any_inf => f32::NEG_INFINITY,
+            x => x,
+        };
+    }
+}
+
+/// The random number in [0, 1) for the token at `pos` of the stream `seed`
+/// (splitmix64 of both: counter-based, so it depends on nothing else).
+pub fn uniform(seed: u64, pos: usize) -> f64 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    (mix(seed ^ mix(pos as u64)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// Every processor the sequence asked for, then the choice.
+///
+/// The row is touched in place only where the processors need it. A grammar mask
+/// that allows few tokens (the usual case inside JSON structure) turns the row
+/// into a short candidate list at once, and nothing after it reads the whole row;
+/// top-k selects on the unscaled row (temperature keeps the order) and scales only
+/// what it kept.
+fn choose(
+    st: &mut SeqState,
+    row: &mut [f32],
+    mask: Option<&[u32]>,
+    pos: usize,
+    top_n: usize,
+) -> Result<Choice, String> {
+    let p = &st.params;
+    let vocab = row.len();
+    let sparse = mask.filter(|m| {
+        let allowed: u32 = m.iter().map(|w| w.count_ones()).sum();
+        (allowed as usize) <= vocab / 16
+    });
+    if p.watermark
+        && let Some(prev) = st.last
+    {
+        let key = watermark::key(prev);
+        match sparse {
+            Some(m) => for_each_allowed(m, vocab, |t| {
+                if watermark::is_green(key, t as u32) {
+                    row[t] += watermark::DELTA;
+                }
+            }),
+            None => row::add_green(row, key, watermark::DELTA),
+        }
+    }
+    if let Some(counts) = &st.counts {
+        if p.repetition_penalty != 1.0 {
+            let rp = p.repetition_penalty;
+            for &t in counts.keys() {
+                let v = &mut row[t as usize];
+                *v = if *v < 0.0 { *v * rp } else { *v / rp };
+            }
+        }
+        if p.frequency_penalty != 0.0 {
+            let per = p.frequency_penalty / st.seen.max(1) as f32;
+            for (&t, &c) in counts {
+                row[t as usize] -= c as f32 * per;
+            }
+        }
+    }
+    if let Some(generated) = &st.generated {
+        for (&t, &c) in generated {
+            row[t as usize] -= p.presence_penalty + c as f32 * p.count_penalty;
+        }
+    }
+    let mut dist = match (sparse, mask) {
+        (Some(m), _) => {
+            let mut c = Vec::new();
+            for_each_allowed(m, vocab, |t| c.push((t as u32, row[t])));
+            Dist::Cands(filters::sorted(c))
+        }
+        (None, Some(m)) => {
+            apply_mask(row, m);
+            Dist::Full
+        }
+        (None, None) => Dist::Full,
+    };
+    if p.top_k > 0 {
+        dist = filters::top_k(dist, row, p.top_k as usize);
+    }
+    if p.temperature != 1.0 {
+        match &mut dist {
+            Dist::Cands(c) => c.iter_mut().for_each(|x| x.1 /= p.temperature),
+            Dist::Full => row::scale(row, p.temperature),
+        }
+    }
+    let sums = match &mut dist {
+        Dist::Full => Some(full_sums(row)?),
+        Dist::Cands(c) => {
+            filters::sanitize(c);
+            if c.is_empty() {
+                return Err("no token is allowed here (every logit is -inf or NaN)".into());
+            }
+            None
+        }
+    };
+    if p.top_p < 1.0 {
+        dist = filters::top_p(dist, row, sums.as_ref(), p.top_p);
+    }
+    if p.typical_p < 1.0 {
+        dist = filters::typical(dist, row, p.typical_p);
+    }
+    let u = p.samples().then(|| uniform(p.seed, pos));
+    Ok(finish(row, sums.as_ref(), dist, u, top_n))
+}
+
+/// Pick from the final distribution (argmax, or the draw `u`) and report.
+/// `sums` are the row's when the distribution is the whole row.
+fn finish(
+    row: &[f32],
+    sums: Option<&BlockSums>,
+    dist: Dist,
+    u: Option<f64>,
+    top_n: usize,
+) -> Choice {
+    let (token, logit, log_z, top) = match dist {
+        Dist::Full => {
+            let sums = sums.expect("a whole-row distribution comes with its sums");
+            let token = match u {
+                Some(u) => sums.draw(row, u),
+                None => sums.argmax(row),
+            };
+            let top = row::top_entries(row, top_n, false);
+            (token, row[token as usize], sums.log_z(), top)
+        }
+        Dist::Cands(c) => {
+            let m = c[0].1;
+            let weights: Vec<f64> = c.iter().map(|&(_, l)| row::exp_neg(l - m) as f64).collect();
+            let total: f64 = weights.iter().sum();
+            let i = match u {
+                None => 0,
+                Some(u) => {
+                    let target = u * total;
+                    let mut cum = 0.0;
+                    weights
+                        .iter()
+                        .position(|&w| {
+                            cum += w;
+                            cum > target
+                        })
+                        .unwrap_or(c.len() - 1)
+                }
+            };
+            let log_z = m + total.ln() as f32;
+            (c[i].0, c[i].1, log_z, c.into_iter().take(top_n).collect())
+        }
+    };
+    Choice {
+        token: TokenId(token),
+        logprob: logit - log_z,
+        top: top
+            .into_iter()
+            .filter(|&(_, l)| l > f32::NEG_INFINITY)
+            .map(|(t, l)| (TokenId(t), l - log_z))
+            .collect(),
+        forced: Vec::new(),
+    }
+}
+
+/// Call `f` with every token a mask allows, below `vocab`.
+fn for_each_allowed(mask: &[u32], vocab: usize, mut f: impl FnMut(usize)) {
+    for (w, &bits) in mask.iter().enumerate() {
+        let mut bits = bits;
+        while bits != 0 {
+            let t = w * 32 + bits.trailing_zeros() as usize;
+            if t >= vocab {
+                return;
+            }
+            f(t);
+            bits &= bits - 1;
+        }
+    }
+}
+
+/// -∞ for every token the grammar forbids (and for padding past the mask).
+fn apply_mask(row: &mut [f32], mask: &[u32]) {
+    for (w, chunk) in row.chunks_mut(32).enumerate() {
+        let bits = mask.get(w).copied().unwrap_or(0);
+        if bits == u32::MAX {
+            continue;
+        }
+        for (b, v) in chunk.iter_mut().enumerate() {
+            if bits >> b & 1 == 0 {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// The logprob of `token` under a raw logits row (prompt logprobs).
+pub fn logprob(row: &[f32], token: TokenId) -> f32 {
+    row[token.index()] - BlockSums::of(row).log_z()
+}
+
+#[cfg(test)]
+mod tests;

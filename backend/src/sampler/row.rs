@@ -1,0 +1,384 @@
+//! Passes over one logits row, written so the compiler vectorises them and so
+//! their result never depends on the machine's vector width.
+//!
+//! Every reduction runs 16 lanes in a fixed order (lane `l` takes elements
+//! `l, l + 16, …`) and sums lanes by one tree; `exp` is a Cephes-style polynomial
+//! with plain multiplies and adds (no fused multiply-add, whose presence varies),
+//! so the AVX-512, AVX2 and baseline builds of these loops give the same bits. The
+//! row is summed in blocks of [`BLOCK`] elements whose sums are kept: sampling walks
+//! the block sums, then a single block, instead of exponentiating the row again.
+
+/// Elements per block of [`BlockSums`].
+pub const BLOCK: usize = 256;
+const LANES: usize = 16;
+
+/// `e^x` for `x ≤ 0` (the only range the sampler needs: logits minus their
+/// maximum), to a few parts in 10⁷ where it matters (x > -20); exactly 0 below
+/// -87 and for -∞; NaN stays NaN. `2^(x·log₂e)`: the integer part goes into the
+/// exponent field, the fraction through a degree-6 polynomial; every step is a
+/// plain add, multiply or fused multiply-add (exact in every build), and the
+/// rounding to an integer is the 1.5·2²³ trick (no `round`, a library call on
+/// baseline x86-64).
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let y = x * std::f32::consts::LOG2_E;
+    let yc = if y < -126.0 { -126.0 } else { y };
+    let t = yc + MAGIC;
+    let n = t - MAGIC;
+    let f = yc - n; // in [-0.5, 0.5]
+    // 2^f by its Taylor series to f⁶ (relative error < 2e-7 on [-0.5, 0.5]).
+    let mut p = 1.540_353e-4_f32;
+    p = p.mul_add(f, 1.333_355_8e-3);
+    p = p.mul_add(f, 9.618_129e-3);
+    p = p.mul_add(f, 5.550_411e-2);
+    p = p.mul_add(f, 2.402_265e-1);
+    p = p.mul_add(f, 6.931_472e-1);
+    p = p.mul_add(f, 1.0);
+    let scale = f32::from_bits(((t.to_bits() as i32 - MAGIC.to_bits() as i32 + 127) << 23) as u32);
+    if y < -126.0 { 0.0 } else { p * scale }
+}
+
+#[inline(always)]
+fn reduce_max(a: &[f32; LANES]) -> f32 {
+    a.iter().copied().fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m })
+}
+
+#[inline(always)]
+fn reduce_sum(a: &[f32; LANES]) -> f32 {
+    let mut w = *a;
+    let mut n = LANES / 2;
+    while n > 0 {
+        for i in 0..n {
+            w[i] += w[i + n];
+        }
+        n /= 2;
+    }
+    w[0]
+}
+
+/// Runs `$body` (a generic-free function body over slices) compiled for the best
+/// instruction set present; every version computes the same bits.
+macro_rules! dispatch {
+    ($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) -> $ret $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+                fn avx512($($arg: $ty),*) -> $ret { imp($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) -> $ret { imp($($arg),*) }
+                match level() {
+                    // SAFETY: `level` checked that the CPU has these features.
+                    Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    Level::Base => {}
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Avx512,
+    Avx2,
+    Base,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn level() -> Level {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if crate::device::cpu::simd::has_avx512() {
+            Level::Avx512
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            Level::Avx2
+        } else {
+            Level::Base
+        }
+    })
+}
+
+dispatch!(max(row: &[f32]) -> f32 {
+    max_imp(row, f32::NEG_INFINITY)
+});
+
+/// The maximum of `row` and `start` (NaN ignored), lane-parallel.
+#[inline(always)]
+fn max_imp(row: &[f32], start: f32) -> f32 {
+    let mut acc = [start; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        acc[l] = if v > acc[l] { v } else { acc[l] };
+    }
+    reduce_max(&acc)
+}
+
+dispatch!(fill_block_sums(row: &[f32], out: &mut Vec<(f32, f32)>) -> () {
+    // One pass from memory: each block's maximum, then its exponentials against the
+    // running maximum while the block is in L1. Each sum keeps the maximum it was
+    // taken against; `BlockSums::compute` rescales them to the row's.
+    out.clear();
+    let mut running = f32::NEG_INFINITY;
+    for block in row.chunks(BLOCK) {
+        running = max_imp(block, running);
+        let mut acc = [0.0f32; LANES];
+        let mut chunks = block.chunks_exact(LANES);
+        for c in &mut chunks {
+            for l in 0..LANES {
+                acc[l] += exp_neg(c[l] - running);
+            }
+        }
+        for (l, &v) in chunks.remainder().iter().enumerate() {
+            acc[l] += exp_neg(v - running);
+        }
+        out.push((reduce_sum(&acc), running));
+    }
+});
+
+dispatch!(block_maxima(row: &[f32], out: &mut Vec<f32>) -> () {
+    out.clear();
+    out.extend(row.chunks(BLOCK).map(|b| max_imp(b, f32::NEG_INFINITY)));
+});
+
+dispatch!(entropy_terms(row: &[f32], max: f32) -> (f64, f64) {
+    // Σ e^(l-m) and Σ e^(l-m)·(l-m), skipping -∞ (whose product would be NaN).
+    let mut z = [0.0f32; LANES];
+    let mut zx = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            let x = c[l] - max;
+            let e = exp_neg(x);
+            z[l] += e;
+            zx[l] += if e > 0.0 { e * x } else { 0.0 };
+        }
+    }
+    let (mut zr, mut zxr) = (0.0f64, 0.0f64);
+    for &v in chunks.remainder() {
+        let e = exp_neg(v - max);
+        zr += e as f64;
+        if e > 0.0 {
+            zxr += (e * (v - max)) as f64;
+        }
+    }
+    (reduce_sum(&z) as f64 + zr, reduce_sum(&zx) as f64 + zxr)
+});
+
+dispatch!(scale(row: &mut [f32], by: f32) -> () {
+    for v in row.iter_mut() {
+        *v /= by;
+    }
+});
+
+dispatch!(add_green(row: &mut [f32], key: u32, delta: f32) -> () {
+    for (t, v) in row.iter_mut().enumerate() {
+        *v += if super::watermark::is_green(key, t as u32) { delta } else { 0.0 };
+    }
+});
+
+/// A row's maximum and the sums of `e^(l - max)` over its blocks: enough to
+/// normalise it, to find its argmax, and to find where a cumulative sum crosses a
+/// value without exponentiating the row again. One pass over the row.
+#[derive(Clone, Debug, Default)]
+pub struct BlockSums {
+    pub max: f32,
+    pub blocks: Vec<f32>,
+    /// `Σ blocks`, in f64.
+    pub total: f64,
+    scratch: Vec<(f32, f32)>,
+}
+
+impl BlockSums {
+    pub fn of(row: &[f32]) -> Self {
+        let mut s = BlockSums::default();
+        s.compute(row);
+        s
+    }
+
+    pub fn compute(&mut self, row: &[f32]) {
+        fill_block_sums(row, &mut self.scratch);
+        self.max = self.scratch.last().map_or(f32::NEG_INFINITY, |b| b.1);
+        let max = self.max;
+        self.blocks.clear();
+        self.blocks.extend(self.scratch.iter().map(|&(sum, against)| {
+            if against == max { sum } else { (sum as f64 * ((against - max) as f64).exp()) as f32 }
+        }));
+        self.total = self.blocks.iter().map(|&b| b as f64).sum();
+    }
+
+    /// `log Σ e^l`.
+    pub fn log_z(&self) -> f32 {
+        self.max + self.total.ln() as f32
+    }
+
+    /// The first token holding the row's maximum (as `torch.argmax` picks): the
+    /// first block whose running maximum reached it, searched alone.
+    pub fn argmax(&self, row: &[f32]) -> u32 {
+        let b = self.scratch.iter().position(|&(_, m)| m == self.max).unwrap_or(0);
+        let start = b * BLOCK;
+        let end = (start + BLOCK).min(row.len());
+        row[start..end].iter().position(|&v| v == self.max).map_or(0, |i| start + i) as u32
+    }
+    /// The first token whose cumulative weight (in token order) exceeds
+    /// `u · total`, for `u` in [0, 1): inverse-CDF sampling.
+    pub fn draw(&self, row: &[f32], u: f64) -> u32 {
+        let target = u * self.total;
+        let mut cum = 0.0f64;
+        let mut last_nonzero = None;
+        for (b, &s) in self.blocks.iter().enumerate() {
+            if s > 0.0 {
+                last_nonzero = Some(b);
+            }
+            if cum + s as f64 > target {
+                let start = b * BLOCK;
+                let end = (start + BLOCK).min(row.len());
+                let mut last = start;
+                for (i, &l) in row[start..end].iter().enumerate() {
+                    let e = exp_neg(l - self.max) as f64;
+                    if e > 0.0 {
+                        last = start + i;
+                        cum += e;
+                        if cum > target {
+                            return (start + i) as u32;
+                        }
+                    }
+                }
+                return last as u32; // rounding: the block sum was a little larger
+            }
+            cum += s as f64;
+        }
+        // Rounding at the very end: the last token with weight.
+        let b = last_nonzero.unwrap_or(0);
+        let start = b * BLOCK;
+        let end = (start + BLOCK).min(row.len());
+        (start..end).rev().find(|&i| row[i] - self.max > -87.0).unwrap_or(start) as u32
+    }
+}
+
+/// The `n` largest entries with their indices, largest first (ties: lower index
+/// first; NaN never). Selection, not a sort: a block whose maximum cannot enter
+/// the current list is skipped after one vector pass, so a row costs little more
+/// than reading it. With `keep_ties`, entries equal to the n-th stay too
+/// (Hugging Face's top-k keeps every token scoring at least the k-th).
+pub fn top_entries(row: &[f32], n: usize, keep_ties: bool) -> Vec<(u32, f32)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut maxima = Vec::new();
+    block_maxima(row, &mut maxima);
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    for (b, &bmax) in maxima.iter().enumerate() {
+        if best.len() >= n && (bmax < best[n - 1].1 || (!keep_ties && bmax == best[n - 1].1)) {
+            continue;
+        }
+        let start = b * BLOCK;
+        for (i, &v) in row[start..(start + BLOCK).min(row.len())].iter().enumerate() {
+            if v.is_nan()
+                || (best.len() >= n && (v < best[n - 1].1 || (!keep_ties && v == best[n - 1].1)))
+            {
+                continue;
+            }
+            let at = best.partition_point(|&(_, x)| x >= v);
+            best.insert(at, ((start + i) as u32, v));
+            if keep_ties {
+                while best.len() > n && best[best.len() - 1].1 < best[n - 1].1 {
+                    best.pop();
+                }
+            } else {
+                best.truncate(n);
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate_and_exact_at_the_ends() {
+        // Relative error: tiny where a token has real probability, and still small
+        // near the bottom of the range (where x·log₂e itself is rounded).
+        let (mut near, mut far) = (0.0f64, 0.0f64);
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let want = (x as f64).exp();
+            let err = ((exp_neg(x) as f64 - want) / want).abs();
+            if x > -20.0 {
+                near = near.max(err)
+            } else {
+                far = far.max(err)
+            }
+            x += 0.001;
+        }
+        assert!(near < 2e-6 && far < 1e-5, "relative error {near} / {far}");
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_neg(-1000.0), 0.0);
+        assert!(exp_neg(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn block_sums_normalise_and_draw_inverts_the_cdf() {
+        let row: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32) / 10.0 - 5.0).collect();
+        let s = BlockSums::of(&row);
+        assert_eq!(s.blocks.len(), 4);
+        let lse = {
+            let m = row.iter().copied().fold(f32::MIN, f32::max) as f64;
+            m + row.iter().map(|&l| (l as f64 - m).exp()).sum::<f64>().ln()
+        };
+        assert!((s.log_z() as f64 - lse).abs() < 1e-5);
+        // Draws land where the exact CDF says.
+        let probs: Vec<f64> = row.iter().map(|&l| (l as f64 - lse).exp()).collect();
+        for u in [0.0, 0.1, 0.25, 0.5, 0.77, 0.999_999] {
+            let t = s.draw(&row, u) as usize;
+            let below: f64 = probs[..t].iter().sum();
+            assert!(below <= u + 1e-5 && below + probs[t] >= u - 1e-5, "u={u} t={t}");
+        }
+    }
+
+    #[test]
+    fn draw_never_lands_on_a_masked_token() {
+        let mut row = vec![f32::NEG_INFINITY; 600];
+        row[3] = 0.0;
+        row[300] = 1.0;
+        let s = BlockSums::of(&row);
+        for i in 0..100 {
+            let t = s.draw(&row, i as f64 / 100.0);
+            assert!(t == 3 || t == 300, "{t}");
+        }
+        assert_eq!(s.draw(&row, 0.999_999_999), 300);
+    }
+
+    #[test]
+    fn top_entries_selects_in_order() {
+        let row = [0.5, 3.0, -1.0, 2.0, 3.0, f32::NAN, 0.0];
+        let top = top_entries(&row, 3, false);
+        assert_eq!(top, vec![(1, 3.0), (4, 3.0), (3, 2.0)]);
+        assert_eq!(top_entries(&row, 10, false).len(), 6);
+        assert_eq!(top_entries(&row, 1, true), vec![(1, 3.0), (4, 3.0)]);
+        assert_eq!(BlockSums::of(&row[..5]).argmax(&row[..5]), 1);
+        // Across blocks: the first maximum wins, later blocks are skipped.
+        let mut wide = vec![0.0f32; 3 * BLOCK];
+        wide[BLOCK + 5] = 2.0;
+        wide[2 * BLOCK + 1] = 2.0;
+        wide[7] = 1.0;
+        assert_eq!(BlockSums::of(&wide).argmax(&wide), (BLOCK + 5) as u32);
+        let top = top_entries(&wide, 3, false);
+        assert_eq!(top, vec![((BLOCK + 5) as u32, 2.0), ((2 * BLOCK + 1) as u32, 2.0), (7, 1.0)]);
+    }
+}

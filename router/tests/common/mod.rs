@@ -1,0 +1,110 @@
+//! A real `rill` process for end-to-end tests, and small HTTP helpers.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A running `rill` on a free loopback port, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Spawn `rill` on a free port with the test defaults, without waiting for it.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(env!("CARGO_BIN_EXE_rill"))
+            .args(["--hostname", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--kv-cache-memory-mib", "16"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("MODEL_ID")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rill");
+        Server { child, base: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Spawn and wait until `/health` says 200.
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let server = Server::spawn(args, env);
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await
+                && r.status() == 200
+            {
+                return server;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "rill did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until no request runs and no KV block is in use (a leak fails the test).
+    pub async fn wait_idle(&self) {
+        let start = Instant::now();
+        while metric(self, "rill_kv_blocks_used").await != Some(0.0)
+            || metric(self, "rill_batch_current_size").await != Some(0.0)
+        {
+            assert!(start.elapsed() < Duration::from_secs(30), "blocks still in use");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A small request still succeeds.
+    pub async fn assert_answers(&self) {
+        let body = json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}});
+        let (status, err) = self.post("/generate", body).await;
+        assert_eq!(status, 200, "{err}");
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The `data:` events of a stream, parsed.
+    pub async fn stream(&self, body: Value) -> (u16, Vec<Value>) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/generate_stream", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        if status != 200 {
+            return (status, vec![r.json().await.unwrap()]);
+        }
+        let text = r.text().await.unwrap();
+        let events = text
+            .split("\n\n")
+            .filter_map(|e| e.trim().strip_prefix("data:"))
+            .map(|d| serde_json::from_str(d.trim()).unwrap())
+            .collect();
+        (status, events)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of an unlabelled metric in `/metrics`.
+pub async fn metric(server: &Server, name: &str) -> Option<f64> {
+    let text =
+        reqwest::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
