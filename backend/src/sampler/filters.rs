@@ -8,7 +8,7 @@
 //! mean surprisal. Each filter renormalises over what the previous one kept, as
 //! TGI's chain of `-inf` masks does.
 
-use super::row::{self, BlockSums, exp_neg};
+use super::row::{self, BlockSums};
 
 /// Tokens still in play, each with its (processed) logit.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,23 +60,25 @@ pub fn top_k(dist: Dist, row: &[f32], k: usize) -> Dist {
     }
 }
 
+/// `e^(l - max)` for every candidate.
+fn weights(c: &[(u32, f32)], max: f32) -> Vec<f64> {
+    let mut w = Vec::with_capacity(c.len());
+    row::weights(c, max, &mut w);
+    w
+}
+
 /// The shortest prefix of `sorted` (in its order) whose probability, each token's
-/// weight `weight(logit)` over `total`, reaches `mass`: token i stays while the
+/// weight `e^(l - max)` over `total`, reaches `mass`: token i stays while the
 /// tokens before it hold less than `mass` (HF's `cumulative <= 1 - p` removal seen
 /// from the other end). Keeps at least one token.
-fn prefix_with_mass(
-    sorted: &mut Vec<(u32, f32)>,
-    weight: impl Fn(f32) -> f64,
-    total: f64,
-    mass: f64,
-) {
+fn prefix_with_mass(sorted: &mut Vec<(u32, f32)>, max: f32, total: f64, mass: f64) {
     let mut before = 0.0;
     let mut keep = 0;
-    for &(_, l) in sorted.iter() {
+    for w in weights(sorted, max) {
         if keep > 0 && before >= mass * total {
             break;
         }
-        before += weight(l);
+        before += w;
         keep += 1;
     }
     sorted.truncate(keep.max(1));
@@ -88,26 +90,25 @@ pub fn top_p(dist: Dist, row: &[f32], sums: Option<&BlockSums>, p: f32) -> Dist 
     match dist {
         Dist::Cands(mut c) => {
             let m = c[0].1;
-            let w = |l: f32| exp_neg(l - m) as f64;
-            let total: f64 = c.iter().map(|&(_, l)| w(l)).sum();
-            prefix_with_mass(&mut c, w, total, p);
+            let total: f64 = weights(&c, m).iter().sum();
+            prefix_with_mass(&mut c, m, total, p);
             Dist::Cands(c)
         }
         Dist::Full => {
             let sums = sums.expect("a whole-row distribution comes with its sums");
             let m = sums.max;
-            let w = |l: f32| exp_neg(l - m) as f64;
             let mut tau = 8.0f32;
-            let mut c = loop {
-                let c = within(row, |l| l >= m - tau);
-                let held: f64 = c.iter().map(|&(_, l)| w(l)).sum();
+            let mut c = Vec::new();
+            loop {
+                row::collect_between(row, m - tau, f32::INFINITY, &mut c);
+                let held: f64 = weights(&c, m).iter().sum();
                 if held >= p * sums.total || tau > 1e4 {
-                    break c;
+                    break;
                 }
                 tau *= 2.0;
-            };
+            }
             sort_desc(&mut c);
-            prefix_with_mass(&mut c, w, sums.total, p);
+            prefix_with_mass(&mut c, m, sums.total, p);
             Dist::Cands(c)
         }
     }
@@ -124,22 +125,22 @@ pub fn typical(dist: Dist, row: &[f32], mass: f32) -> Dist {
         Dist::Full => (row::max(row), None),
     };
     let (z, zx) = match cands {
-        Some(c) => c.iter().fold((0.0, 0.0), |(z, zx), &(_, l)| {
-            let e = exp_neg(l - m) as f64;
-            (z + e, zx + e * (l - m) as f64)
-        }),
+        Some(c) => weights(c, m)
+            .iter()
+            .zip(c)
+            .fold((0.0, 0.0), |(z, zx), (&e, &(_, l))| (z + e, zx + e * (l - m) as f64)),
         None => row::entropy_terms(row, m),
     };
     let centre = (zx / z) as f32;
-    let w = |l: f32| exp_neg(l - m) as f64;
     let key = |l: f32| ((l - m) - centre).abs();
     let mut c = match cands {
         Some(c) => c.to_vec(),
         None => {
             let mut r = 0.5f32;
+            let mut c = Vec::new();
             loop {
-                let c = within(row, |l| key(l) <= r);
-                let held: f64 = c.iter().map(|&(_, l)| w(l)).sum();
+                row::collect_between(row, m + centre - r, m + centre + r, &mut c);
+                let held: f64 = weights(&c, m).iter().sum();
                 if held >= mass * z || r > 1e4 {
                     break c;
                 }
@@ -148,18 +149,9 @@ pub fn typical(dist: Dist, row: &[f32], mass: f32) -> Dist {
         }
     };
     c.sort_unstable_by(|a, b| key(a.1).total_cmp(&key(b.1)).then(a.0.cmp(&b.0)));
-    prefix_with_mass(&mut c, w, z, mass);
+    prefix_with_mass(&mut c, m, z, mass);
     sort_desc(&mut c);
     Dist::Cands(c)
-}
-
-/// The tokens whose logit passes `keep` (finite ones only), in token order.
-fn within(row: &[f32], keep: impl Fn(f32) -> bool) -> Vec<(u32, f32)> {
-    row.iter()
-        .enumerate()
-        .filter(|&(_, &l)| l > f32::NEG_INFINITY && keep(l))
-        .map(|(i, &l)| (i as u32, l))
-        .collect()
 }
 
 #[cfg(test)]

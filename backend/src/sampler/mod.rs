@@ -401,14 +401,15 @@ fn finish(
             let sums = sums.expect("a whole-row distribution comes with its sums");
             let token = match u {
                 Some(u) => sums.draw(row, u),
-                None => sums.argmax(row),
+                None => sums.argmax(),
             };
             let top = row::top_entries(row, top_n, false);
             (token, row[token as usize], sums.log_z(), top)
         }
         Dist::Cands(c) => {
             let m = c[0].1;
-            let weights: Vec<f64> = c.iter().map(|&(_, l)| row::exp_neg(l - m) as f64).collect();
+            let mut weights = Vec::with_capacity(c.len());
+            row::weights(&c, m, &mut weights);
             let total: f64 = weights.iter().sum();
             let i = match u {
                 None => 0,

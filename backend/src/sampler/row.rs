@@ -1,16 +1,19 @@
 //! Passes over one logits row, written so the compiler vectorises them and so
 //! their result never depends on the machine's vector width.
 //!
-//! Every reduction runs 16 lanes in a fixed order (lane `l` takes elements
-//! `l, l + 16, …`) and sums lanes by one tree; `exp` is a Cephes-style polynomial
-//! with plain multiplies and adds (no fused multiply-add, whose presence varies),
-//! so the AVX-512, AVX2 and baseline builds of these loops give the same bits. The
-//! row is summed in blocks of [`BLOCK`] elements whose sums are kept: sampling walks
-//! the block sums, then a single block, instead of exponentiating the row again.
+//! Every reduction runs [`LANES`] = 64 lanes in a fixed order (lane `l` takes
+//! elements `l, l + 64, …`: four independent 16-wide accumulators, so a pass is not
+//! one long chain of dependent adds) and sums lanes by one tree; `exp` is a
+//! polynomial of plain adds, multiplies and fused multiply-adds (exact in every
+//! build), so the AVX-512, AVX2 and baseline builds of these loops give the same
+//! bits. A row costs two passes: its maximum (and first argmax) as it streams from
+//! memory, then its exponentials from cache, summed per block of [`BLOCK`] elements;
+//! the block sums are kept, so sampling walks them, then one block, instead of
+//! exponentiating the row again.
 
 /// Elements per block of [`BlockSums`].
-pub const BLOCK: usize = 256;
-const LANES: usize = 16;
+pub const BLOCK: usize = 1024;
+const LANES: usize = 64;
 
 /// `e^x` for `x ≤ 0` (the only range the sampler needs: logits minus their
 /// maximum), to a few parts in 10⁷ where it matters (x > -20); exactly 0 below
@@ -37,11 +40,6 @@ pub fn exp_neg(x: f32) -> f32 {
     p = p.mul_add(f, 1.0);
     let scale = f32::from_bits(((t.to_bits() as i32 - MAGIC.to_bits() as i32 + 127) << 23) as u32);
     if y < -126.0 { 0.0 } else { p * scale }
-}
-
-#[inline(always)]
-fn reduce_max(a: &[f32; LANES]) -> f32 {
-    a.iter().copied().fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m })
 }
 
 #[inline(always)]
@@ -107,50 +105,56 @@ fn level() -> Level {
 }
 
 dispatch!(max(row: &[f32]) -> f32 {
-    max_imp(row, f32::NEG_INFINITY)
+    max_argmax_imp(row).0
 });
 
-/// The maximum of `row` and `start` (NaN ignored), lane-parallel.
+dispatch!(max_argmax(row: &[f32]) -> (f32, u32) {
+    max_argmax_imp(row)
+});
+
+/// The maximum of `row` (NaN ignored; -∞ if empty) and the index of its first
+/// occurrence: per lane the largest value and where it first appeared, then the
+/// lanes compared (lowest index wins a tie).
 #[inline(always)]
-fn max_imp(row: &[f32], start: f32) -> f32 {
-    let mut acc = [start; LANES];
+fn max_argmax_imp(row: &[f32]) -> (f32, u32) {
+    let mut best = [f32::NEG_INFINITY; LANES];
+    let mut at = [0u32; LANES];
     let mut chunks = row.chunks_exact(LANES);
+    let mut base = 0u32;
     for c in &mut chunks {
         for l in 0..LANES {
-            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+            let better = c[l] > best[l];
+            best[l] = if better { c[l] } else { best[l] };
+            at[l] = if better { base + l as u32 } else { at[l] };
+        }
+        base += LANES as u32;
+    }
+    let max = best.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let first = (0..LANES).filter(|&l| best[l] == max).map(|l| at[l]).min().unwrap_or(0);
+    let mut m = (max, first);
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        if v > m.0 {
+            m = (v, base + i as u32);
         }
     }
-    for (l, &v) in chunks.remainder().iter().enumerate() {
-        acc[l] = if v > acc[l] { v } else { acc[l] };
-    }
-    reduce_max(&acc)
+    m
 }
 
-dispatch!(fill_block_sums(row: &[f32], out: &mut Vec<(f32, f32)>) -> () {
-    // One pass from memory: each block's maximum, then its exponentials against the
-    // running maximum while the block is in L1. Each sum keeps the maximum it was
-    // taken against; `BlockSums::compute` rescales them to the row's.
+dispatch!(fill_block_sums(row: &[f32], max: f32, out: &mut Vec<f32>) -> () {
     out.clear();
-    let mut running = f32::NEG_INFINITY;
     for block in row.chunks(BLOCK) {
-        running = max_imp(block, running);
         let mut acc = [0.0f32; LANES];
         let mut chunks = block.chunks_exact(LANES);
         for c in &mut chunks {
             for l in 0..LANES {
-                acc[l] += exp_neg(c[l] - running);
+                acc[l] += exp_neg(c[l] - max);
             }
         }
         for (l, &v) in chunks.remainder().iter().enumerate() {
-            acc[l] += exp_neg(v - running);
+            acc[l] += exp_neg(v - max);
         }
-        out.push((reduce_sum(&acc), running));
+        out.push(reduce_sum(&acc));
     }
-});
-
-dispatch!(block_maxima(row: &[f32], out: &mut Vec<f32>) -> () {
-    out.clear();
-    out.extend(row.chunks(BLOCK).map(|b| max_imp(b, f32::NEG_INFINITY)));
 });
 
 dispatch!(entropy_terms(row: &[f32], max: f32) -> (f64, f64) {
@@ -189,16 +193,41 @@ dispatch!(add_green(row: &mut [f32], key: u32, delta: f32) -> () {
     }
 });
 
-/// A row's maximum and the sums of `e^(l - max)` over its blocks: enough to
-/// normalise it, to find its argmax, and to find where a cumulative sum crosses a
-/// value without exponentiating the row again. One pass over the row.
+dispatch!(weights(c: &[(u32, f32)], max: f32, out: &mut Vec<f64>) -> () {
+    out.clear();
+    out.extend(c.iter().map(|&(_, l)| exp_neg(l - max) as f64));
+});
+
+dispatch!(exps(values: &[f32], max: f32, out: &mut Vec<f32>) -> () {
+    out.clear();
+    out.extend(values.iter().map(|&l| exp_neg(l - max)));
+});
+
+dispatch!(collect_between(row: &[f32], lo: f32, hi: f32, out: &mut Vec<(u32, f32)>) -> () {
+    // The entries in [lo, hi], in token order; a chunk with none costs one compare.
+    out.clear();
+    for (c, chunk) in row.chunks(LANES).enumerate() {
+        let any = chunk.iter().fold(false, |a, &v| a | ((v >= lo) & (v <= hi)));
+        if any {
+            for (i, &v) in chunk.iter().enumerate() {
+                if v >= lo && v <= hi {
+                    out.push(((c * LANES + i) as u32, v));
+                }
+            }
+        }
+    }
+});
+
+/// A row's maximum, its first argmax and the sums of `e^(l - max)` over its
+/// blocks: enough to normalise it, and to find where a cumulative sum crosses a
+/// value without exponentiating the row again.
 #[derive(Clone, Debug, Default)]
 pub struct BlockSums {
     pub max: f32,
+    argmax: u32,
     pub blocks: Vec<f32>,
     /// `Σ blocks`, in f64.
     pub total: f64,
-    scratch: Vec<(f32, f32)>,
 }
 
 impl BlockSums {
@@ -209,13 +238,8 @@ impl BlockSums {
     }
 
     pub fn compute(&mut self, row: &[f32]) {
-        fill_block_sums(row, &mut self.scratch);
-        self.max = self.scratch.last().map_or(f32::NEG_INFINITY, |b| b.1);
-        let max = self.max;
-        self.blocks.clear();
-        self.blocks.extend(self.scratch.iter().map(|&(sum, against)| {
-            if against == max { sum } else { (sum as f64 * ((against - max) as f64).exp()) as f32 }
-        }));
+        (self.max, self.argmax) = max_argmax(row);
+        fill_block_sums(row, self.max, &mut self.blocks);
         self.total = self.blocks.iter().map(|&b| b as f64).sum();
     }
 
@@ -224,13 +248,9 @@ impl BlockSums {
         self.max + self.total.ln() as f32
     }
 
-    /// The first token holding the row's maximum (as `torch.argmax` picks): the
-    /// first block whose running maximum reached it, searched alone.
-    pub fn argmax(&self, row: &[f32]) -> u32 {
-        let b = self.scratch.iter().position(|&(_, m)| m == self.max).unwrap_or(0);
-        let start = b * BLOCK;
-        let end = (start + BLOCK).min(row.len());
-        row[start..end].iter().position(|&v| v == self.max).map_or(0, |i| start + i) as u32
+    /// The first token holding the row's maximum (as `torch.argmax` picks).
+    pub fn argmax(&self) -> u32 {
+        self.argmax
     }
     /// The first token whose cumulative weight (in token order) exceeds
     /// `u · total`, for `u` in [0, 1): inverse-CDF sampling.
@@ -246,8 +266,10 @@ impl BlockSums {
                 let start = b * BLOCK;
                 let end = (start + BLOCK).min(row.len());
                 let mut last = start;
-                for (i, &l) in row[start..end].iter().enumerate() {
-                    let e = exp_neg(l - self.max) as f64;
+                let mut e = Vec::with_capacity(end - start);
+                exps(&row[start..end], self.max, &mut e);
+                for (i, &e) in e.iter().enumerate() {
+                    let e = e as f64;
                     if e > 0.0 {
                         last = start + i;
                         cum += e;
@@ -269,30 +291,35 @@ impl BlockSums {
 }
 
 /// The `n` largest entries with their indices, largest first (ties: lower index
-/// first; NaN never). Selection, not a sort: a block whose maximum cannot enter
-/// the current list is skipped after one vector pass, so a row costs little more
-/// than reading it. With `keep_ties`, entries equal to the n-th stay too
-/// (Hugging Face's top-k keeps every token scoring at least the k-th).
+/// first; NaN never). Selection, not a sort: a chunk of [`LANES`] entries none of
+/// which can enter the current list costs one vector compare, so a row costs
+/// little more than reading it. With `keep_ties`, entries equal to the n-th stay
+/// too (Hugging Face's top-k keeps every token scoring at least the k-th).
 pub fn top_entries(row: &[f32], n: usize, keep_ties: bool) -> Vec<(u32, f32)> {
-    if n == 0 {
-        return Vec::new();
-    }
-    let mut maxima = Vec::new();
-    block_maxima(row, &mut maxima);
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
-    for (b, &bmax) in maxima.iter().enumerate() {
-        if best.len() >= n && (bmax < best[n - 1].1 || (!keep_ties && bmax == best[n - 1].1)) {
+    if n > 0 {
+        select_top(row, n, keep_ties, &mut best);
+    }
+    best
+}
+
+dispatch!(select_top(row: &[f32], n: usize, keep_ties: bool, best: &mut Vec<(u32, f32)>) -> () {
+    let enters = |v: f32, best: &[(u32, f32)]| {
+        best.len() < n || v > best[n - 1].1 || (keep_ties && v == best[n - 1].1)
+    };
+    for (c, chunk) in row.chunks(LANES).enumerate() {
+        let threshold = if best.len() < n { f32::NEG_INFINITY } else { best[n - 1].1 };
+        // Vectorised: does anything in this chunk reach the list at all?
+        let any = chunk.iter().fold(false, |a, &v| a | (v >= threshold));
+        if !any {
             continue;
         }
-        let start = b * BLOCK;
-        for (i, &v) in row[start..(start + BLOCK).min(row.len())].iter().enumerate() {
-            if v.is_nan()
-                || (best.len() >= n && (v < best[n - 1].1 || (!keep_ties && v == best[n - 1].1)))
-            {
+        for (i, &v) in chunk.iter().enumerate() {
+            if v.is_nan() || !enters(v, best) {
                 continue;
             }
             let at = best.partition_point(|&(_, x)| x >= v);
-            best.insert(at, ((start + i) as u32, v));
+            best.insert(at, ((c * LANES + i) as u32, v));
             if keep_ties {
                 while best.len() > n && best[best.len() - 1].1 < best[n - 1].1 {
                     best.pop();
@@ -302,8 +329,7 @@ pub fn top_entries(row: &[f32], n: usize, keep_ties: bool) -> Vec<(u32, f32)> {
             }
         }
     }
-    best
-}
+});
 
 #[cfg(test)]
 mod tests {
@@ -336,7 +362,7 @@ mod tests {
     fn block_sums_normalise_and_draw_inverts_the_cdf() {
         let row: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32) / 10.0 - 5.0).collect();
         let s = BlockSums::of(&row);
-        assert_eq!(s.blocks.len(), 4);
+        assert_eq!(s.blocks.len(), 1);
         let lse = {
             let m = row.iter().copied().fold(f32::MIN, f32::max) as f64;
             m + row.iter().map(|&l| (l as f64 - m).exp()).sum::<f64>().ln()
@@ -371,13 +397,13 @@ mod tests {
         assert_eq!(top, vec![(1, 3.0), (4, 3.0), (3, 2.0)]);
         assert_eq!(top_entries(&row, 10, false).len(), 6);
         assert_eq!(top_entries(&row, 1, true), vec![(1, 3.0), (4, 3.0)]);
-        assert_eq!(BlockSums::of(&row[..5]).argmax(&row[..5]), 1);
+        assert_eq!(BlockSums::of(&row[..5]).argmax(), 1);
         // Across blocks: the first maximum wins, later blocks are skipped.
         let mut wide = vec![0.0f32; 3 * BLOCK];
         wide[BLOCK + 5] = 2.0;
         wide[2 * BLOCK + 1] = 2.0;
         wide[7] = 1.0;
-        assert_eq!(BlockSums::of(&wide).argmax(&wide), (BLOCK + 5) as u32);
+        assert_eq!(BlockSums::of(&wide).argmax(), (BLOCK + 5) as u32);
         let top = top_entries(&wide, 3, false);
         assert_eq!(top, vec![((BLOCK + 5) as u32, 2.0), ((2 * BLOCK + 1) as u32, 2.0), (7, 1.0)]);
     }
