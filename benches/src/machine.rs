@@ -5,6 +5,25 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+/// The CPU's model name, hardware threads, OS and architecture (for reports).
+pub fn describe() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!(
+        "{cpu}, {threads} hardware threads, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
 /// Best-of-`reps` read bandwidth over a `bytes`-sized buffer, in bytes/s.
 ///
 /// Every thread sums its share of the buffer (integer adds, which the compiler

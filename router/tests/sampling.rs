@@ -256,3 +256,31 @@ async fn bad_grammars_are_refused_before_queueing() {
         (422, Some("Input validation error: grammar is not supported"))
     );
 }
+
+#[tokio::test]
+async fn a_grammar_failing_mid_generation_fails_its_request_alone_with_424() {
+    let server = Server::start(&[], &[]).await;
+    // Compiles (and its first mask is fine), but past the first token the parser
+    // needs more than llguidance's per-row item limit: that sequence fails.
+    let properties: serde_json::Map<String, Value> =
+        (0..5000).map(|i| (format!("p{i}"), json!({"type": "integer"}))).collect();
+    let schema = json!({"type": "object", "properties": properties});
+    let hostile = json!({"inputs": "Hi", "parameters": {
+        "max_new_tokens": 50, "grammar": {"type": "json", "value": schema}}});
+    let healthy =
+        json!({"inputs": "Hello", "parameters": {"max_new_tokens": 30, "ignore_eos": true}});
+    let (bad, good) =
+        tokio::join!(server.post("/generate", hostile.clone()), server.post("/generate", healthy));
+    assert_eq!(bad.0, 424, "{}", bad.1);
+    assert_eq!(bad.1["error_type"], "generation");
+    assert!(bad.1["error"].as_str().unwrap().contains("grammar"), "{}", bad.1);
+    assert_eq!(good.0, 200, "the other request is unharmed: {}", good.1);
+    assert_eq!(good.1["generated_text"].as_str().map(str::is_empty), Some(false));
+    // Streaming fails before its first token (the grammar fails on the tokens it
+    // forces after the first): the real status, not a 200 with an error event.
+    let (status, events) = server.stream(hostile).await;
+    assert_eq!(status, 424, "{events:?}");
+    assert_eq!(events[0]["error_type"], "generation");
+    server.wait_idle().await;
+    server.assert_answers().await;
+}

@@ -21,9 +21,11 @@
 //! back to a random allowed token. Set `GRAMMAR_BENCH_SHOW=1` to print the outputs.
 //!
 //! ```text
-//! cargo run --release -p rill-benches --bin grammar-bench -- [--walks 20] [--json out.json]
+//! cargo run --release -p rill-benches --bin grammar-bench -- [--walks 20] [--engine-config benches/models/llama-1.1b/config.json] [--json out.json]
 //! ```
 
+#[path = "grammar_bench/engine.rs"]
+mod engine;
 #[path = "grammar_bench/order.rs"]
 mod order;
 #[path = "grammar_bench/vocab.rs"]
@@ -59,6 +61,17 @@ struct Args {
     /// Seed of the walks.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also decode with the grammar on this model (a config.json; dummy bf16
+    /// weights, vocabulary resized to `--vocab`) and report how long sampling waited
+    /// for masks computed during the forward pass.
+    #[arg(long)]
+    engine_config: Option<PathBuf>,
+    /// Sequences in the engine measurement.
+    #[arg(long, default_value_t = 8)]
+    engine_batch: usize,
+    /// Decode steps in the engine measurement.
+    #[arg(long, default_value_t = 24)]
+    engine_steps: usize,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -72,7 +85,7 @@ fn main() -> Result<()> {
     if args.vocab < 2_000 || args.walks == 0 || args.max_tokens == 0 || args.compiles == 0 {
         bail!("--vocab must be at least 2000; --walks, --max-tokens, --compiles positive");
     }
-    let machine = machine();
+    let machine = rill_benches::machine::describe();
     eprintln!("{machine}");
 
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -165,9 +178,21 @@ fn main() -> Result<()> {
         if p(&masks, 50.0) <= TARGET_MASK_P50_US { "met" } else { "MISSED" }
     );
 
+    let engine = match &args.engine_config {
+        Some(config) => Some(engine::overlap(
+            config,
+            vocab.tokens.len(),
+            &grammar,
+            args.engine_batch,
+            args.engine_steps,
+        )?),
+        None => None,
+    };
+
     if let Some(path) = args.json {
         let l = limits::parser_limits();
         let report = json!({
+            "engine": engine,
             "machine": machine,
             "vocab": {
                 "size": vocab.tokens.len(),
@@ -355,24 +380,6 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
     }
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!(
-        "{cpu}, {threads} hardware threads, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    )
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

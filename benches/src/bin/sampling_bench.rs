@@ -166,27 +166,27 @@ fn main() -> Result<()> {
             times.push(t.elapsed());
             assert!(out.iter().all(|(_, r)| r.is_ok()));
         }
+        times.sort();
         let m = median(times.clone());
         let ratio = m.as_secs_f64() / read.as_secs_f64();
         eprintln!(
             "{:<66} median {:>7.3} ms  p90 {:>7.3} ms  ({ratio:.1}x one read)",
             c.name,
             m.as_secs_f64() * 1e3,
-            {
-                let mut t = times.clone();
-                t.sort();
-                t[t.len() * 9 / 10].as_secs_f64() * 1e3
-            }
+            times[times.len() * 9 / 10].as_secs_f64() * 1e3
         );
         results.push(serde_json::json!({
             "config": c.name,
             "median_ms": m.as_secs_f64() * 1e3,
+            "p90_ms": times[times.len() * 9 / 10].as_secs_f64() * 1e3,
             "ratio_to_one_read": ratio,
         }));
     }
     if let Some(path) = args.json {
         let out = serde_json::json!({
             "bench": "sampling-bench",
+            "machine": rill_benches::machine::describe(),
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
             "batch": batch,
             "vocab": vocab,
             "history": args.history,
