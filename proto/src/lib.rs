@@ -16,7 +16,7 @@ mod sampling;
 
 pub use batch::{ForwardBatch, SampledToken, SeqStep, StepOutput};
 pub use ids::{BlockId, SeqId, TokenId};
-pub use sampling::{Constraint, ConstraintState, Grammar, SamplingParams};
+pub use sampling::{Constraint, ConstraintState, Grammar, SamplingParams, allowed_tokens};
 
 /// Tokens per KV-cache block (vLLM's choice; the CUDA kernels assume it too).
 pub const BLOCK_SIZE: usize = 16;

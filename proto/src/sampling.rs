@@ -109,6 +109,21 @@ pub trait Constraint: Send + Sync + fmt::Debug {
     fn start(&self) -> Box<dyn ConstraintState>;
 }
 
+/// The tokens a mask (as [`ConstraintState::fill_mask`] writes it) allows, in
+/// increasing order.
+pub fn allowed_tokens(mask: &[u32]) -> impl Iterator<Item = u32> + '_ {
+    mask.iter().enumerate().flat_map(|(w, &word)| {
+        let mut bits = word;
+        std::iter::from_fn(move || {
+            (bits != 0).then(|| {
+                let t = w as u32 * 32 + bits.trailing_zeros();
+                bits &= bits - 1;
+                t
+            })
+        })
+    })
+}
+
 /// Where one sequence is in its grammar.
 pub trait ConstraintState: Send + fmt::Debug {
     /// Set bit `t` (`mask[t / 32] >> (t % 32) & 1`) for every token `t` that may come

@@ -80,15 +80,7 @@ impl Rng {
 }
 
 fn allowed(mask: &[u32]) -> Vec<u32> {
-    let mut out = Vec::new();
-    for (w, &word) in mask.iter().enumerate() {
-        let mut bits = word;
-        while bits != 0 {
-            out.push(w as u32 * 32 + bits.trailing_zeros());
-            bits &= bits - 1;
-        }
-    }
-    out
+    rill_proto::allowed_tokens(mask).collect()
 }
 
 const MAX_WALK: usize = 400;

@@ -442,18 +442,8 @@ fn finish(
 }
 
 /// Call `f` with every token a mask allows, below `vocab`.
-fn for_each_allowed(mask: &[u32], vocab: usize, mut f: impl FnMut(usize)) {
-    for (w, &bits) in mask.iter().enumerate() {
-        let mut bits = bits;
-        while bits != 0 {
-            let t = w * 32 + bits.trailing_zeros() as usize;
-            if t >= vocab {
-                return;
-            }
-            f(t);
-            bits &= bits - 1;
-        }
-    }
+fn for_each_allowed(mask: &[u32], vocab: usize, f: impl FnMut(usize)) {
+    rill_proto::allowed_tokens(mask).map(|t| t as usize).take_while(|&t| t < vocab).for_each(f);
 }
 
 /// -∞ for every token the grammar forbids (and for padding past the mask).

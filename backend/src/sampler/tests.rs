@@ -407,3 +407,50 @@ fn a_sparse_mask_gives_the_distribution_of_the_masked_row() {
         assert!((a.1 - b.1).abs() < 1e-5, "{a:?} {b:?}");
     }
 }
+
+#[test]
+fn a_mixed_batch_gives_each_row_what_it_gets_alone() {
+    let vocab = 3000;
+    let rows: Vec<Vec<f32>> =
+        (0..4).map(|r| (0..vocab).map(|t| (uniform(r, t) * 8.0 - 4.0) as f32).collect()).collect();
+    let params = [
+        SamplingParams::default(),
+        SamplingParams { do_sample: true, seed: 5, ..params() },
+        SamplingParams { repetition_penalty: 1.5, frequency_penalty: 0.7, ..params() },
+        SamplingParams {
+            temperature: 0.6,
+            top_k: 40,
+            top_p: 0.8,
+            typical_p: 0.9,
+            seed: 8,
+            ..params()
+        },
+    ];
+    let steps: Vec<SeqStep> = params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut s = step(i as u64, &[1, 2, 3, i as u32], 0, Some(p.clone()));
+            s.top_n = 3;
+            s
+        })
+        .collect();
+    let alone: Vec<Choice> = (0..4)
+        .map(|i| {
+            let mut s = Sampler::new(vocab);
+            run(&mut s, &steps[i], &rows[i]).unwrap()
+        })
+        .collect();
+    let mut s = Sampler::new(vocab);
+    let batch = ForwardBatch { seqs: steps.clone(), ..Default::default() };
+    s.prepare(&batch);
+    let mut data = rows.clone();
+    let together: Vec<_> =
+        s.sample(steps.iter().zip(data.iter_mut().map(|r| &mut r[..])).collect(), Vec::new());
+    for (i, (id, c)) in together.into_iter().enumerate() {
+        assert_eq!(id, SeqId(i as u64));
+        assert_eq!(c.unwrap(), alone[i], "row {i}");
+    }
+    // Only the rows that need state keep it.
+    assert_eq!(s.num_sequences(), 3);
+}

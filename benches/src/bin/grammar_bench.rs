@@ -355,15 +355,7 @@ fn choose(tokens: &[Vec<u8>], allowed: &[u32], rng: &mut Rng) -> u32 {
 }
 
 fn set_bits(mask: &[u32]) -> Vec<u32> {
-    let mut out = Vec::new();
-    for (w, &word) in mask.iter().enumerate() {
-        let mut bits = word;
-        while bits != 0 {
-            out.push(w as u32 * 32 + bits.trailing_zeros());
-            bits &= bits - 1;
-        }
-    }
-    out
+    rill_proto::allowed_tokens(mask).collect()
 }
 
 /// xorshift64*.
