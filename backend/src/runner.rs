@@ -144,6 +144,8 @@ impl<D: Device> Runner<D> {
     /// sequence that samples. Grammar masks for this step are computed on their own
     /// thread while the forward pass runs: they depend only on tokens already chosen.
     pub fn step(&mut self, batch: &ForwardBatch) -> Result<StepOutput, StepError> {
+        // Released sequences are gone whatever happens to the rest of the batch.
+        self.sampler.release(&batch.released);
         self.validate(batch)?;
         self.sampler.prepare(batch);
         if batch.seqs.is_empty() {

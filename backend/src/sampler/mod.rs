@@ -139,12 +139,17 @@ impl Sampler {
         self.states.len()
     }
 
+    /// Forget sequences that ended.
+    pub fn release(&mut self, ids: &[SeqId]) {
+        for id in ids {
+            self.states.remove(id);
+        }
+    }
+
     /// Before the forward pass: drop released sequences, take new sequences'
     /// parameters, count the step's tokens.
     pub fn prepare(&mut self, batch: &rill_proto::ForwardBatch) {
-        for id in &batch.released {
-            self.states.remove(id);
-        }
+        self.release(&batch.released);
         for step in &batch.seqs {
             if let Some(params) = &step.sampling
                 && !self.states.contains_key(&step.id)

@@ -81,3 +81,18 @@ fn empty_batch_is_a_no_op() {
     let out = runner.step(&ForwardBatch::default()).unwrap();
     assert!(out.sampled.is_empty());
 }
+
+#[test]
+fn sampling_state_lives_until_release_even_through_a_refused_batch() {
+    let (_, mut runner) = harness::load(&fixture_model("llama"));
+    let sampled = rill_proto::SamplingParams { do_sample: true, seed: 1, ..Default::default() };
+    let mut first = seq(1, &[1, 2, 3], 0, &[0]);
+    first.sampling = Some(Box::new(sampled));
+    runner.step(&ForwardBatch { seqs: vec![first], ..Default::default() }).unwrap();
+    assert_eq!(runner.num_sampling_states(), 1);
+    // The release rides on a batch the runner refuses: the state goes anyway.
+    let bad = seq(2, &[], 0, &[1]);
+    let batch = ForwardBatch { seqs: vec![bad], released: vec![SeqId(1)], ..Default::default() };
+    assert!(runner.step(&batch).is_err());
+    assert_eq!(runner.num_sampling_states(), 0);
+}
