@@ -57,11 +57,13 @@ async fn a_seed_gives_the_same_text_alone_in_a_crowd_and_after_preemption() {
     assert_eq!(token_ids(&answers[7].1), want, "seed 42 after preemption");
     small.wait_idle().await;
 
-    // The streaming route samples the same way.
+    // Streamed, while 15 other sampled requests run: the same tokens.
     let mut body = sampled(Some(42), 40);
     body["parameters"]["details"] = json!(false);
-    let (status, events) = server.stream(body).await;
+    let others = join_all((0..15).map(|i| server.post("/generate", sampled(Some(3000 + i), 40))));
+    let ((status, events), others) = tokio::join!(server.stream(body), others);
     assert_eq!(status, 200);
+    assert!(others.iter().all(|(s, _)| *s == 200));
     let streamed: Vec<u32> =
         events.iter().map(|e| e["token"]["id"].as_u64().unwrap() as u32).collect();
     assert_eq!(streamed, want);
