@@ -5,7 +5,7 @@
 //! - [`weights`] memory-maps safetensors (single or sharded) or makes dummy weights.
 //! - [`models::Llama`] is the transformer, written once against the
 //!   [`device::Device`] op set; [`device::cpu::Cpu`] implements every op and is the
-//!   reference; the CUDA device (a later issue) implements the same ops.
+//!   reference; [`device::cuda::Cuda`] implements the same ops on an NVIDIA GPU.
 //! - [`runner::Runner`] owns device, model and paged KV cache and executes one
 //!   [`rill_proto::ForwardBatch`] per [`runner::Runner::step`].
 //!
@@ -24,6 +24,7 @@ pub mod weights;
 
 pub use config::{Architecture, DType, ModelConfig};
 pub use device::cpu::Cpu;
+pub use device::cuda::Cuda;
 pub use error::{LoadError, StepError};
 pub use model_dir::ModelDir;
 pub use runner::{LoadFormat, Runner, RunnerOptions, StepStats};

@@ -4,6 +4,11 @@
 //! until it is ready). Defaults that depend on the model (`--max-total-tokens`,
 //! `--max-input-tokens`) are derived from it and the KV cache, printed at start-up,
 //! and inconsistent settings are refused with a message saying what to change.
+//!
+//! `--device auto` runs on the GPU when [`Cuda::new`] succeeds and on the CPU otherwise
+//! (one log line says why); `--device cuda` without a usable GPU exits with the reason.
+//! On the GPU the KV cache takes what free memory allows after the weights and a
+//! warm-up step (`--cuda-memory-fraction`), unless its size is given explicitly.
 
 mod model_id;
 
@@ -15,9 +20,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use axum::serve::ListenerExt;
 use clap::{Parser, ValueEnum};
-use rill_backend::device::KvLayout;
+use rill_backend::device::{Device, KvLayout};
 use rill_backend::grammar::GrammarCompiler;
-use rill_backend::{Cpu, DType, LoadFormat, ModelDir, Runner, RunnerOptions};
+use rill_backend::models::Llama;
+use rill_backend::weights::{CastWeights, DummyWeights, SafetensorsWeights, WeightSource};
+use rill_backend::{Cpu, Cuda, DType, LoadFormat, ModelConfig, ModelDir, Runner, RunnerOptions};
 use rill_proto::BLOCK_SIZE;
 use rill_proto::api::Info;
 use rill_router::engine;
@@ -86,9 +93,15 @@ struct Args {
     /// default: keep the checkpoint's, and bfloat16 for `--load-format dummy`.
     #[arg(long, env = "DTYPE")]
     dtype: Option<String>,
-    /// Memory for the paged KV cache, in MiB.
-    #[arg(long, env = "KV_CACHE_MEMORY_MIB", default_value_t = 1024)]
-    kv_cache_memory_mib: usize,
+    /// Memory for the paged KV cache, in MiB (default: 1024 on the CPU; on a GPU, what
+    /// free memory allows, see --cuda-memory-fraction).
+    #[arg(long, env = "KV_CACHE_MEMORY_MIB")]
+    kv_cache_memory_mib: Option<usize>,
+    /// On a GPU, the share of the memory left free by the weights and the largest
+    /// step's activations that the KV cache takes, when neither --kv-cache-memory-mib
+    /// nor --max-batch-total-tokens sizes it.
+    #[arg(long, env = "CUDA_MEMORY_FRACTION", default_value_t = 0.9)]
+    cuda_memory_fraction: f64,
     /// CPU threads (default: one per core).
     #[arg(long, env = "NUM_THREADS")]
     num_threads: Option<usize>,
@@ -140,12 +153,99 @@ fn init_logs(json: bool) {
     }
 }
 
+/// The device `--device` asks for; `auto` falls back to the CPU with one log line.
+enum Engine {
+    Cpu(Cpu),
+    Cuda(Box<Cuda>),
+}
+
+fn select_device(args: &Args) -> Result<Engine> {
+    let cpu = || {
+        Engine::Cpu(match args.num_threads {
+            Some(n) => Cpu::with_threads(n),
+            None => Cpu::new(),
+        })
+    };
+    Ok(match args.device {
+        DeviceArg::Cpu => cpu(),
+        DeviceArg::Cuda => Engine::Cuda(Box::new(Cuda::new(0).context("--device cuda")?)),
+        DeviceArg::Auto => match Cuda::new(0) {
+            Ok(cuda) => Engine::Cuda(Box::new(cuda)),
+            Err(e) => {
+                tracing::info!("--device auto: running on the CPU ({e})");
+                cpu()
+            }
+        },
+    })
+}
+
+/// The weights `--load-format` and `--dtype` ask for.
+fn weight_source(
+    dir: &std::path::Path,
+    config: &ModelConfig,
+    format: LoadFormat,
+) -> Result<Box<dyn WeightSource>> {
+    Ok(match format {
+        LoadFormat::Safetensors(None) => Box::new(SafetensorsWeights::open(dir)?),
+        LoadFormat::Safetensors(Some(dtype)) => {
+            Box::new(CastWeights { inner: SafetensorsWeights::open(dir)?, dtype })
+        }
+        LoadFormat::Dummy(dtype) => {
+            Box::new(DummyWeights { dtype, seed: 0x5eed, has_lm_head: !config.tie_word_embeddings })
+        }
+    })
+}
+
+/// Load the weights onto the GPU and size the KV cache: explicitly if the user said
+/// how, else from the memory left after a warm-up step of `max_rows` rows.
+fn load_cuda(
+    args: &Args,
+    dir: &std::path::Path,
+    c: &ModelConfig,
+    device: Cuda,
+    format: LoadFormat,
+    max_rows: usize,
+) -> Result<Runner<Cuda>> {
+    let model = Llama::load(c, weight_source(dir, c, format)?.as_ref(), &device)?;
+    let kv_cache_bytes = match explicit_kv_bytes(args, c) {
+        Some(bytes) => bytes,
+        None => {
+            let fraction = args.cuda_memory_fraction;
+            if !(fraction > 0.0 && fraction <= 1.0) {
+                bail!("--cuda-memory-fraction ({fraction}) must be in (0, 1]");
+            }
+            device.warm_up(&model, max_rows)?;
+            let budget = device.kv_budget(c, max_rows, fraction)?;
+            let mib = |b: usize| b >> 20;
+            tracing::info!(
+                gpu = device.gpu_name(),
+                free_mib = mib(budget.free),
+                total_mib = mib(budget.total),
+                reserved_mib = mib(budget.reserved),
+                fraction,
+                kv_cache_mib = mib(budget.kv_bytes),
+                "KV cache sized from free GPU memory after the weights and a {max_rows}-row warm-up step"
+            );
+            budget.kv_bytes
+        }
+    };
+    Ok(Runner::new(device, model, kv_cache_bytes)?)
+}
+
+/// The KV cache size the flags give, if they give one.
+fn explicit_kv_bytes(args: &Args, c: &ModelConfig) -> Option<usize> {
+    match (args.max_batch_total_tokens, args.kv_cache_memory_mib) {
+        (Some(tokens), _) => {
+            let block = KvLayout::block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, 4);
+            Some(tokens.div_ceil(BLOCK_SIZE) * block)
+        }
+        (None, Some(mib)) => Some(mib << 20),
+        (None, None) => None,
+    }
+}
+
 /// Load the model and start the engine; runs on a blocking thread.
 fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
-    let device = match args.num_threads {
-        Some(n) => Cpu::with_threads(n),
-        None => Cpu::new(),
-    };
     let dtype = match &args.dtype {
         None => None,
         Some(d) => Some(
@@ -160,16 +260,41 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
     let t = Instant::now();
     let model = ModelDir::open(dir)?;
     let c = &model.config;
-    let kv_cache_bytes = match args.max_batch_total_tokens {
-        Some(tokens) => {
-            let block = KvLayout::block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, 4);
-            tokens.div_ceil(BLOCK_SIZE) * block
+    let max_batch_prefill_tokens = args.max_batch_prefill_tokens.unwrap_or(128);
+    if max_batch_prefill_tokens == 0 {
+        bail!("--max-batch-prefill-tokens must be positive");
+    }
+    match select_device(args)? {
+        Engine::Cpu(device) => {
+            let kv_cache_bytes = explicit_kv_bytes(args, c).unwrap_or(1024 << 20);
+            let opts = RunnerOptions { kv_cache_bytes, load_format };
+            let detail = format!("{} threads", device.threads());
+            let runner = Runner::load(dir, c, device, &opts)?;
+            start(args, dir, model, runner, &detail, max_batch_prefill_tokens, t)
         }
-        None => args.kv_cache_memory_mib << 20,
-    };
-    let opts = RunnerOptions { kv_cache_bytes, load_format };
-    let threads = device.threads();
-    let runner = Runner::load(dir, &model.config, device, &opts)?;
+        Engine::Cuda(device) => {
+            let (major, minor) = device.compute_capability();
+            let detail = format!("{} (sm_{major}{minor})", device.gpu_name());
+            let runner = load_cuda(args, dir, c, *device, load_format, max_batch_prefill_tokens)?;
+            start(args, dir, model, runner, &detail, max_batch_prefill_tokens, t)
+        }
+    }
+}
+
+/// Check the limits against the loaded model and its KV cache, and start the engine.
+fn start<D: Device>(
+    args: &Args,
+    dir: &std::path::Path,
+    model: ModelDir,
+    runner: Runner<D>,
+    device_detail: &str,
+    max_batch_prefill_tokens: usize,
+    t: Instant,
+) -> Result<Infer>
+where
+    Runner<D>: Send,
+{
+    let c = &model.config;
     let capacity = runner.num_blocks() * BLOCK_SIZE;
 
     let max_total = args.max_total_tokens.unwrap_or(c.max_position_embeddings.min(capacity));
@@ -191,17 +316,13 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
             c.max_position_embeddings
         );
     }
-    let max_batch_prefill_tokens = args.max_batch_prefill_tokens.unwrap_or(128);
-    if max_batch_prefill_tokens == 0 {
-        bail!("--max-batch-prefill-tokens must be positive");
-    }
     let max_batch_size = args.max_batch_size.unwrap_or(args.max_concurrent_requests).max(1);
     tracing::info!(
         model = %dir.display(),
         architecture = c.architecture.hf_name(),
         parameters = c.num_parameters(),
         device = runner.device_name(),
-        threads,
+        device_detail,
         kv_blocks = runner.num_blocks(),
         kv_tokens = capacity,
         max_input_tokens = max_input,
@@ -284,7 +405,9 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     init_logs(args.json_output);
     if args.device == DeviceArg::Cuda {
-        bail!("--device cuda: this build has no CUDA engine yet; use --device cpu");
+        // Before the port opens: the cheap checks (driver, GPU, cuBLAS); the kernels are
+        // compiled while loading.
+        Cuda::probe(0).context("--device cuda")?;
     }
     let dir = match &args.model_id {
         None => bundled_model(),

@@ -2,10 +2,11 @@
 //!
 //! [`Device`] is the seam between the model (written once, in `models::llama`) and
 //! the hardware. The CPU device ([`cpu::Cpu`]) implements every op and is the
-//! reference; the CUDA device implements the same ops with its own kernels. Activations
-//! are row-major f32 matrices `[tokens, features]`; weights stay in their checkpoint
-//! dtype; the KV cache is paged (`[num_blocks, BLOCK_SIZE, kv_heads, head_dim]` per
-//! layer for K and for V, NHD) and addressed through the step's [`StepPlan`].
+//! reference; the CUDA device ([`cuda::Cuda`]) implements the same ops with Rill's own
+//! kernels and cuBLAS. Activations are row-major f32 matrices `[tokens, features]`;
+//! weights stay in their checkpoint dtype; the KV cache is paged (`[num_blocks,
+//! BLOCK_SIZE, kv_heads, head_dim]` per layer for K and for V, NHD) and addressed through
+//! the step's [`StepPlan`].
 //!
 //! The ops:
 //! embedding gather · linear (optional bias) · column split · RMSNorm · rotary
@@ -14,6 +15,7 @@
 //! LM head on sampled positions only).
 
 pub mod cpu;
+pub mod cuda;
 
 use rill_proto::{BLOCK_SIZE, ForwardBatch};
 

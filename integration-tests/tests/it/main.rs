@@ -1,12 +1,15 @@
 //! Rill's end-to-end tests, one module per area:
 //!
 //! - `batching`: the scheduler on the real engine, under memory pressure.
+//! - `cuda_parity`: the CUDA device against the CPU device, op by op and on the fixture
+//!   models (each body also runs CPU against CPU; without a GPU the CUDA runs SKIP).
 //! - `oracle`: the CPU engine against Hugging Face transformers on the fixture models
 //!   (logits, greedy continuations, chunking and batching invariance, 16-bit weights).
 //! - `loading`: broken model directories give errors that name the file and field.
 //! - `step_errors`: bad batches are refused whole and change nothing.
 
 mod batching;
+mod cuda_parity;
 mod harness;
 mod loading;
 mod oracle;

@@ -1,0 +1,547 @@
+//! The CUDA device: the model's op set on an NVIDIA GPU, with Rill's own kernels
+//! (`rill_kernels`, compiled by NVRTC at start-up) and cuBLAS GEMMs.
+//!
+//! [`Cuda`] owns a context, one non-default stream (capturable for CUDA graphs later:
+//! the legacy stream is not), a cuBLAS handle on it ([`gemm`]), and the loaded kernels.
+//! Weights keep their checkpoint dtype ([`CudaWeight`]); activations are row-major f32
+//! ([`CudaMat`]); the paged KV cache stores f32 in the CPU device's NHD layout
+//! ([`CudaKvCache`]), so every op can be checked against the CPU reference
+//! (`integration-tests/tests/it/cuda_parity.rs`). Every op is enqueued on the one stream,
+//! which orders the whole step; only [`Device::to_host`] waits for the GPU.
+//!
+//! Ops map one to one onto kernel launchers: embedding gather, RMSNorm, RoPE, K/V write
+//! by slot, paged attention (the decode kernel when every sequence runs one row, else the
+//! prefill kernel; prefill is exact f32 for an f32 model and bf16 tensor cores once a
+//! 16-bit weight matrix is loaded), SiLU-and-mul, column split, residual add, row gather;
+//! linear layers are cuBLAS ([`gemm`]) with the bias added by a kernel.
+//!
+//! The [`Device`] ops cannot return errors (the CPU device has none to report), so a
+//! failing launch or allocation is recorded — the first one, with what was being done —
+//! the rest of the step is skipped, and [`Device::to_host`] panics with that message: a
+//! CUDA error mid-step leaves the context unusable, and wrong logits must never be sampled.
+//! Nothing before the first step panics: [`Cuda::new`] checks the driver, a device, cuBLAS
+//! and the NVRTC toolkit and returns an error naming what is missing.
+
+mod budget;
+mod gemm;
+mod library;
+mod memory;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError};
+use half::{bf16, f16};
+use rill_kernels::{AttentionMeta, KernelError, Kernels};
+
+pub use budget::{FIXED_RESERVE_BYTES, KvBudget, step_bytes};
+pub use memory::{CudaKvCache, CudaMat, CudaPlan, CudaWeight, WeightData};
+
+use self::gemm::{Blas, LinearShape};
+use self::memory::{PlanArrays, upload};
+use super::{AttentionShape, Device, KvLayout, StepPlan};
+use crate::error::LoadError;
+use crate::weights::{HostTensor, TensorData};
+
+/// Why an op could not be enqueued.
+#[derive(Debug, thiserror::Error)]
+enum OpError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] DriverError),
+    #[error("cuBLAS: {0}")]
+    Blas(#[from] cudarc::cublas::result::CublasError),
+    #[error("an input of this op was never computed (an earlier op failed)")]
+    Missing,
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// Buffers reused across ops, grown on demand.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// The activation cast to 16 bits for a bf16/f16 GEMM.
+    x_bf16: Option<CudaSlice<bf16>>,
+    x_f16: Option<CudaSlice<f16>>,
+    /// The attention kernels' split-K partials.
+    attention: Option<CudaSlice<f32>>,
+}
+
+/// An NVIDIA GPU: context, stream, cuBLAS handle and compiled kernels.
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: Blas,
+    kernels: Kernels,
+    scratch: Mutex<Scratch>,
+    /// A 16-bit weight matrix was loaded: the model is a bf16/f16 model, and prefill
+    /// attention may round to bf16 on tensor cores like its GEMMs do; an f32 model gets
+    /// the exact f32 attention kernels.
+    half_weights: AtomicBool,
+    /// Set by the first failing op of a step; see the module documentation.
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    gpu_name: String,
+    compute_capability: (i32, i32),
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cuda")
+            .field("ordinal", &self.ctx.ordinal())
+            .field("gpu", &self.gpu_name)
+            .field("compute_capability", &self.compute_capability)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unusable(what: impl std::fmt::Display) -> LoadError {
+    LoadError::Other(format!("no usable CUDA device: {what}"))
+}
+
+impl Cuda {
+    /// Whether GPU `ordinal` looks usable, without creating anything: the driver, the
+    /// device, cuBLAS. Cheap (no kernel compilation); an error names what is missing.
+    pub fn probe(ordinal: usize) -> Result<(), LoadError> {
+        rill_kernels::cuda_available().map_err(unusable)?;
+        let count = CudaContext::device_count().map_err(unusable)?;
+        if ordinal >= count.max(0) as usize {
+            return Err(unusable(format_args!("GPU {ordinal} requested, {count} present")));
+        }
+        if let Some(dir) = library::preload_cublas() {
+            tracing::debug!("cuBLAS preloaded from {}", dir.display());
+        }
+        if !library::cublas_present() {
+            return Err(unusable(library::CUBLAS_HELP));
+        }
+        Ok(())
+    }
+
+    /// Open GPU `ordinal`: [`Cuda::probe`] it, then create the context, stream and cuBLAS
+    /// handle and compile (or load from the on-disk cache) every kernel for this GPU's
+    /// architecture. Errors name what is missing; nothing panics.
+    pub fn new(ordinal: usize) -> Result<Cuda, LoadError> {
+        Cuda::probe(ordinal)?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| unusable(format_args!("cannot open GPU {ordinal}: {e}")))?;
+        let stream = ctx.new_stream().map_err(|e| unusable(format_args!("new stream: {e}")))?;
+        // SAFETY: every buffer of this device is allocated, used and freed on `stream`
+        // alone, which orders all accesses; cudarc's per-buffer events (made to order
+        // accesses across streams) would only add two event operations per launch argument.
+        unsafe { ctx.disable_event_tracking() };
+        let blas = Blas::new(Arc::clone(&stream))
+            .map_err(|e| unusable(format_args!("cannot create a cuBLAS handle: {e}")))?;
+        let toolkit = rill_kernels::toolkit::Toolkit::find().map_err(unusable)?;
+        let kernels = Kernels::load(&ctx, &toolkit)
+            .map_err(|e| unusable(format_args!("cannot build the kernels: {e}")))?;
+        let gpu_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let compute_capability = ctx.compute_capability().unwrap_or((0, 0));
+        Ok(Cuda {
+            ctx,
+            stream,
+            blas,
+            kernels,
+            scratch: Mutex::default(),
+            half_weights: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            gpu_name,
+            compute_capability,
+        })
+    }
+
+    /// The GPU's name (`NVIDIA H200`).
+    pub fn gpu_name(&self) -> &str {
+        &self.gpu_name
+    }
+
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+
+    /// The first failure of the current step, if any, clearing it: an error for a
+    /// caller that can report one (a warm-up step) instead of the panic in `to_host`.
+    pub fn take_failure(&self) -> Option<String> {
+        if !self.failed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Run `op` unless an earlier op of the step failed; record its failure.
+    fn guard(&self, what: &str, op: impl FnOnce() -> Result<(), OpError>) {
+        if self.failed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = op() {
+            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            failure.get_or_insert_with(|| format!("{what}: {e}"));
+            self.failed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Make `out` an uninitialised-by-contract `[rows, cols]` matrix, reusing its
+    /// buffer when the size already matches (ops overwrite every element).
+    fn ensure(&self, out: &mut CudaMat, rows: usize, cols: usize) -> Result<(), OpError> {
+        let n = rows * cols;
+        if out.data.as_ref().map(|d| d.len()) != Some(n) {
+            out.data = None;
+            out.data = Some(self.alloc(n)?);
+        }
+        out.rows = rows;
+        out.cols = cols;
+        Ok(())
+    }
+
+    fn alloc(&self, n: usize) -> Result<CudaSlice<f32>, DriverError> {
+        if n == 0 { self.stream.null() } else { self.stream.alloc_zeros(n) }
+    }
+
+    fn arrays<'p>(&self, plan: &'p CudaPlan) -> Result<&'p PlanArrays, OpError> {
+        plan.arrays.as_ref().ok_or(OpError::Missing)
+    }
+
+    /// The outcome of the step so far, as values on the host.
+    pub fn try_to_host(&self, x: &CudaMat) -> Result<Vec<f32>, String> {
+        if let Some(failure) = self.take_failure() {
+            return Err(failure);
+        }
+        let data = match &x.data {
+            Some(d) if !x.is_empty() => d,
+            _ => return Ok(Vec::new()),
+        };
+        let host = self.stream.clone_dtoh(data).map_err(|e| format!("copying to the host: {e}"))?;
+        // Kernel faults surface at the next synchronisation: this one.
+        self.stream.synchronize().map_err(|e| format!("running the step: {e}"))?;
+        Ok(host)
+    }
+
+    /// `out = x · wᵀ` by dtype; `x` and `out` are non-empty and `out` is sized.
+    fn gemm(&self, x: &CudaMat, w: &CudaWeight, out: &mut CudaMat) -> Result<(), OpError> {
+        let s = LinearShape { rows: x.rows, inp: w.shape[1], out: w.shape[0] };
+        let xd = x.data.as_ref().ok_or(OpError::Missing)?;
+        let od = out.data.as_mut().ok_or(OpError::Missing)?;
+        let n = x.len();
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        match &w.data {
+            WeightData::F32(wd) => self.blas.linear_f32(xd, wd, s, od)?,
+            WeightData::Bf16(wd) => {
+                let x16 = grow(&self.stream, &mut scratch.x_bf16, n)?;
+                self.kernels.cast_f32_to_bf16(&self.stream, xd, n, x16)?;
+                self.blas.linear_half(x16, wd, s, od)?;
+            }
+            WeightData::F16(wd) => {
+                let x16 = grow(&self.stream, &mut scratch.x_f16, n)?;
+                self.kernels.cast_f32_to_f16(&self.stream, xd, n, x16)?;
+                self.blas.linear_half(x16, wd, s, od)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A scratch buffer of at least `n` elements (replaced, not resized, when too small:
+/// the old one is freed in stream order after the ops that used it).
+fn grow<'s, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    slot: &'s mut Option<CudaSlice<T>>,
+    n: usize,
+) -> Result<&'s mut CudaSlice<T>, DriverError> {
+    if slot.as_ref().is_none_or(|s| s.len() < n) {
+        *slot = None;
+        *slot = Some(stream.alloc_zeros(n.max(1))?);
+    }
+    // Just filled if it was empty or too small.
+    Ok(slot.as_mut().expect("scratch buffer allocated above"))
+}
+
+fn upload_weight(stream: &Arc<CudaStream>, t: &HostTensor) -> Result<WeightData, DriverError> {
+    Ok(match &t.data {
+        TensorData::F32(s) => WeightData::F32(upload(stream, s.as_slice())?),
+        TensorData::Bf16(s) => WeightData::Bf16(upload(stream, s.as_slice())?),
+        TensorData::F16(s) => WeightData::F16(upload(stream, s.as_slice())?),
+    })
+}
+
+impl Device for Cuda {
+    type Weight = CudaWeight;
+    type Activation = CudaMat;
+    type Cache = CudaKvCache;
+    type Plan = CudaPlan;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        // Steps run on the engine thread, not the one that created the context.
+        self.guard("binding the CUDA context", || Ok(self.ctx.bind_to_thread()?));
+        work()
+    }
+
+    fn weight(&self, tensor: HostTensor) -> Result<CudaWeight, LoadError> {
+        let data = upload_weight(&self.stream, &tensor).map_err(|e| {
+            let bytes = tensor.shape.iter().product::<usize>() * tensor.data.dtype().size();
+            LoadError::Other(format!(
+                "cannot copy `{}` ({bytes} bytes) to {}: {e}",
+                tensor.name, self.gpu_name
+            ))
+        })?;
+        if tensor.shape.len() == 2 && !matches!(data, WeightData::F32(_)) {
+            self.half_weights.store(true, Ordering::Relaxed);
+        }
+        Ok(CudaWeight { shape: tensor.shape, data })
+    }
+
+    fn activation(&self, rows: usize, cols: usize) -> CudaMat {
+        let mut m = CudaMat { data: None, rows, cols };
+        self.guard("allocating an activation", || self.ensure(&mut m, rows, cols));
+        m
+    }
+
+    fn kv_cache(&self, layout: KvLayout) -> Result<CudaKvCache, LoadError> {
+        let layer = || {
+            self.stream.alloc_zeros::<f32>(layout.layer_len()).map_err(|e| {
+                LoadError::Other(format!(
+                    "cannot allocate the KV cache ({} blocks, {} MiB per layer for K and for V) on {}: {e}",
+                    layout.num_blocks,
+                    (layout.layer_len() * 4) >> 20,
+                    self.gpu_name
+                ))
+            })
+        };
+        let k = (0..layout.num_layers).map(|_| layer()).collect::<Result<_, _>>()?;
+        let v = (0..layout.num_layers).map(|_| layer()).collect::<Result<_, _>>()?;
+        Ok(CudaKvCache { k, v, kv_heads: layout.kv_heads, head_dim: layout.head_dim })
+    }
+
+    fn plan(&self, plan: &StepPlan) -> CudaPlan {
+        let mut out = CudaPlan::host_values(plan);
+        self.guard("uploading the step plan", || {
+            out.arrays = Some(PlanArrays::upload(&self.stream, plan)?);
+            Ok(())
+        });
+        out
+    }
+
+    fn embed(&self, table: &CudaWeight, plan: &CudaPlan, out: &mut CudaMat) {
+        self.guard("embed", || {
+            let hidden = table.shape[1];
+            self.ensure(out, plan.rows, hidden)?;
+            if plan.rows == 0 {
+                return Ok(());
+            }
+            let od = out.data.as_mut().ok_or(OpError::Missing)?;
+            let tokens = &self.arrays(plan)?.tokens;
+            Ok(self.kernels.embed(&self.stream, table.as_ref(), hidden, tokens, plan.rows, od)?)
+        });
+    }
+
+    fn linear(&self, x: &CudaMat, w: &CudaWeight, bias: Option<&CudaWeight>, out: &mut CudaMat) {
+        self.guard("linear", || {
+            let n = w.shape[0];
+            self.ensure(out, x.rows, n)?;
+            if x.rows == 0 {
+                return Ok(());
+            }
+            self.gemm(x, w, out)?;
+            if let Some(b) = bias {
+                let od = out.data.as_mut().ok_or(OpError::Missing)?;
+                self.kernels.add_bias(&self.stream, od, x.rows, n, b.as_ref())?;
+            }
+            Ok(())
+        });
+    }
+
+    fn rms_norm(&self, x: &CudaMat, weight: &CudaWeight, eps: f32, out: &mut CudaMat) {
+        self.guard("rms_norm", || {
+            self.ensure(out, x.rows, x.cols)?;
+            if x.is_empty() {
+                return Ok(());
+            }
+            let (xd, od) = (x.data.as_ref().ok_or(OpError::Missing)?, out.data.as_mut());
+            let od = od.ok_or(OpError::Missing)?;
+            let w = weight.as_ref();
+            Ok(self.kernels.rms_norm(&self.stream, xd, w, x.rows, x.cols, eps, od)?)
+        });
+    }
+
+    fn rope(&self, x: &mut CudaMat, head_dim: usize, plan: &CudaPlan) {
+        self.guard("rope", || {
+            if x.is_empty() {
+                return Ok(());
+            }
+            let a = self.arrays(plan)?;
+            let (rows, heads) = (x.rows, x.cols / head_dim);
+            let xd = x.data.as_mut().ok_or(OpError::Missing)?;
+            let (cos, sin) = (&a.rope_cos, &a.rope_sin);
+            Ok(self.kernels.rope(&self.stream, xd, rows, heads, head_dim, cos, sin)?)
+        });
+    }
+
+    fn write_kv(
+        &self,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        k: &CudaMat,
+        v: &CudaMat,
+        plan: &CudaPlan,
+    ) {
+        self.guard("write_kv", || {
+            if k.rows == 0 {
+                return Ok(());
+            }
+            let slots = &self.arrays(plan)?.slots;
+            let (kd, vd) = (k.data.as_ref(), v.data.as_ref());
+            let (kd, vd) = (kd.ok_or(OpError::Missing)?, vd.ok_or(OpError::Missing)?);
+            let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
+            let (kv_heads, head_dim) = (cache.kv_heads, cache.head_dim);
+            Ok(self.kernels.write_kv(
+                &self.stream,
+                kc,
+                vc,
+                kd,
+                vd,
+                slots,
+                k.rows,
+                kv_heads,
+                head_dim,
+            )?)
+        });
+    }
+
+    fn attention(
+        &self,
+        q: &CudaMat,
+        cache: &CudaKvCache,
+        layer: usize,
+        shape: AttentionShape,
+        plan: &CudaPlan,
+        out: &mut CudaMat,
+    ) {
+        self.guard("attention", || {
+            self.ensure(out, q.rows, shape.heads * shape.head_dim)?;
+            if q.rows == 0 {
+                return Ok(());
+            }
+            let a = self.arrays(plan)?;
+            let qd = q.data.as_ref().ok_or(OpError::Missing)?;
+            let od = out.data.as_mut().ok_or(OpError::Missing)?;
+            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            let len = Kernels::attention_workspace_len(
+                plan.num_seqs,
+                shape.heads,
+                shape.head_dim,
+                plan.max_context,
+            );
+            let workspace = grow(&self.stream, &mut scratch.attention, len)?;
+            let mut meta = AttentionMeta {
+                num_seqs: plan.num_seqs,
+                rows: plan.rows,
+                heads: shape.heads,
+                kv_heads: shape.kv_heads,
+                head_dim: shape.head_dim,
+                window: shape.window,
+                scale: 1.0 / (shape.head_dim as f32).sqrt(),
+                seq_row: &a.seq_row,
+                seq_len: &a.seq_len,
+                seq_start_pos: &a.seq_start_pos,
+                seq_block_off: &a.seq_block_off,
+                block_tables: &a.block_tables,
+                max_rows_per_seq: plan.max_rows_per_seq,
+                max_context: plan.max_context,
+                all_decode: plan.all_decode,
+                exact: !self.half_weights.load(Ordering::Relaxed),
+                workspace,
+            };
+            let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+            Ok(self.kernels.attention(&self.stream, qd, kc, vc, &mut meta, od)?)
+        });
+    }
+
+    fn silu_mul(&self, gate_up: &CudaMat, out: &mut CudaMat) {
+        self.guard("silu_mul", || {
+            let half = gate_up.cols / 2;
+            self.ensure(out, gate_up.rows, half)?;
+            if out.is_empty() {
+                return Ok(());
+            }
+            let gd = gate_up.data.as_ref().ok_or(OpError::Missing)?;
+            let od = out.data.as_mut().ok_or(OpError::Missing)?;
+            Ok(self.kernels.silu_mul(&self.stream, gd, gate_up.rows, half, od)?)
+        });
+    }
+
+    fn split_cols(&self, x: &CudaMat, widths: &[usize], outs: &mut [&mut CudaMat]) {
+        self.guard("split_cols", || {
+            let mut col0 = 0;
+            for (out, &width) in outs.iter_mut().zip(widths) {
+                self.ensure(out, x.rows, width)?;
+                if !out.is_empty() {
+                    let xd = x.data.as_ref().ok_or(OpError::Missing)?;
+                    let od = out.data.as_mut().ok_or(OpError::Missing)?;
+                    self.kernels.split_cols(&self.stream, xd, x.rows, x.cols, col0, width, od)?;
+                }
+                col0 += width;
+            }
+            Ok(())
+        });
+    }
+
+    fn add_assign(&self, x: &mut CudaMat, y: &CudaMat) {
+        self.guard("add_assign", || {
+            let n = x.len();
+            if n == 0 {
+                return Ok(());
+            }
+            let yd = y.data.as_ref().ok_or(OpError::Missing)?;
+            let xd = x.data.as_mut().ok_or(OpError::Missing)?;
+            Ok(self.kernels.add_assign(&self.stream, xd, yd, n)?)
+        });
+    }
+
+    fn gather_sample_rows(&self, x: &CudaMat, plan: &CudaPlan, out: &mut CudaMat) {
+        self.guard("gather_sample_rows", || {
+            let n = plan.num_sample_rows;
+            self.ensure(out, n, x.cols)?;
+            if out.is_empty() {
+                return Ok(());
+            }
+            let idx = &self.arrays(plan)?.sample_rows;
+            let xd = x.data.as_ref().ok_or(OpError::Missing)?;
+            let od = out.data.as_mut().ok_or(OpError::Missing)?;
+            Ok(self.kernels.gather_rows(&self.stream, xd, x.cols, idx, n, od)?)
+        });
+    }
+
+    fn to_host(&self, x: &CudaMat) -> Vec<f32> {
+        // The op set has no error path (see the module documentation): a failed step
+        // must not hand back logits, and the context is unusable after a device fault.
+        self.try_to_host(x)
+            .unwrap_or_else(|e| panic!("the CUDA device ({}) failed: {e}", self.gpu_name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_gpu_is_an_error_not_a_panic() {
+        // Here (CI, no GPU) both fail with the reason; on a GPU machine both succeed.
+        match (Cuda::probe(0), Cuda::new(0)) {
+            (Ok(()), Ok(cuda)) => assert_eq!(cuda.name(), "cuda"),
+            (Err(probe), Err(new)) => {
+                assert!(probe.to_string().starts_with("no usable CUDA device: "), "{probe}");
+                assert_eq!(probe.to_string(), new.to_string());
+            }
+            (probe, new) => panic!("probe {probe:?} disagrees with new {:?}", new.map(drop)),
+        }
+    }
+
+    #[test]
+    fn an_ordinal_past_the_last_gpu_is_an_error() {
+        assert!(Cuda::probe(1 << 20).is_err());
+    }
+}

@@ -1,0 +1,63 @@
+// common.cuh — shared helpers for every Rill kernel source (compiled by NVRTC, embedded in
+// the rill-kernels crate and handed to NVRTC as an in-memory header named "common.cuh").
+//
+// Conventions every kernel follows:
+// - Activations are row-major f32; weights keep their checkpoint dtype (f32, bf16, f16) and
+//   are widened to f32 on load with `to_f32`; all arithmetic and accumulation is f32.
+// - Kernels templated over the weight dtype are instantiated as `extern "C"` entry points
+//   with a `_f32` / `_bf16` / `_f16` suffix (RILL_FOR_EACH_DTYPE below), so the host looks them
+//   up by a plain, unmangled name.
+// - Sizes that fit in 32 bits (rows, cols, heads) are `int`; element offsets into whole
+//   buffers are `size_t`, since rows * cols can pass 2^31 for a large prefill.
+// - Element-count kernels use grid-stride loops, so the host may cap the grid.
+// - Block reductions are warp shuffles plus one shared-memory slot per warp (block_sum):
+//   two shuffle rounds instead of log2(blockDim) shared-memory rounds with barriers.
+// No host headers: NVRTC has none, and everything needed is a CUDA built-in.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+// A KV-cache slot meaning "no cache write for this row" (padding rows in a CUDA graph).
+#define RILL_NO_SLOT 0xffffffffu
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+
+// Sum over the 32 lanes of a warp; every lane gets the total.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+// Sum over the whole block; every thread gets the total. blockDim.x must be a multiple of
+// 32 (at most 1024). Contains barriers: call it from every thread of the block.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float partial[32];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    // The barrier first: a previous call's readers must be done with `partial`.
+    __syncthreads();
+    if (lane == 0) {
+        partial[warp] = v;
+    }
+    __syncthreads();
+    v = lane < warps ? partial[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+// Index of this thread in a 1-D grid, and the grid's stride, as size_t for grid-stride loops.
+__device__ __forceinline__ size_t global_index() {
+    return (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ size_t grid_stride() { return (size_t)gridDim.x * blockDim.x; }
+
+// Calls X(suffix, type) once per weight dtype; a source defines X to declare one
+// `extern "C"` entry point forwarding to its template, then writes RILL_FOR_EACH_DTYPE(X).
+#define RILL_FOR_EACH_DTYPE(X) X(f32, float) X(bf16, __nv_bfloat16) X(f16, __half)
