@@ -58,7 +58,8 @@ impl LoadError {
 }
 
 /// A batch the runner cannot execute. The runner checks the whole batch before
-/// touching the KV cache, so a refused batch changes nothing.
+/// touching the KV cache, so a refused batch changes nothing; a device failure
+/// (the last variant) happens after, and its sequences' cache contents are lost.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StepError {
     #[error("{seq}: no tokens to run")]
@@ -75,4 +76,7 @@ pub enum StepError {
     TooManyTargets { seq: rill_proto::SeqId, targets: usize, tokens: usize },
     #[error("{seq}: appears twice in one batch")]
     DuplicateSequence { seq: rill_proto::SeqId },
+    /// The device failed while running the step (the batch was valid).
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
 }

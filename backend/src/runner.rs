@@ -29,6 +29,27 @@ pub enum LoadFormat {
     Dummy(DType),
 }
 
+impl LoadFormat {
+    /// The weight source this format reads from the model directory `dir`.
+    pub fn open(
+        self,
+        dir: &Path,
+        config: &ModelConfig,
+    ) -> Result<Box<dyn WeightSource>, LoadError> {
+        Ok(match self {
+            LoadFormat::Safetensors(None) => Box::new(SafetensorsWeights::open(dir)?),
+            LoadFormat::Safetensors(Some(dtype)) => {
+                Box::new(CastWeights { inner: SafetensorsWeights::open(dir)?, dtype })
+            }
+            LoadFormat::Dummy(dtype) => Box::new(DummyWeights {
+                dtype,
+                seed: 0x5eed,
+                has_lm_head: !config.tie_word_embeddings,
+            }),
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RunnerOptions {
     /// Memory the KV cache may take; its block count follows from it.
@@ -82,17 +103,7 @@ impl<D: Device> Runner<D> {
         device: D,
         opts: &RunnerOptions,
     ) -> Result<Self, LoadError> {
-        let source: Box<dyn WeightSource> = match opts.load_format {
-            LoadFormat::Safetensors(None) => Box::new(SafetensorsWeights::open(dir)?),
-            LoadFormat::Safetensors(Some(dtype)) => {
-                Box::new(CastWeights { inner: SafetensorsWeights::open(dir)?, dtype })
-            }
-            LoadFormat::Dummy(dtype) => Box::new(DummyWeights {
-                dtype,
-                seed: 0x5eed,
-                has_lm_head: !config.tie_word_embeddings,
-            }),
-        };
+        let source = opts.load_format.open(dir, config)?;
         let model = Llama::load(config, source.as_ref(), &device)?;
         Self::new(device, model, opts.kv_cache_bytes)
     }
@@ -155,7 +166,7 @@ impl<D: Device> Runner<D> {
         let mut jobs = self.sampler.take_mask_jobs(batch);
         let Runner { device, model, cache, stats, .. } = self;
         let started = Instant::now();
-        let mut logits = std::thread::scope(|s| {
+        let logits = std::thread::scope(|s| {
             let masks = (!jobs.is_empty()).then(|| {
                 s.spawn(|| {
                     let t = Instant::now();
@@ -175,6 +186,14 @@ impl<D: Device> Runner<D> {
             stats.mask_wait = waited.elapsed();
             logits
         });
+        let mut logits = match logits {
+            Ok(l) => l,
+            Err(e) => {
+                // The matchers go back as they were; the router fails these sequences.
+                self.sampler.sample(Vec::new(), jobs);
+                return Err(e.into());
+            }
+        };
         let sampling = Instant::now();
         // Rows come per sequence: its logprob targets' rows, then its sampled row.
         let vocab = self.config().vocab_size;

@@ -23,7 +23,6 @@ use clap::{Parser, ValueEnum};
 use rill_backend::device::{Device, KvLayout};
 use rill_backend::grammar::GrammarCompiler;
 use rill_backend::models::Llama;
-use rill_backend::weights::{CastWeights, DummyWeights, SafetensorsWeights, WeightSource};
 use rill_backend::{Cpu, Cuda, DType, LoadFormat, ModelConfig, ModelDir, Runner, RunnerOptions};
 use rill_proto::BLOCK_SIZE;
 use rill_proto::api::Info;
@@ -77,7 +76,8 @@ struct Args {
     max_total_tokens: Option<usize>,
     /// Tokens one engine step may run (decodes + prefill chunks). Default on the
     /// CPU: 128, which bounds how long a prefill chunk stalls running streams
-    /// without costing throughput (prefill is compute-bound from ~16 rows on).
+    /// without costing throughput (prefill is compute-bound from ~16 rows on); on a
+    /// GPU: 4096 (TGI's).
     #[arg(long, env = "MAX_BATCH_PREFILL_TOKENS")]
     max_batch_prefill_tokens: Option<usize>,
     /// Sequences one engine step may hold (default: max concurrent requests).
@@ -179,23 +179,6 @@ fn select_device(args: &Args) -> Result<Engine> {
     })
 }
 
-/// The weights `--load-format` and `--dtype` ask for.
-fn weight_source(
-    dir: &std::path::Path,
-    config: &ModelConfig,
-    format: LoadFormat,
-) -> Result<Box<dyn WeightSource>> {
-    Ok(match format {
-        LoadFormat::Safetensors(None) => Box::new(SafetensorsWeights::open(dir)?),
-        LoadFormat::Safetensors(Some(dtype)) => {
-            Box::new(CastWeights { inner: SafetensorsWeights::open(dir)?, dtype })
-        }
-        LoadFormat::Dummy(dtype) => {
-            Box::new(DummyWeights { dtype, seed: 0x5eed, has_lm_head: !config.tie_word_embeddings })
-        }
-    })
-}
-
 /// Load the weights onto the GPU and size the KV cache: explicitly if the user said
 /// how, else from the memory left after a warm-up step of `max_rows` rows.
 fn load_cuda(
@@ -206,7 +189,7 @@ fn load_cuda(
     format: LoadFormat,
     max_rows: usize,
 ) -> Result<Runner<Cuda>> {
-    let model = Llama::load(c, weight_source(dir, c, format)?.as_ref(), &device)?;
+    let model = Llama::load(c, format.open(dir, c)?.as_ref(), &device)?;
     let kv_cache_bytes = match explicit_kv_bytes(args, c) {
         Some(bytes) => bytes,
         None => {
@@ -260,12 +243,12 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
     let t = Instant::now();
     let model = ModelDir::open(dir)?;
     let c = &model.config;
-    let max_batch_prefill_tokens = args.max_batch_prefill_tokens.unwrap_or(128);
-    if max_batch_prefill_tokens == 0 {
+    if args.max_batch_prefill_tokens == Some(0) {
         bail!("--max-batch-prefill-tokens must be positive");
     }
     match select_device(args)? {
         Engine::Cpu(device) => {
+            let max_batch_prefill_tokens = args.max_batch_prefill_tokens.unwrap_or(128);
             let kv_cache_bytes = explicit_kv_bytes(args, c).unwrap_or(1024 << 20);
             let opts = RunnerOptions { kv_cache_bytes, load_format };
             let detail = format!("{} threads", device.threads());
@@ -273,6 +256,9 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
             start(args, dir, model, runner, &detail, max_batch_prefill_tokens, t)
         }
         Engine::Cuda(device) => {
+            // TGI's default: a GPU runs 4096 prefill tokens in about the time of a decode
+            // step's weight reads, so larger chunks cost running streams little.
+            let max_batch_prefill_tokens = args.max_batch_prefill_tokens.unwrap_or(4096);
             let (major, minor) = device.compute_capability();
             let detail = format!("{} (sm_{major}{minor})", device.gpu_name());
             let runner = load_cuda(args, dir, c, *device, load_format, max_batch_prefill_tokens)?;

@@ -22,6 +22,14 @@ use rill_proto::{BLOCK_SIZE, ForwardBatch};
 use crate::error::LoadError;
 use crate::weights::HostTensor;
 
+/// A step the device could not run (a failed launch or allocation, a device fault).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the {device} device failed: {message}")]
+pub struct DeviceError {
+    pub device: &'static str,
+    pub message: String,
+}
+
 /// Geometry of the paged KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvLayout {
@@ -214,6 +222,8 @@ pub trait Device: Send + Sync + Sized + 'static {
         plan: &Self::Plan,
         out: &mut Self::Activation,
     );
-    /// Copy an activation back to the host.
-    fn to_host(&self, x: &Self::Activation) -> Vec<f32>;
+    /// Copy an activation back to the host; this is where a device reports that
+    /// something in the step failed (ops themselves cannot return errors: a device
+    /// records the first failure, skips the rest of the step and answers it here).
+    fn to_host(&self, x: &Self::Activation) -> Result<Vec<f32>, DeviceError>;
 }

@@ -18,7 +18,7 @@ pub mod simd;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{AttentionShape, Device, KvLayout, StepPlan};
+use super::{AttentionShape, Device, DeviceError, KvLayout, StepPlan};
 use crate::error::LoadError;
 use crate::weights::{HostTensor, TensorData};
 
@@ -264,7 +264,7 @@ impl Device for Cpu {
         }
     }
 
-    fn to_host(&self, x: &Mat) -> Vec<f32> {
-        x.data.clone()
+    fn to_host(&self, x: &Mat) -> Result<Vec<f32>, DeviceError> {
+        Ok(x.data.clone())
     }
 }

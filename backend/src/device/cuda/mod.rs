@@ -17,8 +17,9 @@
 //!
 //! The [`Device`] ops cannot return errors (the CPU device has none to report), so a
 //! failing launch or allocation is recorded — the first one, with what was being done —
-//! the rest of the step is skipped, and [`Device::to_host`] panics with that message: a
-//! CUDA error mid-step leaves the context unusable, and wrong logits must never be sampled.
+//! the rest of the step is skipped, and [`Device::to_host`] returns that error: the
+//! runner fails the step's sequences (424) instead of sampling wrong logits. A device
+//! fault leaves the context unusable, so later steps fail the same way.
 //! Nothing before the first step panics: [`Cuda::new`] checks the driver, a device, cuBLAS
 //! and the NVRTC toolkit and returns an error naming what is missing.
 
@@ -39,7 +40,7 @@ pub use memory::{CudaKvCache, CudaMat, CudaPlan, CudaWeight, WeightData};
 
 use self::gemm::{Blas, LinearShape};
 use self::memory::{PlanArrays, upload};
-use super::{AttentionShape, Device, KvLayout, StepPlan};
+use super::{AttentionShape, Device, DeviceError, KvLayout, StepPlan};
 use crate::error::LoadError;
 use crate::weights::{HostTensor, TensorData};
 
@@ -515,11 +516,10 @@ impl Device for Cuda {
         });
     }
 
-    fn to_host(&self, x: &CudaMat) -> Vec<f32> {
-        // The op set has no error path (see the module documentation): a failed step
-        // must not hand back logits, and the context is unusable after a device fault.
+    fn to_host(&self, x: &CudaMat) -> Result<Vec<f32>, DeviceError> {
+        // A failed step must not hand back logits (see the module documentation).
         self.try_to_host(x)
-            .unwrap_or_else(|e| panic!("the CUDA device ({}) failed: {e}", self.gpu_name))
+            .map_err(|e| DeviceError { device: "cuda", message: format!("{}: {e}", self.gpu_name) })
     }
 }
 
