@@ -47,42 +47,10 @@
 // RILL_DECODE_MAX_PARTITIONS of them (longer contexts get longer partitions).
 #define RILL_DECODE_PARTITION 256
 #define RILL_DECODE_MAX_PARTITIONS 16
-#define RILL_BLOCK_SIZE 16
-// NVRTC has no <math.h>, so no INFINITY.
-#define RILL_NEG_INF __int_as_float(0xff800000)
-
-// The metadata parameters, in the order the host pushes them, and the Meta built from them.
-#define RILL_ATTN_META_PARAMS                                                                 \
-    const unsigned *__restrict__ seq_row, const unsigned *__restrict__ seq_len,              \
-        const unsigned *__restrict__ seq_start_pos, const unsigned *__restrict__ seq_block_off, \
-        const unsigned *__restrict__ block_tables, unsigned block_tables_len,                 \
-        unsigned num_blocks, int num_seqs, int rows, int heads, int kv_heads, int head_dim,   \
-        int window
-#define RILL_ATTN_META                                                                        \
-    decode::Meta {                                                                            \
-        seq_row, seq_len, seq_start_pos, seq_block_off, block_tables, block_tables_len,       \
-            num_blocks, num_seqs, rows, heads, kv_heads, head_dim, window                     \
-    }
 
 namespace decode {
 
-// The sequence metadata every attention kernel takes, gathered from the kernel arguments
-// (passed one by one so the host's launch builder tracks each buffer).
-struct Meta {
-    const unsigned* seq_row;
-    const unsigned* seq_len;
-    const unsigned* seq_start_pos;
-    const unsigned* seq_block_off;
-    const unsigned* block_tables;
-    unsigned block_tables_len;
-    unsigned num_blocks;
-    int num_seqs;
-    int rows;
-    int heads;
-    int kv_heads;
-    int head_dim;
-    int window;  // 0: no sliding window
-};
+using Meta = AttnMeta;
 
 // The query row and key range [lo, p] of sequence s; false when it has nothing to compute.
 __device__ __forceinline__ bool seq_range(const Meta& m, int s, int& row, int& lo, int& p) {
@@ -373,7 +341,7 @@ extern "C" __global__ void __launch_bounds__(RILL_DECODE_THREADS)
     attention_decode_reduce(RILL_ATTN_META_PARAMS, int partitions,
                             const float* __restrict__ ws_acc, const float* __restrict__ ws_ml,
                             float* __restrict__ out) {
-    const decode::Meta meta = RILL_ATTN_META;
+    const AttnMeta meta = RILL_ATTN_META;
     const int s = blockIdx.x;
     const int h = blockIdx.y;
     int row, lo, p;

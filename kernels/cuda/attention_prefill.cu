@@ -52,41 +52,11 @@
 // outside q is skipped, and seq_len 0 (graph padding) writes nothing.
 #include "common.cuh"
 
-#define RILL_BLOCK_SIZE 16
-// NVRTC has no <math.h>, so no INFINITY.
-#define RILL_NEG_INF __int_as_float(0xff800000)
 #define RILL_LOG2E 1.4426950408889634f
-
-// The metadata parameters, in the order the host pushes them, and the Meta built from them.
-#define RILL_ATTN_META_PARAMS                                                                 \
-    const unsigned *__restrict__ seq_row, const unsigned *__restrict__ seq_len,              \
-        const unsigned *__restrict__ seq_start_pos, const unsigned *__restrict__ seq_block_off, \
-        const unsigned *__restrict__ block_tables, unsigned block_tables_len,                 \
-        unsigned num_blocks, int num_seqs, int rows, int heads, int kv_heads, int head_dim,   \
-        int window
-#define RILL_ATTN_META                                                                        \
-    prefill::Meta {                                                                           \
-        seq_row, seq_len, seq_start_pos, seq_block_off, block_tables, block_tables_len,       \
-            num_blocks, num_seqs, rows, heads, kv_heads, head_dim, window                     \
-    }
 
 namespace prefill {
 
-struct Meta {
-    const unsigned* seq_row;
-    const unsigned* seq_len;
-    const unsigned* seq_start_pos;
-    const unsigned* seq_block_off;
-    const unsigned* block_tables;
-    unsigned block_tables_len;
-    unsigned num_blocks;
-    int num_seqs;
-    int rows;
-    int heads;
-    int kv_heads;
-    int head_dim;
-    int window;  // 0: no sliding window
-};
+using Meta = AttnMeta;
 
 // What a CTA works on: a tile of one sequence's items for one kv head.
 struct Tile {

@@ -61,3 +61,40 @@ __device__ __forceinline__ size_t grid_stride() { return (size_t)gridDim.x * blo
 // Calls X(suffix, type) once per weight dtype; a source defines X to declare one
 // `extern "C"` entry point forwarding to its template, then writes RILL_FOR_EACH_DTYPE(X).
 #define RILL_FOR_EACH_DTYPE(X) X(f32, float) X(bf16, __nv_bfloat16) X(f16, __half)
+
+// Paged attention (attention_decode.cu, attention_prefill.cu) --------------------------------
+
+#define RILL_BLOCK_SIZE 16
+// NVRTC has no <math.h>, so no INFINITY.
+#define RILL_NEG_INF __int_as_float(0xff800000)
+
+// The sequence metadata every attention kernel takes, gathered from the kernel arguments
+// (passed one by one so the host's launch builder tracks each buffer).
+struct AttnMeta {
+    const unsigned* seq_row;
+    const unsigned* seq_len;
+    const unsigned* seq_start_pos;
+    const unsigned* seq_block_off;
+    const unsigned* block_tables;
+    unsigned block_tables_len;
+    unsigned num_blocks;
+    int num_seqs;
+    int rows;
+    int heads;
+    int kv_heads;
+    int head_dim;
+    int window;  // 0: no sliding window
+};
+
+// The metadata parameters, in the order the host pushes them, and the AttnMeta built from them.
+#define RILL_ATTN_META_PARAMS                                                                 \
+    const unsigned *__restrict__ seq_row, const unsigned *__restrict__ seq_len,              \
+        const unsigned *__restrict__ seq_start_pos, const unsigned *__restrict__ seq_block_off, \
+        const unsigned *__restrict__ block_tables, unsigned block_tables_len,                 \
+        unsigned num_blocks, int num_seqs, int rows, int heads, int kv_heads, int head_dim,   \
+        int window
+#define RILL_ATTN_META                                                                        \
+    AttnMeta {                                                                                \
+        seq_row, seq_len, seq_start_pos, seq_block_off, block_tables, block_tables_len,       \
+            num_blocks, num_seqs, rows, heads, kv_heads, head_dim, window                     \
+    }
