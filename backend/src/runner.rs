@@ -137,6 +137,10 @@ impl<D: Device> Runner<D> {
         self.layout.num_blocks
     }
 
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
     pub fn device_name(&self) -> &'static str {
         self.device.name()
     }
