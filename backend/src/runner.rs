@@ -170,7 +170,7 @@ impl<D: Device> Runner<D> {
         let mut jobs = self.sampler.take_mask_jobs(batch);
         let Runner { device, model, cache, stats, .. } = self;
         let started = Instant::now();
-        let logits = std::thread::scope(|s| {
+        let activation = std::thread::scope(|s| {
             let masks = (!jobs.is_empty()).then(|| {
                 s.spawn(|| {
                     let t = Instant::now();
@@ -180,8 +180,7 @@ impl<D: Device> Runner<D> {
             });
             let logits = device.run(|| {
                 let plan = device.plan(&host);
-                let logits = model.forward(device, cache, &host, &plan);
-                device.to_host(&logits)
+                model.forward(device, cache, &host, &plan)
             });
             stats.forward = started.elapsed();
             let waited = Instant::now();
@@ -190,7 +189,14 @@ impl<D: Device> Runner<D> {
             stats.mask_wait = waited.elapsed();
             logits
         });
-        let mut logits = match logits {
+        // A device that samples keeps the logits, unless the host needs them anyway.
+        let host_needs_logits =
+            batch.return_logits || batch.seqs.iter().any(|s| !s.logprob_targets.is_empty());
+        if self.device.samples_tokens() && !host_needs_logits {
+            return self.sample_on_device(batch, activation, jobs);
+        }
+        let device = &self.device;
+        let mut logits = match device.run(move || device.to_host(&activation)) {
             Ok(l) => l,
             Err(e) => {
                 // The matchers go back as they were; the router fails these sequences.
@@ -237,6 +243,45 @@ impl<D: Device> Runner<D> {
             }
         }
         self.stats.sampling = sampling.elapsed();
+        Ok(out)
+    }
+
+    /// The step's tokens chosen on the device, from logits that stay there (every
+    /// sampling sequence's row, in batch order: no logprob targets in this step).
+    fn sample_on_device(
+        &mut self,
+        batch: &ForwardBatch,
+        logits: D::Activation,
+        jobs: Vec<sampler::MaskJob>,
+    ) -> Result<StepOutput, StepError> {
+        let started = Instant::now();
+        let rows: Vec<(&rill_proto::SeqStep, usize)> =
+            batch.seqs.iter().filter(|s| s.sample).enumerate().map(|(i, s)| (s, i)).collect();
+        let (sampling, pending) = self.sampler.device_sampling(&rows, jobs);
+        let device = &self.device;
+        let sampling_ref = &sampling;
+        let choices = match device.run(move || device.sample(&logits, sampling_ref)) {
+            Ok(c) => c,
+            Err(e) => {
+                self.sampler.apply_device(pending, None);
+                return Err(e.into());
+            }
+        };
+        let mut out = StepOutput::default();
+        for (id, choice) in self.sampler.apply_device(pending, Some(choices)) {
+            match choice {
+                Ok(c) => out.sampled.push(SampledToken {
+                    id,
+                    token: c.token,
+                    logprob: c.logprob,
+                    top: c.top,
+                    forced: c.forced,
+                    logits: None,
+                }),
+                Err(e) => out.failed.push((id, e)),
+            }
+        }
+        self.stats.sampling = started.elapsed();
         Ok(out)
     }
 

@@ -53,7 +53,7 @@ struct SampleParams {
     unsigned seq_len;     // tokens so far (TGI's frequency penalty divides by it)
     unsigned mask_off;    // first word of this row's grammar mask; NO_MASK = none
     unsigned top_n;       // alternatives to report (≤ max_top_n)
-    unsigned pad;
+    unsigned row;         // the logits row this CTA reads
 };
 
 #define SAMPLE_DO_SAMPLE 1u
@@ -175,7 +175,7 @@ __device__ float radius_for_mass(const float* row, int vocab, float m, float c, 
 }
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
-    const float* __restrict__ logits,   // [rows, vocab]
+    const float* __restrict__ logits,   // [logits_rows, vocab]; row r reads params[r].row
     float* __restrict__ work,           // [rows, vocab] scratch
     int vocab,
     const SampleParams* __restrict__ params,
@@ -192,7 +192,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
     __shared__ unsigned iscratch[SAMPLE_THREADS / 32];
     const int r = blockIdx.x;
     const SampleParams p = params[r];
-    const float* in = logits + (size_t)r * vocab;
+    const float* in = logits + (size_t)p.row * vocab;
     float* row = work + (size_t)r * vocab;
 
     // Watermark, grammar mask and NaN guard in the copy.

@@ -51,7 +51,8 @@ pub struct SampleParams {
     pub mask_off: u32,
     /// Alternatives to report (at most the launch's `max_top_n`).
     pub top_n: u32,
-    pub pad: u32,
+    /// The row of `logits` this row reads.
+    pub row: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<SampleParams>() == 80);
@@ -81,7 +82,7 @@ impl Default for SampleParams {
             seq_len: 0,
             mask_off: Self::NO_MASK,
             top_n: 0,
-            pad: 0,
+            row: 0,
         }
     }
 }
@@ -113,9 +114,10 @@ pub struct SampleOut<'a, U: DevicePtrMut<u32>, F: DevicePtrMut<f32>> {
 }
 
 impl Kernels {
-    /// Choose one token per row of `logits` (`[rows, vocab]`, left untouched; `work`
-    /// is a scratch buffer of the same size). `params` (one per row, on the host) is
-    /// checked against the penalty lists and the `masks` words, then uploaded.
+    /// Choose one token per entry of `params` from row `params[r].row` of `logits`
+    /// (`[logits_rows, vocab]`, left untouched; `work` is a `[params.len(), vocab]`
+    /// scratch buffer). `params` (on the host) is checked against the logits, the
+    /// penalty lists and the `masks` words, then uploaded.
     #[allow(clippy::too_many_arguments)]
     pub fn sample_rows<P: DevicePtr<u32>, U: DevicePtrMut<u32>, F: DevicePtrMut<f32>>(
         &self,
@@ -132,13 +134,17 @@ impl Kernels {
         const OP: &str = "sample_rows";
         let rows = params.len();
         let cells = product(OP, rows, vocab)?;
-        check_len(OP, "logits", logits.len(), cells)?;
         check_len(OP, "work", work.len(), cells)?;
+        let logits_rows = logits.len().checked_div(vocab).unwrap_or(0);
         let lists = penalties.tokens.len();
         check_len(OP, "penalty counts (all)", penalties.all.len(), lists)?;
         check_len(OP, "penalty counts (output)", penalties.output.len(), lists)?;
         let words = vocab.div_ceil(32);
         for (r, p) in params.iter().enumerate() {
+            if p.row as usize >= logits_rows {
+                let detail = format!("row {r} reads logits row {} of {logits_rows}", p.row);
+                return Err(KernelError::Shape { op: OP, detail });
+            }
             let end = p.counts_off as usize + p.counts_len as usize;
             if end > lists {
                 let detail = format!("row {r}: penalty entries ..{end} past the {lists} listed");
@@ -199,8 +205,8 @@ impl Kernels {
             .arg(&top_logprob)
             .arg(&max_top_n);
         // SAFETY: the arguments match `sample_rows` in sampling.cu in order and type.
-        // Block r reads row r of logits and writes row r of work (both checked to hold
-        // rows × vocab), reads params[r] (uploaded: rows entries), the penalty entries
+        // Block r reads logits row params[r].row (checked < logits.len() / vocab) and
+        // writes row r of work (checked to hold rows × vocab), reads params[r] (uploaded: rows entries), the penalty entries
         // counts_off..counts_off + counts_len and the mask words mask_off..mask_off +
         // vocab/32 (both checked above against the lists' lengths), and writes out
         // entry r and top entries r × max_top_n.. (checked). Penalty token ids are

@@ -30,6 +30,14 @@ fn sample(
     masks: &[u32],
 ) -> Out {
     let rows = params.len();
+    // Row r reads logits row r (or the only row when one is shared by every entry).
+    let logits_rows = logits.len() / vocab;
+    let params: Vec<SampleParams> = params
+        .iter()
+        .enumerate()
+        .map(|(r, p)| SampleParams { row: if logits_rows == 1 { 0 } else { r as u32 }, ..*p })
+        .collect();
+    let params = &params[..];
     let d_logits = up(gpu, logits);
     let mut work = zeros(gpu, rows * vocab);
     let tokens = up(gpu, &lists.iter().map(|l| l.0).chain([0]).collect::<Vec<_>>());

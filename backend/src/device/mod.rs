@@ -20,6 +20,7 @@ pub mod cuda;
 use rill_proto::{BLOCK_SIZE, ForwardBatch};
 
 use crate::error::LoadError;
+use crate::sampler::{DeviceChoice, DeviceSampling};
 use crate::weights::HostTensor;
 
 /// A step the device could not run (a failed launch or allocation, a device fault).
@@ -222,6 +223,22 @@ pub trait Device: Send + Sync + Sized + 'static {
         plan: &Self::Plan,
         out: &mut Self::Activation,
     );
+    /// Whether this device chooses tokens itself ([`Device::sample`]); the CPU leaves it
+    /// to the runner's host sampler.
+    fn samples_tokens(&self) -> bool {
+        false
+    }
+    /// Choose a token for each row `sampling` describes, from rows of `logits`, one
+    /// answer per row in order. Only called when [`Device::samples_tokens`] says so;
+    /// this is also where such a device reports a failed step.
+    fn sample(
+        &self,
+        logits: &Self::Activation,
+        sampling: &DeviceSampling,
+    ) -> Result<Vec<DeviceChoice>, DeviceError> {
+        let _ = (logits, sampling);
+        Err(DeviceError { device: self.name(), message: "this device does not sample".into() })
+    }
     /// Copy an activation back to the host; this is where a device reports that
     /// something in the step failed (ops themselves cannot return errors: a device
     /// records the first failure, skips the rest of the step and answers it here).

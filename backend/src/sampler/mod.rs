@@ -22,9 +22,12 @@
 //! (see `Runner::step`); tokens a grammar forces afterwards are returned as
 //! `forced` and cost no sampling.
 
+mod device;
 mod filters;
 mod row;
 pub mod watermark;
+
+pub use device::{DeviceChoice, DeviceRow, DeviceSampling, DeviceStep};
 
 use std::collections::HashMap;
 
@@ -216,39 +219,62 @@ impl Sampler {
                     }
                 }
             };
-            // The grammar advances past what was chosen, then offers what it forces.
-            if let (Some(job), Ok(choice)) = (w.mask.as_mut(), w.out.as_mut()) {
-                let forced = job
-                    .state
-                    .commit(choice.token)
-                    .and_then(|()| job.state.take_forced())
-                    .map_err(|e| format!("grammar: {e}"));
-                match forced {
-                    Ok(f) => choice.forced = f,
-                    Err(e) => w.out = Err(e),
-                }
+            if let Some(job) = w.mask.as_mut() {
+                commit_grammar(job, &mut w.out);
             }
         });
         let mut out = Vec::with_capacity(work.len());
         for mut w in work {
-            if let Some(mut state) = w.state.take() {
-                if let Some(job) = w.mask.take() {
-                    state.grammar = Some(job.state);
-                }
-                if let Ok(c) = &w.out {
-                    state.record_output(std::iter::once(c.token).chain(c.forced.iter().copied()));
-                }
-                self.states.insert(w.id, state);
-            }
+            self.put_back(w.id, w.state.take(), w.mask.take(), Some(&w.out));
             out.push((w.id, w.out));
         }
-        // Matchers of sequences that did not reach sampling go back as they were.
-        for (id, job) in masks {
-            if let Some(s) = self.states.get_mut(&id) {
+        self.restore(masks.into_values());
+        out
+    }
+
+    /// Put a row's state back after its step: its matcher (already past the choice),
+    /// its output counts grown by the choice. `None`: the step failed before choosing,
+    /// and the state goes back as it was.
+    fn put_back(
+        &mut self,
+        id: SeqId,
+        state: Option<SeqState>,
+        job: Option<MaskJob>,
+        choice: Option<&Result<Choice, String>>,
+    ) {
+        if let Some(mut state) = state {
+            if let Some(job) = job {
+                state.grammar = Some(job.state);
+            }
+            if let Some(Ok(c)) = choice {
+                state.record_output(std::iter::once(c.token).chain(c.forced.iter().copied()));
+            }
+            self.states.insert(id, state);
+        }
+    }
+
+    /// Matchers of sequences that did not reach sampling go back as they were.
+    fn restore(&mut self, masks: impl IntoIterator<Item = MaskJob>) {
+        for job in masks {
+            if let Some(s) = self.states.get_mut(&job.id) {
                 s.grammar = Some(job.state);
             }
         }
-        out
+    }
+}
+
+/// The grammar advances past what was chosen, then offers what it forces.
+fn commit_grammar(job: &mut MaskJob, choice: &mut Result<Choice, String>) {
+    if let Ok(c) = choice {
+        let forced = job
+            .state
+            .commit(c.token)
+            .and_then(|()| job.state.take_forced())
+            .map_err(|e| format!("grammar: {e}"));
+        match forced {
+            Ok(f) => c.forced = f,
+            Err(e) => *choice = Err(e),
+        }
     }
 }
 

@@ -6,11 +6,16 @@
 //! - `oracle`: the CPU engine against Hugging Face transformers on the fixture models
 //!   (logits, greedy continuations, chunking and batching invariance, 16-bit weights).
 //! - `loading`: broken model directories give errors that name the file and field.
-//! - `step_errors`: bad batches are refused whole and change nothing.
+//! - `step_errors`: bad batches are refused whole and change nothing; device faults
+//!   fail a step, not the runner.
+//! - `device_sampling`: the runner's and sampler's path for devices that choose tokens
+//!   themselves, against the host sampler (on a CPU device wrapped by `wrapped`).
 
 mod batching;
 mod cuda_parity;
+mod device_sampling;
 mod harness;
 mod loading;
 mod oracle;
 mod step_errors;
+mod wrapped;

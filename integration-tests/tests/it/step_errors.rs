@@ -7,6 +7,7 @@ use rill_integration_tests::fixture_model;
 use rill_proto::{BlockId, ForwardBatch, SeqId, SeqStep, TokenId};
 
 use crate::harness;
+use crate::wrapped::Wrapped;
 
 fn seq(id: u64, tokens: &[u32], start_pos: usize, blocks: &[u32]) -> SeqStep {
     SeqStep {
@@ -97,101 +98,12 @@ fn sampling_state_lives_until_release_even_through_a_refused_batch() {
     assert_eq!(runner.num_sampling_states(), 0);
 }
 
-/// The CPU device, except that `to_host` fails while `fail` is set (a device fault).
-struct Faulty {
-    cpu: rill_backend::Cpu,
-    fail: std::sync::atomic::AtomicBool,
-}
-
-mod faulty {
-    use rill_backend::device::cpu::Mat;
-    use rill_backend::device::{AttentionShape, Device, DeviceError, KvLayout, StepPlan};
-    use rill_backend::weights::HostTensor;
-    use rill_backend::{Cpu, LoadError};
-    use std::sync::atomic::Ordering;
-
-    use super::Faulty;
-
-    type W = <Cpu as Device>::Weight;
-    type C = <Cpu as Device>::Cache;
-    type P = <Cpu as Device>::Plan;
-
-    impl Device for Faulty {
-        type Weight = W;
-        type Activation = Mat;
-        type Cache = C;
-        type Plan = P;
-        fn name(&self) -> &'static str {
-            "faulty"
-        }
-        fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
-            self.cpu.run(work)
-        }
-        fn weight(&self, t: HostTensor) -> Result<W, LoadError> {
-            self.cpu.weight(t)
-        }
-        fn activation(&self, rows: usize, cols: usize) -> Mat {
-            self.cpu.activation(rows, cols)
-        }
-        fn kv_cache(&self, layout: KvLayout) -> Result<C, LoadError> {
-            self.cpu.kv_cache(layout)
-        }
-        fn plan(&self, plan: &StepPlan) -> P {
-            self.cpu.plan(plan)
-        }
-        fn embed(&self, table: &W, plan: &P, out: &mut Mat) {
-            self.cpu.embed(table, plan, out)
-        }
-        fn linear(&self, x: &Mat, w: &W, bias: Option<&W>, out: &mut Mat) {
-            self.cpu.linear(x, w, bias, out)
-        }
-        fn rms_norm(&self, x: &Mat, w: &W, eps: f32, out: &mut Mat) {
-            self.cpu.rms_norm(x, w, eps, out)
-        }
-        fn rope(&self, x: &mut Mat, head_dim: usize, plan: &P) {
-            self.cpu.rope(x, head_dim, plan)
-        }
-        fn write_kv(&self, cache: &mut C, layer: usize, k: &Mat, v: &Mat, plan: &P) {
-            self.cpu.write_kv(cache, layer, k, v, plan)
-        }
-        fn attention(
-            &self,
-            q: &Mat,
-            cache: &C,
-            layer: usize,
-            shape: AttentionShape,
-            plan: &P,
-            out: &mut Mat,
-        ) {
-            self.cpu.attention(q, cache, layer, shape, plan, out)
-        }
-        fn silu_mul(&self, gate_up: &Mat, out: &mut Mat) {
-            self.cpu.silu_mul(gate_up, out)
-        }
-        fn split_cols(&self, x: &Mat, widths: &[usize], outs: &mut [&mut Mat]) {
-            self.cpu.split_cols(x, widths, outs)
-        }
-        fn add_assign(&self, x: &mut Mat, y: &Mat) {
-            self.cpu.add_assign(x, y)
-        }
-        fn gather_sample_rows(&self, x: &Mat, plan: &P, out: &mut Mat) {
-            self.cpu.gather_sample_rows(x, plan, out)
-        }
-        fn to_host(&self, x: &Mat) -> Result<Vec<f32>, DeviceError> {
-            if self.fail.load(Ordering::Relaxed) {
-                return Err(DeviceError { device: "faulty", message: "injected fault".into() });
-            }
-            self.cpu.to_host(x)
-        }
-    }
-}
-
 #[test]
 fn a_device_failure_is_a_step_error_and_the_runner_goes_on() {
     use std::sync::atomic::Ordering;
     let dir = fixture_model("llama");
     let model = rill_backend::ModelDir::open(&dir).unwrap();
-    let device = Faulty { cpu: rill_backend::Cpu::new(), fail: Default::default() };
+    let device = Wrapped::new(false);
     let opts = rill_backend::RunnerOptions { kv_cache_bytes: 16 << 20, ..Default::default() };
     let mut runner = rill_backend::Runner::load(&dir, &model.config, device, &opts).unwrap();
     let good = seq(1, &[1, 2, 3], 0, &[0]);

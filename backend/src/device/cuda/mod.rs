@@ -27,6 +27,7 @@ mod budget;
 mod gemm;
 mod library;
 mod memory;
+mod sampling;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,7 @@ use self::gemm::{Blas, LinearShape};
 use self::memory::{PlanArrays, upload};
 use super::{AttentionShape, Device, DeviceError, KvLayout, StepPlan};
 use crate::error::LoadError;
+use crate::sampler::{DeviceChoice, DeviceSampling};
 use crate::weights::{HostTensor, TensorData};
 
 /// Why an op could not be enqueued.
@@ -514,6 +516,23 @@ impl Device for Cuda {
             let od = out.data.as_mut().ok_or(OpError::Missing)?;
             Ok(self.kernels.gather_rows(&self.stream, xd, x.cols, idx, n, od)?)
         });
+    }
+
+    fn samples_tokens(&self) -> bool {
+        true
+    }
+
+    fn sample(
+        &self,
+        logits: &CudaMat,
+        sampling: &DeviceSampling,
+    ) -> Result<Vec<DeviceChoice>, DeviceError> {
+        let fail =
+            |m: String| DeviceError { device: "cuda", message: format!("{}: {m}", self.gpu_name) };
+        if let Some(failure) = self.take_failure() {
+            return Err(fail(failure));
+        }
+        self.sample_rows(logits, sampling).map_err(|e| fail(format!("sampling: {e}")))
     }
 
     fn to_host(&self, x: &CudaMat) -> Result<Vec<f32>, DeviceError> {

@@ -1,0 +1,149 @@
+//! The CPU device with two knobs, to drive the runner's device paths without a GPU:
+//! `fail` makes the step fail as a device fault would, and `on_device` makes the device
+//! choose tokens itself ([`Device::sample`]) with a host reference of the processors a
+//! greedy row can use (penalties, grammar mask, temperature), so the runner's and the
+//! sampler's device plumbing is tested against the host sampler.
+
+use rill_backend::device::cpu::Mat;
+use rill_backend::device::{AttentionShape, Device, DeviceError, KvLayout, StepPlan};
+use rill_backend::sampler::{DeviceChoice, DeviceSampling};
+use rill_backend::weights::HostTensor;
+use rill_backend::{Cpu, LoadError};
+use rill_proto::TokenId;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub struct Wrapped {
+    cpu: Cpu,
+    pub fail: AtomicBool,
+    on_device: bool,
+}
+
+impl Wrapped {
+    pub fn new(on_device: bool) -> Self {
+        Wrapped { cpu: Cpu::new(), fail: AtomicBool::new(false), on_device }
+    }
+}
+
+/// Greedy choice over one row with the processors a greedy row may use, in the
+/// sampler's order, from the flattened state the device receives.
+fn reference(row: &[f32], s: &DeviceSampling, r: usize) -> DeviceChoice {
+    let d = &s.rows[r];
+    let mut x = row.to_vec();
+    for &(t, all, out) in &s.seen[d.seen.start as usize..d.seen.end as usize] {
+        let v = &mut x[t as usize];
+        if d.repetition_penalty != 1.0 && all > 0 {
+            *v = if *v < 0.0 { *v * d.repetition_penalty } else { *v / d.repetition_penalty };
+        }
+        *v -= all as f32 * (d.frequency_penalty / d.seq_len.max(1) as f32);
+        if out > 0 {
+            *v -= d.presence_penalty + out as f32 * d.count_penalty;
+        }
+    }
+    if let Some(m) = d.mask {
+        for (t, v) in x.iter_mut().enumerate() {
+            if s.masks[m as usize + t / 32] >> (t % 32) & 1 == 0 {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+    }
+    x.iter_mut().for_each(|v| *v /= d.temperature);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return DeviceChoice { token: None, logprob: f32::NAN, top: Vec::new() };
+    }
+    let lse = max as f64 + x.iter().map(|&v| (v as f64 - max as f64).exp()).sum::<f64>().ln();
+    let mut order: Vec<usize> = (0..x.len()).filter(|&t| x[t] > f32::NEG_INFINITY).collect();
+    order.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
+    let lp = |t: usize| (x[t] as f64 - lse) as f32;
+    DeviceChoice {
+        token: Some(TokenId(order[0] as u32)),
+        logprob: lp(order[0]),
+        top: order.iter().take(d.top_n as usize).map(|&t| (TokenId(t as u32), lp(t))).collect(),
+    }
+}
+
+type W = <Cpu as Device>::Weight;
+type C = <Cpu as Device>::Cache;
+type P = <Cpu as Device>::Plan;
+
+impl Device for Wrapped {
+    type Weight = W;
+    type Activation = Mat;
+    type Cache = C;
+    type Plan = P;
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+    fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        self.cpu.run(work)
+    }
+    fn weight(&self, t: HostTensor) -> Result<W, LoadError> {
+        self.cpu.weight(t)
+    }
+    fn activation(&self, rows: usize, cols: usize) -> Mat {
+        self.cpu.activation(rows, cols)
+    }
+    fn kv_cache(&self, layout: KvLayout) -> Result<C, LoadError> {
+        self.cpu.kv_cache(layout)
+    }
+    fn plan(&self, plan: &StepPlan) -> P {
+        self.cpu.plan(plan)
+    }
+    fn embed(&self, table: &W, plan: &P, out: &mut Mat) {
+        self.cpu.embed(table, plan, out)
+    }
+    fn linear(&self, x: &Mat, w: &W, bias: Option<&W>, out: &mut Mat) {
+        self.cpu.linear(x, w, bias, out)
+    }
+    fn rms_norm(&self, x: &Mat, w: &W, eps: f32, out: &mut Mat) {
+        self.cpu.rms_norm(x, w, eps, out)
+    }
+    fn rope(&self, x: &mut Mat, head_dim: usize, plan: &P) {
+        self.cpu.rope(x, head_dim, plan)
+    }
+    fn write_kv(&self, cache: &mut C, layer: usize, k: &Mat, v: &Mat, plan: &P) {
+        self.cpu.write_kv(cache, layer, k, v, plan)
+    }
+    fn attention(
+        &self,
+        q: &Mat,
+        cache: &C,
+        layer: usize,
+        shape: AttentionShape,
+        plan: &P,
+        out: &mut Mat,
+    ) {
+        self.cpu.attention(q, cache, layer, shape, plan, out)
+    }
+    fn silu_mul(&self, gate_up: &Mat, out: &mut Mat) {
+        self.cpu.silu_mul(gate_up, out)
+    }
+    fn split_cols(&self, x: &Mat, widths: &[usize], outs: &mut [&mut Mat]) {
+        self.cpu.split_cols(x, widths, outs)
+    }
+    fn add_assign(&self, x: &mut Mat, y: &Mat) {
+        self.cpu.add_assign(x, y)
+    }
+    fn gather_sample_rows(&self, x: &Mat, plan: &P, out: &mut Mat) {
+        self.cpu.gather_sample_rows(x, plan, out)
+    }
+    fn samples_tokens(&self) -> bool {
+        self.on_device
+    }
+    fn sample(&self, logits: &Mat, s: &DeviceSampling) -> Result<Vec<DeviceChoice>, DeviceError> {
+        let host = self.to_host(logits)?;
+        let vocab = s.vocab;
+        Ok((0..s.rows.len())
+            .map(|r| {
+                let row = s.rows[r].logits_row as usize;
+                reference(&host[row * vocab..(row + 1) * vocab], s, r)
+            })
+            .collect())
+    }
+    fn to_host(&self, x: &Mat) -> Result<Vec<f32>, DeviceError> {
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(DeviceError { device: "faulty", message: "injected fault".into() });
+        }
+        self.cpu.to_host(x)
+    }
+}
