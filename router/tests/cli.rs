@@ -69,3 +69,19 @@ fn unknown_dtype_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown --dtype `float8`"), "{stderr}");
 }
+
+#[test]
+fn device_cuda_without_a_usable_gpu_exits_with_the_reason() {
+    if rill_backend::Cuda::probe(0).is_ok() {
+        println!("SKIP: this machine has a usable GPU");
+        return;
+    }
+    let out = rill(&["--device", "cuda"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--device cuda") && stderr.contains("no usable CUDA device"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
