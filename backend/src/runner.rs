@@ -230,17 +230,7 @@ impl<D: Device> Runner<D> {
         let (device, sampler) = (&self.device, &mut self.sampler);
         let choices = device.run(|| sampler.sample(to_sample, jobs));
         for ((id, choice), logits) in choices.into_iter().zip(raw_logits) {
-            match choice {
-                Ok(c) => out.sampled.push(SampledToken {
-                    id,
-                    token: c.token,
-                    logprob: c.logprob,
-                    top: c.top,
-                    forced: c.forced,
-                    logits,
-                }),
-                Err(e) => out.failed.push((id, e)),
-            }
+            record(&mut out, id, choice, logits);
         }
         self.stats.sampling = sampling.elapsed();
         Ok(out)
@@ -269,17 +259,7 @@ impl<D: Device> Runner<D> {
         };
         let mut out = StepOutput::default();
         for (id, choice) in self.sampler.apply_device(pending, Some(choices)) {
-            match choice {
-                Ok(c) => out.sampled.push(SampledToken {
-                    id,
-                    token: c.token,
-                    logprob: c.logprob,
-                    top: c.top,
-                    forced: c.forced,
-                    logits: None,
-                }),
-                Err(e) => out.failed.push((id, e)),
-            }
+            record(&mut out, id, choice, None);
         }
         self.stats.sampling = started.elapsed();
         Ok(out)
@@ -333,5 +313,25 @@ impl<D: Device> Runner<D> {
             }
         }
         Ok(())
+    }
+}
+
+/// A sequence's outcome of the step: its token, or why it has none.
+fn record(
+    out: &mut StepOutput,
+    id: rill_proto::SeqId,
+    choice: Result<sampler::Choice, String>,
+    logits: Option<Vec<f32>>,
+) {
+    match choice {
+        Ok(c) => out.sampled.push(SampledToken {
+            id,
+            token: c.token,
+            logprob: c.logprob,
+            top: c.top,
+            forced: c.forced,
+            logits,
+        }),
+        Err(e) => out.failed.push((id, e)),
     }
 }
