@@ -109,9 +109,6 @@ __device__ float block_max(float v, float* scratch) {
     v = lane < SAMPLE_THREADS / 32 ? scratch[lane] : -S_INF;
     return s_warp_max(v);
 }
-__device__ unsigned block_count(unsigned v) {
-    return (unsigned)block_sum((float)v);  // exact: counts stay below 2^24 (vocabularies do)
-}
 
 // The first index holding `m` (argmax), or the smallest index of a kept token.
 __device__ unsigned block_min_index(unsigned v, unsigned* scratch) {
@@ -127,32 +124,20 @@ __device__ unsigned block_min_index(unsigned v, unsigned* scratch) {
     return v;
 }
 
-// Largest threshold (as an ordered integer) with count(x ≥ t) ≥ k.
-__device__ unsigned kth_threshold(const float* row, int vocab, unsigned k) {
-    unsigned prefix = 0;
-    for (int bit = 31; bit >= 0; --bit) {
-        const unsigned cand = prefix | (1u << bit);
-        unsigned n = 0;
-        for (int t = threadIdx.x; t < vocab; t += SAMPLE_THREADS) {
-            const float x = row[t];
-            n += (x > -S_INF && ordered(x) >= cand) ? 1u : 0u;
-        }
-        if (block_count(n) >= k) prefix = cand;
-    }
-    return prefix;
-}
-
-// Largest threshold with Σ e^(x - m) over x ≥ t at least `mass`.
-__device__ unsigned mass_threshold(const float* row, int vocab, float m, float mass) {
+// Largest threshold t (as an ordered integer) whose upper set {x ≥ t} still measures
+// at least `target`: its token count (`count`: top-k) or its mass Σ e^(x - m) (top-p).
+// Counts are summed as floats: exact, since a block sums fewer than 2^24 tokens.
+__device__ unsigned largest_threshold(const float* row, int vocab, float m, float target,
+                                      bool count) {
     unsigned prefix = 0;
     for (int bit = 31; bit >= 0; --bit) {
         const unsigned cand = prefix | (1u << bit);
         float s = 0.0f;
         for (int t = threadIdx.x; t < vocab; t += SAMPLE_THREADS) {
             const float x = row[t];
-            if (x > -S_INF && ordered(x) >= cand) s += __expf(x - m);
+            if (x > -S_INF && ordered(x) >= cand) s += count ? 1.0f : __expf(x - m);
         }
-        if (block_sum(s) >= mass) prefix = cand;
+        if (block_sum(s) >= target) prefix = cand;
     }
     return prefix;
 }
@@ -238,14 +223,14 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
 
     // top-k: keep x ≥ the k-th largest.
     unsigned lo = 0;
-    if (p.top_k > 0 && p.top_k < (unsigned)vocab) lo = kth_threshold(row, vocab, p.top_k);
+    if (p.top_k > 0 && p.top_k < (unsigned)vocab) lo = largest_threshold(row, vocab, m, (float)p.top_k, true);
     // top-p over what top-k kept.
     if (p.top_p < 1.0f) {
         float z = 0.0f;
         for (int t = threadIdx.x; t < vocab; t += SAMPLE_THREADS)
             if (row[t] > -S_INF && ordered(row[t]) >= lo) z += __expf(row[t] - m);
         z = block_sum(z);
-        const unsigned cut = mass_threshold(row, vocab, m, p.top_p * z);
+        const unsigned cut = largest_threshold(row, vocab, m, p.top_p * z, false);
         lo = max(lo, cut);
     }
     // Drop what the thresholds removed, then typical over the rest.
