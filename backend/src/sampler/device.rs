@@ -10,28 +10,19 @@
 
 use std::collections::HashMap;
 
-use rill_proto::{SeqId, SeqStep, TokenId};
+use rill_proto::{SamplingParams, SeqId, SeqStep, TokenId};
 
 use super::{Choice, MaskJob, Sampler, SeqState, watermark};
 
-/// One sampling row's parameters, neutral values meaning "off" (as in
-/// `rill_proto::SamplingParams`), with its state flattened.
+/// One sampling row: its sequence's parameters (the grammar is already a mask here)
+/// and its state flattened.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeviceRow {
     /// The row of the step's logits to choose from.
     pub logits_row: u32,
-    pub temperature: f32,
-    pub top_k: u32,
-    pub top_p: f32,
-    pub typical_p: f32,
-    pub repetition_penalty: f32,
-    pub frequency_penalty: f32,
-    pub presence_penalty: f32,
-    pub count_penalty: f32,
-    pub do_sample: bool,
+    pub params: SamplingParams,
     /// The watermark key of the previous token, when the watermark is on.
     pub watermark_key: Option<u32>,
-    pub seed: u64,
     /// Position of the token being chosen (the random stream's counter).
     pub position: u64,
     /// Tokens so far (TGI's frequency penalty divides by it).
@@ -108,17 +99,8 @@ impl Sampler {
             }
             let mut row = DeviceRow {
                 logits_row: logits_row as u32,
-                temperature: 1.0,
-                top_k: 0,
-                top_p: 1.0,
-                typical_p: 1.0,
-                repetition_penalty: 1.0,
-                frequency_penalty: 0.0,
-                presence_penalty: 0.0,
-                count_penalty: 0.0,
-                do_sample: false,
+                params: SamplingParams::default(),
                 watermark_key: None,
-                seed: 0,
                 position: seq.end_pos() as u64,
                 seq_len: seq.end_pos() as u32,
                 seen: 0..0,
@@ -127,16 +109,7 @@ impl Sampler {
             };
             if let Some(st) = &state {
                 let p = &st.params;
-                row.temperature = p.temperature;
-                row.top_k = p.top_k;
-                row.top_p = p.top_p;
-                row.typical_p = p.typical_p;
-                row.repetition_penalty = p.repetition_penalty;
-                row.frequency_penalty = p.frequency_penalty;
-                row.presence_penalty = p.presence_penalty;
-                row.count_penalty = p.count_penalty;
-                row.do_sample = p.samples();
-                row.seed = p.seed;
+                row.params = SamplingParams { grammar: None, ..p.clone() };
                 row.seq_len = st.seen as u32;
                 row.watermark_key = st.last.filter(|_| p.watermark).map(watermark::key);
                 let start = ds.seen.len() as u32;

@@ -31,12 +31,16 @@ fn reference(row: &[f32], s: &DeviceSampling, r: usize) -> DeviceChoice {
     let mut x = row.to_vec();
     for &(t, all, out) in &s.seen[d.seen.start as usize..d.seen.end as usize] {
         let v = &mut x[t as usize];
-        if d.repetition_penalty != 1.0 && all > 0 {
-            *v = if *v < 0.0 { *v * d.repetition_penalty } else { *v / d.repetition_penalty };
+        if d.params.repetition_penalty != 1.0 && all > 0 {
+            *v = if *v < 0.0 {
+                *v * d.params.repetition_penalty
+            } else {
+                *v / d.params.repetition_penalty
+            };
         }
-        *v -= all as f32 * (d.frequency_penalty / d.seq_len.max(1) as f32);
+        *v -= all as f32 * (d.params.frequency_penalty / d.seq_len.max(1) as f32);
         if out > 0 {
-            *v -= d.presence_penalty + out as f32 * d.count_penalty;
+            *v -= d.params.presence_penalty + out as f32 * d.params.count_penalty;
         }
     }
     if let Some(m) = d.mask {
@@ -46,7 +50,7 @@ fn reference(row: &[f32], s: &DeviceSampling, r: usize) -> DeviceChoice {
             }
         }
     }
-    x.iter_mut().for_each(|v| *v /= d.temperature);
+    x.iter_mut().for_each(|v| *v /= d.params.temperature);
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         return DeviceChoice { token: None, logprob: f32::NAN, top: Vec::new() };

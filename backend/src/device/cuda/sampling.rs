@@ -26,17 +26,17 @@ impl Cuda {
             .rows
             .iter()
             .map(|r| SampleParams {
-                temperature: r.temperature,
-                top_p: r.top_p,
-                typical_p: r.typical_p,
-                rep_penalty: r.repetition_penalty,
-                freq_penalty: r.frequency_penalty,
-                presence: r.presence_penalty,
-                count_penalty: r.count_penalty,
-                top_k: r.top_k,
-                seed: r.seed,
+                temperature: r.params.temperature,
+                top_p: r.params.top_p,
+                typical_p: r.params.typical_p,
+                rep_penalty: r.params.repetition_penalty,
+                freq_penalty: r.params.frequency_penalty,
+                presence: r.params.presence_penalty,
+                count_penalty: r.params.count_penalty,
+                top_k: r.params.top_k,
+                seed: r.params.seed,
                 position: r.position,
-                flags: if r.do_sample { SampleParams::DO_SAMPLE } else { 0 }
+                flags: if r.params.samples() { SampleParams::DO_SAMPLE } else { 0 }
                     | if r.watermark_key.is_some() { SampleParams::WATERMARK } else { 0 },
                 watermark_key: r.watermark_key.unwrap_or(0),
                 counts_off: r.seen.start,
