@@ -123,7 +123,16 @@ impl<D: Device> Runner<D> {
             kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
         };
-        let cache = device.kv_cache(layout)?;
+        let mut cache = device.kv_cache(layout)?;
+        let recorded = device.run(|| {
+            let forward = &mut |cache: &mut D::Cache, host: &StepPlan, plan: &D::Plan| {
+                model.forward(&device, cache, host, plan)
+            };
+            device.prepare_replay(&mut cache, model.config(), forward)
+        });
+        if let Some(recorded) = recorded {
+            tracing::info!("{}: {recorded}", device.name());
+        }
         let sampler = Sampler::new(c.vocab_size);
         Ok(Runner { device, model, cache, layout, sampler, stats: StepStats::default() })
     }
@@ -179,8 +188,10 @@ impl<D: Device> Runner<D> {
                 })
             });
             let logits = device.run(|| {
-                let plan = device.plan(&host);
-                model.forward(device, cache, &host, &plan)
+                let forward = &mut |cache: &mut D::Cache, host: &StepPlan, plan: &D::Plan| {
+                    model.forward(device, cache, host, plan)
+                };
+                device.forward(cache, &host, forward)
             });
             stats.forward = started.elapsed();
             let waited = Instant::now();

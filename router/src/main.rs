@@ -102,6 +102,10 @@ struct Args {
     /// nor --max-batch-total-tokens sizes it.
     #[arg(long, env = "CUDA_MEMORY_FRACTION", default_value_t = 0.9)]
     cuda_memory_fraction: f64,
+    /// Decode batch sizes recorded as CUDA graphs, comma-separated (TGI's flag); `0`
+    /// turns graphs off. Sizes past the first one that holds --max-batch-size are dropped.
+    #[arg(long, env = "CUDA_GRAPHS", value_parser = parse_cuda_graphs, default_value = "1,2,4,8,16,32,64,128,256")]
+    cuda_graphs: CudaGraphs,
     /// CPU threads (default: one per core).
     #[arg(long, env = "NUM_THREADS")]
     num_threads: Option<usize>,
@@ -136,6 +140,22 @@ struct Args {
     /// Refuse `grammar` parameters (422) instead of compiling them.
     #[arg(long, env = "DISABLE_GRAMMAR_SUPPORT")]
     disable_grammar_support: bool,
+}
+
+/// `--cuda-graphs`: decode buckets, ascending (empty: off).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CudaGraphs(Vec<usize>);
+
+fn parse_cuda_graphs(s: &str) -> Result<CudaGraphs, String> {
+    rill_backend::device::cuda::parse_buckets(s).map(CudaGraphs)
+}
+
+impl CudaGraphs {
+    /// The buckets a scheduler of `max_batch_size` sequences can use.
+    fn up_to(&self, max_batch_size: usize) -> Vec<usize> {
+        let last = rill_backend::device::cuda::bucket_for(&self.0, max_batch_size);
+        self.0.iter().copied().filter(|&b| b <= last.unwrap_or(usize::MAX)).collect()
+    }
 }
 
 fn bundled_model() -> PathBuf {
@@ -189,6 +209,7 @@ fn load_cuda(
     format: LoadFormat,
     max_rows: usize,
 ) -> Result<Runner<Cuda>> {
+    device.set_graph_buckets(args.cuda_graphs.up_to(max_batch_size(args)));
     let model = Llama::load(c, format.open(dir, c)?.as_ref(), &device)?;
     let kv_cache_bytes = match explicit_kv_bytes(args, c) {
         Some(bytes) => bytes,
@@ -213,6 +234,11 @@ fn load_cuda(
         }
     };
     Ok(Runner::new(device, model, kv_cache_bytes)?)
+}
+
+/// Sequences one step may hold (`--max-batch-size`, else `--max-concurrent-requests`).
+fn max_batch_size(args: &Args) -> usize {
+    args.max_batch_size.unwrap_or(args.max_concurrent_requests).max(1)
 }
 
 /// The KV cache size the flags give, if they give one.
@@ -302,7 +328,7 @@ where
             c.max_position_embeddings
         );
     }
-    let max_batch_size = args.max_batch_size.unwrap_or(args.max_concurrent_requests).max(1);
+    let max_batch_size = max_batch_size(args);
     tracing::info!(
         model = %dir.display(),
         architecture = c.architecture.hf_name(),
@@ -491,4 +517,18 @@ async fn main() -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_buckets_stop_at_the_first_that_holds_the_largest_batch() {
+        let graphs = parse_cuda_graphs("1,2,4,8,16,32").unwrap();
+        assert_eq!(graphs.up_to(5), [1, 2, 4, 8]);
+        assert_eq!(graphs.up_to(8), [1, 2, 4, 8]);
+        assert_eq!(graphs.up_to(1000), [1, 2, 4, 8, 16, 32]);
+        assert_eq!(parse_cuda_graphs("0").unwrap().up_to(8), Vec::<usize>::new());
+    }
 }

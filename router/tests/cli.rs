@@ -85,3 +85,11 @@ fn device_cuda_without_a_usable_gpu_exits_with_the_reason() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_bad_cuda_graphs_list_is_refused_before_anything_loads() {
+    let out = rill(&["--cuda-graphs", "1,2,many"]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--cuda-graphs") && stderr.contains("`many`"), "{stderr}");
+}

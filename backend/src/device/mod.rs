@@ -19,6 +19,7 @@ pub mod cuda;
 
 use rill_proto::{BLOCK_SIZE, ForwardBatch};
 
+use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::sampler::{DeviceChoice, DeviceSampling};
 use crate::weights::HostTensor;
@@ -82,10 +83,16 @@ pub struct StepPlan {
     /// Rows whose logits are computed: per sequence, the rows of its
     /// `logprob_targets`, then its last row if it samples.
     pub sample_rows: Vec<u32>,
-    /// `cos`/`sin` of each row's rotary angles, `[rows, head_dim / 2]`.
+    /// `cos`/`sin` of each row's rotary angles, `[rows, rope_half]`.
     pub rope_cos: Vec<f32>,
     pub rope_sin: Vec<f32>,
+    /// `head_dim / 2`: rotary angles per row.
+    pub rope_half: usize,
 }
+
+/// The cache slot of a row whose K and V must not be stored (a padding row of a CUDA
+/// graph's batch): `write_kv` skips it on every device.
+pub const NO_SLOT: u32 = rill_kernels::kv::NO_SLOT;
 
 impl StepPlan {
     /// Lay out a (validated) batch. `inv_freq` is the model's rotary table.
@@ -115,7 +122,37 @@ impl StepPlan {
             }
         }
         (plan.rope_cos, plan.rope_sin) = crate::rope::cos_sin(inv_freq, &plan.positions);
+        plan.rope_half = inv_freq.len();
         plan
+    }
+
+    /// Every sequence decodes one token and samples it, and nothing else is computed:
+    /// the step a CUDA graph replays (`sample_rows` is exactly `0..rows`).
+    pub fn is_plain_decode(&self) -> bool {
+        self.seqs.iter().all(|s| s.len == 1)
+            && self.sample_rows.iter().copied().eq(0..self.rows() as u32)
+    }
+
+    /// Pad a plain decode step to `seqs` sequences. A padding sequence decodes token 0 at
+    /// position 0, attends to slot 0 of block 0 (any block: it only reads it), stores no
+    /// K/V ([`NO_SLOT`]) and samples; the real rows' results do not depend on it, and
+    /// they keep their rows, so the first logits rows are the real ones.
+    pub fn pad_decode(&mut self, seqs: usize) {
+        debug_assert!(self.is_plain_decode());
+        for i in self.seqs.len()..seqs {
+            let row = self.rows();
+            let block = self.block_tables.len();
+            self.block_tables.push(0);
+            self.seqs.push(SeqPlan { row, len: 1, start_pos: 0, blocks: block..block + 1 });
+            self.tokens.push(0);
+            self.positions.push(0);
+            self.slots.push(NO_SLOT);
+            self.row_seq.push(i as u32);
+            self.sample_rows.push(row as u32);
+            // cos 0 and sin 0 of every angle of position 0.
+            self.rope_cos.extend(std::iter::repeat_n(1.0, self.rope_half));
+            self.rope_sin.extend(std::iter::repeat_n(0.0, self.rope_half));
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -137,6 +174,12 @@ pub struct AttentionShape {
     /// Keys visible to a query at position p: `(p - window, p]`; `None` = all of `[0, p]`.
     pub window: Option<usize>,
 }
+
+/// The model's forward pass as a device drives it: enqueue one step's ops over the host
+/// plan and its device copy, and return the logits of the plan's `sample_rows`. It takes
+/// its row count from the plan it is given, which may be a padded copy of the step's.
+pub type Forward<'a, D> = dyn FnMut(&mut <D as Device>::Cache, &StepPlan, &<D as Device>::Plan) -> <D as Device>::Activation
+    + 'a;
 
 /// A compute device: where weights live and ops run.
 ///
@@ -163,6 +206,32 @@ pub trait Device: Send + Sync + Sized + 'static {
     fn activation(&self, rows: usize, cols: usize) -> Self::Activation;
     fn kv_cache(&self, layout: KvLayout) -> Result<Self::Cache, LoadError>;
     fn plan(&self, plan: &StepPlan) -> Self::Plan;
+
+    /// Run one step: `forward` over `host`. The default copies the plan to the device and
+    /// calls `forward`; a device may instead replay what it recorded of an earlier call
+    /// (the CUDA device's decode graphs, see [`Device::prepare_replay`]). Either way the
+    /// result is the logits of `host.sample_rows`.
+    fn forward(
+        &self,
+        cache: &mut Self::Cache,
+        host: &StepPlan,
+        forward: &mut Forward<'_, Self>,
+    ) -> Self::Activation {
+        let plan = self.plan(host);
+        forward(cache, host, &plan)
+    }
+    /// Record whatever [`Device::forward`] will replay, once `cache` exists (its
+    /// addresses may be recorded). Returns what was recorded, for the log; a device that
+    /// fails to record logs why and runs every step eagerly. Nothing by default.
+    fn prepare_replay(
+        &self,
+        cache: &mut Self::Cache,
+        config: &ModelConfig,
+        forward: &mut Forward<'_, Self>,
+    ) -> Option<String> {
+        let _ = (cache, config, forward);
+        None
+    }
 
     /// `out[r] = table[plan.tokens[r]]`
     fn embed(&self, table: &Self::Weight, plan: &Self::Plan, out: &mut Self::Activation);
@@ -243,4 +312,68 @@ pub trait Device: Send + Sync + Sized + 'static {
     /// something in the step failed (ops themselves cannot return errors: a device
     /// records the first failure, skips the rest of the step and answers it here).
     fn to_host(&self, x: &Self::Activation) -> Result<Vec<f32>, DeviceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rill_proto::{BlockId, SeqId, SeqStep, TokenId};
+
+    fn step(id: u64, tokens: &[u32], start_pos: usize, sample: bool, targets: usize) -> SeqStep {
+        SeqStep {
+            id: SeqId(id),
+            tokens: tokens.iter().copied().map(TokenId).collect(),
+            start_pos,
+            block_table: vec![BlockId(id as u32 + 1), BlockId(id as u32 + 5)],
+            sample,
+            top_n: 0,
+            logprob_targets: vec![TokenId(0); targets],
+            sampling: None,
+        }
+    }
+
+    fn plan(seqs: Vec<SeqStep>) -> StepPlan {
+        StepPlan::new(&ForwardBatch { seqs, ..Default::default() }, &[1.0, 0.5])
+    }
+
+    #[test]
+    fn a_plain_decode_step_is_one_sampled_row_per_sequence() {
+        assert!(
+            plan(vec![step(0, &[5], 20, true, 0), step(1, &[6], 3, true, 0)]).is_plain_decode()
+        );
+        assert!(plan(vec![]).is_plain_decode());
+        // A prefill chunk, a row that does not sample, a prompt logprob.
+        assert!(
+            !plan(vec![step(0, &[5], 20, true, 0), step(1, &[6, 7], 3, true, 0)]).is_plain_decode()
+        );
+        assert!(
+            !plan(vec![step(0, &[5], 20, false, 0), step(1, &[6], 3, true, 0)]).is_plain_decode()
+        );
+        assert!(!plan(vec![step(0, &[5], 20, true, 1)]).is_plain_decode());
+    }
+
+    #[test]
+    fn padding_appends_sequences_that_store_nothing_and_keeps_the_real_rows() {
+        let real = plan(vec![step(0, &[5], 20, true, 0), step(1, &[6], 3, true, 0)]);
+        let mut padded = real.clone();
+        padded.pad_decode(4);
+        assert!(padded.is_plain_decode());
+        assert_eq!(padded.rows(), 4);
+        assert_eq!(padded.seqs[..2], real.seqs[..]);
+        assert_eq!(&padded.tokens[..2], &real.tokens[..]);
+        assert_eq!(padded.slots, [real.slots[0], real.slots[1], NO_SLOT, NO_SLOT]);
+        assert_eq!(padded.sample_rows, [0, 1, 2, 3]);
+        assert_eq!(padded.row_seq, [0, 1, 2, 3]);
+        assert_eq!(padded.positions[2..], [0, 0]);
+        assert_eq!(padded.seqs[3], SeqPlan { row: 3, len: 1, start_pos: 0, blocks: 5..6 });
+        assert_eq!(padded.block_table(3), [0]);
+        // Position 0's rotation is the identity.
+        assert_eq!(padded.rope_cos[4..], [1.0; 4]);
+        assert_eq!(padded.rope_sin[4..], [0.0; 4]);
+        assert_eq!(&padded.rope_cos[..4], &real.rope_cos[..]);
+        // Padding to fewer sequences than the step has does nothing.
+        let mut same = real.clone();
+        same.pad_decode(1);
+        assert_eq!(same, real);
+    }
 }

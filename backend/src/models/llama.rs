@@ -171,7 +171,7 @@ impl<D: Device> Llama<D> {
     }
 
     /// One forward pass over the planned rows; returns the logits of the sample
-    /// rows, `[plan.sample_rows.len(), vocab]`.
+    /// rows, `[host.sample_rows.len(), vocab]`. `plan` is `host` on the device.
     pub fn forward(
         &self,
         dev: &D,

@@ -54,7 +54,7 @@ const CUDA: Tol = Tol {
 };
 
 /// The CUDA device, or `None` after printing why there is none.
-fn cuda() -> Option<Cuda> {
+pub(crate) fn cuda() -> Option<Cuda> {
     match Cuda::new(0) {
         Ok(dev) => Some(dev),
         Err(e) => {
@@ -75,7 +75,7 @@ fn scaled_err(got: &[f32], want: &[f32]) -> f32 {
 }
 
 #[track_caller]
-fn check(what: &str, got: &[f32], want: &[f32], tol: f32) {
+pub(crate) fn check(what: &str, got: &[f32], want: &[f32], tol: f32) {
     if tol == 0.0 {
         assert!(got == want, "{what}: not bit-identical (scaled error {})", scaled_err(got, want));
     } else {

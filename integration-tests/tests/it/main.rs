@@ -3,6 +3,8 @@
 //! - `batching`: the scheduler on the real engine, under memory pressure.
 //! - `cuda_parity`: the CUDA device against the CPU device, op by op and on the fixture
 //!   models (each body also runs CPU against CPU; without a GPU the CUDA runs SKIP).
+//! - `decode_buckets`: decode steps padded to a bucket (as for CUDA graphs) give exactly
+//!   the unpadded steps' results.
 //! - `oracle`: the CPU engine against Hugging Face transformers on the fixture models
 //!   (logits, greedy continuations, chunking and batching invariance, 16-bit weights).
 //! - `loading`: broken model directories give errors that name the file and field.
@@ -13,6 +15,7 @@
 
 mod batching;
 mod cuda_parity;
+mod decode_buckets;
 mod device_sampling;
 mod harness;
 mod loading;

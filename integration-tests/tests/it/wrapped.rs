@@ -1,26 +1,43 @@
-//! The CPU device with two knobs, to drive the runner's device paths without a GPU:
-//! `fail` makes the step fail as a device fault would, and `on_device` makes the device
+//! The CPU device with three knobs, to drive the runner's device paths without a GPU:
+//! `fail` makes the step fail as a device fault would; `on_device` makes the device
 //! choose tokens itself ([`Device::sample`]) with a host reference of the processors a
 //! greedy row can use (penalties, grammar mask, temperature), so the runner's and the
-//! sampler's device plumbing is tested against the host sampler.
+//! sampler's device plumbing is tested against the host sampler; `pad_buckets` runs
+//! plain decode steps padded to a bucket, as the CUDA device's graphs do
+//! ([`Device::forward`], [`StepPlan::pad_decode`]).
 
 use rill_backend::device::cpu::Mat;
-use rill_backend::device::{AttentionShape, Device, DeviceError, KvLayout, StepPlan};
+use rill_backend::device::cuda::bucket_for;
+use rill_backend::device::{AttentionShape, Device, DeviceError, Forward, KvLayout, StepPlan};
 use rill_backend::sampler::{DeviceChoice, DeviceSampling};
 use rill_backend::weights::HostTensor;
 use rill_backend::{Cpu, LoadError};
 use rill_proto::TokenId;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub struct Wrapped {
     cpu: Cpu,
     pub fail: AtomicBool,
     on_device: bool,
+    pad_buckets: Vec<usize>,
+    /// Steps that ran padded.
+    pub padded_steps: AtomicUsize,
 }
 
 impl Wrapped {
     pub fn new(on_device: bool) -> Self {
-        Wrapped { cpu: Cpu::new(), fail: AtomicBool::new(false), on_device }
+        Wrapped {
+            cpu: Cpu::new(),
+            fail: AtomicBool::new(false),
+            on_device,
+            pad_buckets: Vec::new(),
+            padded_steps: AtomicUsize::new(0),
+        }
+    }
+
+    /// Pad plain decode steps to the smallest of `buckets` (ascending) that holds them.
+    pub fn padding(buckets: &[usize]) -> Self {
+        Wrapped { pad_buckets: buckets.to_vec(), ..Wrapped::new(false) }
     }
 }
 
@@ -92,6 +109,22 @@ impl Device for Wrapped {
     }
     fn plan(&self, plan: &StepPlan) -> P {
         self.cpu.plan(plan)
+    }
+    fn forward(&self, cache: &mut C, host: &StepPlan, forward: &mut Forward<'_, Self>) -> Mat {
+        let bucket = bucket_for(&self.pad_buckets, host.seqs.len());
+        let Some(bucket) = bucket.filter(|_| host.is_plain_decode()) else {
+            let plan = self.plan(host);
+            return forward(cache, host, &plan);
+        };
+        self.padded_steps.fetch_add(1, Ordering::Relaxed);
+        let mut padded = host.clone();
+        padded.pad_decode(bucket);
+        let plan = self.plan(&padded);
+        let mut logits = forward(cache, &padded, &plan);
+        // The real rows come first.
+        logits.rows = host.rows();
+        logits.data.truncate(logits.rows * logits.cols);
+        logits
     }
     fn embed(&self, table: &W, plan: &P, out: &mut Mat) {
         self.cpu.embed(table, plan, out)

@@ -204,6 +204,9 @@ impl Device for Cpu {
         let width = cache.layout.kv_heads * cache.layout.head_dim;
         debug_assert_eq!(k.cols, width);
         for (r, &slot) in plan.slots.iter().enumerate() {
+            if slot == super::NO_SLOT {
+                continue;
+            }
             let at = slot as usize * width;
             cache.k[layer][at..at + width].copy_from_slice(k.row(r));
             cache.v[layer][at..at + width].copy_from_slice(v.row(r));

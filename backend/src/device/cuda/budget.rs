@@ -5,7 +5,8 @@
 //! the scheduler will ever run (`--max-batch-prefill-tokens` rows, every row's logits) on a
 //! throwaway cache, so cuBLAS and the kernels have loaded what they load lazily; then the
 //! KV cache takes `(free - reserve) × fraction` ([`KvBudget`]), where the reserve is the
-//! activations of that largest step ([`step_bytes`], estimated from the model's shape:
+//! activations of that largest step and of the largest decode graph's batch (kept for
+//! good in the graphs' arena) ([`step_bytes`], estimated from the model's shape:
 //! the pool returns a step's buffers to the driver when the stream synchronises, so the
 //! warm-up's own peak cannot be read off free memory afterwards) plus a fixed margin.
 
@@ -40,9 +41,9 @@ pub fn step_bytes(c: &ModelConfig, rows: usize) -> usize {
     2 * rows * per_row
 }
 
-/// Memory kept back from the KV cache besides the activations of the largest step:
-/// the cuBLAS workspace and what later steps may load lazily (kernels cuBLAS picks for
-/// shapes the warm-up did not use, CUDA-graph memory).
+/// Memory kept back from the KV cache besides the activations of the largest step and
+/// of the largest decode graph: what later steps may load lazily (kernels cuBLAS picks
+/// for shapes the warm-up did not use) and the graphs' own driver memory.
 pub const FIXED_RESERVE_BYTES: usize = 512 << 20;
 
 /// How the KV cache was sized from free GPU memory (logged at start-up).
@@ -122,7 +123,12 @@ impl Cuda {
         fraction: f64,
     ) -> Result<KvBudget, LoadError> {
         let (free, total) = self.mem_get_info()?;
-        let reserved = step_bytes(config, max_rows) + FIXED_RESERVE_BYTES;
+        // The decode graphs' arena: the activations of the largest bucket, for good.
+        let graphs = {
+            let graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+            graphs.buckets.last().map_or(0, |&b| step_bytes(config, b))
+        };
+        let reserved = step_bytes(config, max_rows) + graphs + FIXED_RESERVE_BYTES;
         Ok(KvBudget::new(free, total, reserved, fraction))
     }
 }

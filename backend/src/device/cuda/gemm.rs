@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use cudarc::cublas::result::{CublasError, gemm_ex};
+use cudarc::cublas::result::gemm_ex;
 use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cudaDataType,
 };
@@ -28,12 +28,18 @@ use half::{bf16, f16};
 
 use super::OpError;
 
-/// A cuBLAS handle bound to the device's stream.
+/// A cuBLAS handle bound to the device's stream, with its own workspace.
 #[derive(Debug)]
 pub(super) struct Blas {
     blas: CudaBlas,
     stream: Arc<CudaStream>,
+    /// Set on the handle so that no GEMM allocates one, which a CUDA graph capture
+    /// forbids; 32 MiB is what NVIDIA recommends for Hopper (4 MiB before it).
+    _workspace: CudaSlice<u8>,
 }
+
+/// Bytes of [`Blas`]'s workspace.
+pub(super) const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// A 16-bit GEMM input type and its cuBLAS name.
 pub(super) trait Half: cudarc::driver::DeviceRepr {
@@ -69,7 +75,7 @@ impl LinearShape {
 }
 
 impl Blas {
-    pub fn new(stream: Arc<CudaStream>) -> Result<Self, CublasError> {
+    pub fn new(stream: Arc<CudaStream>) -> Result<Self, OpError> {
         let blas = CudaBlas::new(Arc::clone(&stream))?;
         // SAFETY: the handle was just created and is valid; the mode is a plain enum value.
         unsafe {
@@ -79,7 +85,21 @@ impl Blas {
             )
         }
         .result()?;
-        Ok(Blas { blas, stream })
+        // After `cublasSetStream` (in `CudaBlas::new`), which resets the workspace to
+        // cuBLAS's default pool; nothing sets the stream again.
+        let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES)?;
+        let ptr = workspace.device_ptr(&stream).0;
+        // SAFETY: `ptr` is a device allocation of WORKSPACE_BYTES on the handle's stream,
+        // owned by the returned `Blas` as long as the handle (dropped first: field order).
+        unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                ptr as *mut std::ffi::c_void,
+                WORKSPACE_BYTES,
+            )
+        }
+        .result()?;
+        Ok(Blas { blas, stream, _workspace: workspace })
     }
 
     /// `out = x · wᵀ` in f32.

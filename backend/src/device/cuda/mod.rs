@@ -1,8 +1,10 @@
 //! The CUDA device: the model's op set on an NVIDIA GPU, with Rill's own kernels
 //! (`rill_kernels`, compiled by NVRTC at start-up) and cuBLAS GEMMs.
 //!
-//! [`Cuda`] owns a context, one non-default stream (capturable for CUDA graphs later:
-//! the legacy stream is not), a cuBLAS handle on it ([`gemm`]), and the loaded kernels.
+//! [`Cuda`] owns a context, one non-default stream (capturable for CUDA graphs: the
+//! legacy stream is not), a cuBLAS handle on it with its own workspace ([`gemm`]), the
+//! loaded kernels, and the decode steps recorded as CUDA graphs ([`graphs`]): a plain
+//! decode step replays the graph of its batch-size bucket, every other step runs eagerly.
 //! Weights keep their checkpoint dtype ([`CudaWeight`]); activations are row-major f32
 //! ([`CudaMat`]); the paged KV cache stores f32 in the CPU device's NHD layout
 //! ([`CudaKvCache`]), so every op can be checked against the CPU reference
@@ -25,6 +27,7 @@
 
 mod budget;
 mod gemm;
+mod graphs;
 mod library;
 mod memory;
 mod sampling;
@@ -32,19 +35,21 @@ mod sampling;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError};
-use half::{bf16, f16};
+use cudarc::driver::{CudaContext, CudaStream, DriverError};
 use rill_kernels::{AttentionMeta, KernelError, Kernels};
 
 pub use budget::{FIXED_RESERVE_BYTES, KvBudget, step_bytes};
+pub use graphs::{DEFAULT_BUCKETS, bucket_for, parse_buckets};
 pub use memory::{CudaKvCache, CudaMat, CudaPlan, CudaWeight, WeightData};
 
 use self::gemm::{Blas, LinearShape};
-use self::memory::{PlanArrays, upload};
-use super::{AttentionShape, Device, DeviceError, KvLayout, StepPlan};
+use self::graphs::Graphs;
+use self::memory::{PlanArrays, Scratch, grow, upload_weight};
+use super::{AttentionShape, Device, DeviceError, Forward, KvLayout, StepPlan};
+use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::sampler::{DeviceChoice, DeviceSampling};
-use crate::weights::{HostTensor, TensorData};
+use crate::weights::HostTensor;
 
 /// Why an op could not be enqueued.
 #[derive(Debug, thiserror::Error)]
@@ -61,16 +66,6 @@ enum OpError {
     Shape(String),
 }
 
-/// Buffers reused across ops, grown on demand.
-#[derive(Debug, Default)]
-struct Scratch {
-    /// The activation cast to 16 bits for a bf16/f16 GEMM.
-    x_bf16: Option<CudaSlice<bf16>>,
-    x_f16: Option<CudaSlice<f16>>,
-    /// The attention kernels' split-K partials.
-    attention: Option<CudaSlice<f32>>,
-}
-
 /// An NVIDIA GPU: context, stream, cuBLAS handle and compiled kernels.
 pub struct Cuda {
     ctx: Arc<CudaContext>,
@@ -78,6 +73,7 @@ pub struct Cuda {
     blas: Blas,
     kernels: Kernels,
     scratch: Mutex<Scratch>,
+    graphs: Mutex<Graphs>,
     /// A 16-bit weight matrix was loaded: the model is a bf16/f16 model, and prefill
     /// attention may round to bf16 on tensor cores like its GEMMs do; an f32 model gets
     /// the exact f32 attention kernels.
@@ -146,6 +142,7 @@ impl Cuda {
             blas,
             kernels,
             scratch: Mutex::default(),
+            graphs: Mutex::new(Graphs::new(DEFAULT_BUCKETS.to_vec())),
             half_weights: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
@@ -185,20 +182,23 @@ impl Cuda {
     }
 
     /// Make `out` an uninitialised-by-contract `[rows, cols]` matrix, reusing its
-    /// buffer when the size already matches (ops overwrite every element).
+    /// buffer when the size already matches (ops overwrite every element). An empty
+    /// matrix has no buffer; a graph's pass takes its buffers from the arena.
     fn ensure(&self, out: &mut CudaMat, rows: usize, cols: usize) -> Result<(), OpError> {
         let n = rows * cols;
-        if out.data.as_ref().map(|d| d.len()) != Some(n) {
-            out.data = None;
-            out.data = Some(self.alloc(n)?);
+        if n == 0 {
+            out.set_data(None, false);
+        } else if out.data.as_ref().map(|d| d.len()) != Some(n) {
+            out.set_data(None, false);
+            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            match scratch.arena.as_mut() {
+                Some(arena) => out.set_data(Some(arena.take(&self.stream, n)?), true),
+                None => out.set_data(Some(self.stream.alloc_zeros(n)?), false),
+            }
         }
         out.rows = rows;
         out.cols = cols;
         Ok(())
-    }
-
-    fn alloc(&self, n: usize) -> Result<CudaSlice<f32>, DriverError> {
-        if n == 0 { self.stream.null() } else { self.stream.alloc_zeros(n) }
     }
 
     fn arrays<'p>(&self, plan: &'p CudaPlan) -> Result<&'p PlanArrays, OpError> {
@@ -227,44 +227,22 @@ impl Cuda {
         let od = out.data.as_mut().ok_or(OpError::Missing)?;
         let n = x.len();
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let frozen = scratch.frozen();
         match &w.data {
             WeightData::F32(wd) => self.blas.linear_f32(xd, wd, s, od)?,
             WeightData::Bf16(wd) => {
-                let x16 = grow(&self.stream, &mut scratch.x_bf16, n)?;
+                let x16 = grow(&self.stream, frozen, &mut scratch.x_bf16, n)?;
                 self.kernels.cast_f32_to_bf16(&self.stream, xd, n, x16)?;
                 self.blas.linear_half(x16, wd, s, od)?;
             }
             WeightData::F16(wd) => {
-                let x16 = grow(&self.stream, &mut scratch.x_f16, n)?;
+                let x16 = grow(&self.stream, frozen, &mut scratch.x_f16, n)?;
                 self.kernels.cast_f32_to_f16(&self.stream, xd, n, x16)?;
                 self.blas.linear_half(x16, wd, s, od)?;
             }
         }
         Ok(())
     }
-}
-
-/// A scratch buffer of at least `n` elements (replaced, not resized, when too small:
-/// the old one is freed in stream order after the ops that used it).
-fn grow<'s, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-    stream: &Arc<CudaStream>,
-    slot: &'s mut Option<CudaSlice<T>>,
-    n: usize,
-) -> Result<&'s mut CudaSlice<T>, DriverError> {
-    if slot.as_ref().is_none_or(|s| s.len() < n) {
-        *slot = None;
-        *slot = Some(stream.alloc_zeros(n.max(1))?);
-    }
-    // Just filled if it was empty or too small.
-    Ok(slot.as_mut().expect("scratch buffer allocated above"))
-}
-
-fn upload_weight(stream: &Arc<CudaStream>, t: &HostTensor) -> Result<WeightData, DriverError> {
-    Ok(match &t.data {
-        TensorData::F32(s) => WeightData::F32(upload(stream, s.as_slice())?),
-        TensorData::Bf16(s) => WeightData::Bf16(upload(stream, s.as_slice())?),
-        TensorData::F16(s) => WeightData::F16(upload(stream, s.as_slice())?),
-    })
 }
 
 impl Device for Cuda {
@@ -298,7 +276,7 @@ impl Device for Cuda {
     }
 
     fn activation(&self, rows: usize, cols: usize) -> CudaMat {
-        let mut m = CudaMat { data: None, rows, cols };
+        let mut m = CudaMat::empty();
         self.guard("allocating an activation", || self.ensure(&mut m, rows, cols));
         m
     }
@@ -326,6 +304,28 @@ impl Device for Cuda {
             Ok(())
         });
         out
+    }
+
+    fn forward(
+        &self,
+        cache: &mut CudaKvCache,
+        host: &StepPlan,
+        forward: &mut Forward<'_, Cuda>,
+    ) -> CudaMat {
+        if let Some(logits) = self.replay_decode(host) {
+            return logits;
+        }
+        let plan = self.plan(host);
+        forward(cache, host, &plan)
+    }
+
+    fn prepare_replay(
+        &self,
+        cache: &mut CudaKvCache,
+        config: &ModelConfig,
+        forward: &mut Forward<'_, Cuda>,
+    ) -> Option<String> {
+        self.record_graphs(cache, config, forward)
     }
 
     fn embed(&self, table: &CudaWeight, plan: &CudaPlan, out: &mut CudaMat) {
@@ -438,7 +438,8 @@ impl Device for Cuda {
                 shape.head_dim,
                 plan.max_context,
             );
-            let workspace = grow(&self.stream, &mut scratch.attention, len)?;
+            let frozen = scratch.frozen();
+            let workspace = grow(&self.stream, frozen, &mut scratch.attention, len)?;
             let mut meta = AttentionMeta {
                 num_seqs: plan.num_seqs,
                 rows: plan.rows,
