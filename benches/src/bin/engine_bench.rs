@@ -1,38 +1,57 @@
-//! The CPU engine against this machine's rooflines, measured in the same run.
+//! The engine against this machine's rooflines, measured in the same run, on the CPU or
+//! a GPU.
 //!
 //! Loads a Llama-shaped model from a `config.json` with dummy weights (default: the
-//! ~1.1B model in `benches/models/llama-1.1b`), then for each dtype measures
-//! batch-1 decode, batch-16 decode and a 512-token prefill, and reports them against
-//! the memory-bandwidth roofline (batch 1 streams every weight once per token) and
-//! the measured FMA peak (batch 16 and prefill are compute-bound).
+//! ~1.1B model in `benches/models/llama-1.1b`; `benches/models/llama-3-8b` for a GPU),
+//! then for each dtype measures batch-1 decode, decode at each `--batch` size and a
+//! `--prompt`-token prefill (its time is the engine's time to first token), and reports
+//! them against the memory-bandwidth roofline (a batch-1 step streams every weight and
+//! the sequence's K/V once) and, on the CPU, the measured FMA peak. The bandwidth is
+//! measured in the same run: on the CPU by reading a buffer on every core, on a GPU by a
+//! device-to-device copy. On a GPU every decode measurement is repeated with the CUDA
+//! graphs off, so their gain is measured too.
 //!
 //! ```text
 //! cargo run --release -p rill-benches --bin engine-bench -- [--dtype bf16,f32] [--json out.json]
+//! engine-bench --device cuda --config benches/models/llama-3-8b/config.json --dtype bf16 \
+//!     --batch 64,256 --prompt 2048 --json out.json
 //! ```
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
-use rill_backend::{Cpu, DType, LoadFormat, ModelConfig, Runner, RunnerOptions};
+use clap::{Parser, ValueEnum};
+use rill_backend::device::Device;
+use rill_backend::{Cpu, Cuda, DType, LoadFormat, ModelConfig, Runner, RunnerOptions};
 use rill_benches::machine;
 use rill_proto::{BLOCK_SIZE, BlockId, ForwardBatch, SeqId, SeqStep, TokenId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
 
 #[derive(Parser, Debug)]
 struct Args {
     /// A model's config.json (weights are random: `--load-format dummy`).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/llama-1.1b/config.json"))]
     config: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
     /// Weight dtypes to measure, comma-separated (bf16, f16, f32).
     #[arg(long, default_value = "bf16,f32", value_delimiter = ',')]
     dtype: Vec<String>,
     /// Timed decode steps per measurement.
     #[arg(long, default_value_t = 24)]
     steps: usize,
-    /// Sequences in the batched decode measurement.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
+    /// Sequences in the batched decode measurements, comma-separated.
+    #[arg(long, default_value = "16", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Prompt tokens each decoding sequence is prefilled with first.
+    #[arg(long, default_value_t = 8)]
+    context: usize,
     /// Prompt length of the prefill measurement.
     #[arg(long, default_value_t = 512)]
     prompt: usize,
@@ -45,13 +64,17 @@ struct Args {
 }
 
 /// Drives sequences with contiguous block ranges through the runner.
-struct Bench {
-    runner: Runner<Cpu>,
+struct Bench<D: Device> {
+    runner: Runner<D>,
     blocks_per_seq: usize,
     vocab: u32,
+    context: usize,
 }
 
-impl Bench {
+impl<D: Device> Bench<D>
+where
+    Runner<D>: Send,
+{
     fn seq(&self, id: usize, tokens: Vec<u32>, start_pos: usize) -> SeqStep {
         let end = start_pos + tokens.len();
         let first = id * self.blocks_per_seq;
@@ -74,16 +97,20 @@ impl Bench {
         Ok(out.sampled.iter().map(|s| s.token.0).collect())
     }
 
-    /// Prefill `n` sequences with 8-token prompts and run one untimed decode step,
-    /// then time `reps` windows of `steps` decode steps of all of them together;
-    /// returns the best window's generated tokens per second (this machine is
-    /// shared and noisy: the best window is the one least disturbed).
+    /// Prefill `n` sequences with `context`-token prompts (in chunks of at most 4096
+    /// tokens, as the scheduler would) and run one untimed decode step, then time `reps`
+    /// windows of `steps` decode steps of all of them together; returns the best window's
+    /// generated tokens per second (the best window is the one least disturbed).
     fn decode(&mut self, n: usize, steps: usize, reps: usize) -> Result<f64> {
-        let prompt = 8;
-        let seqs = (0..n)
-            .map(|i| self.seq(i, (0..prompt as u32).map(|t| t * 97 + i as u32).collect(), 0))
-            .collect();
-        let mut last = self.step(seqs)?;
+        let prompt = self.context;
+        let per_step = (4096 / prompt).max(1);
+        let mut last = Vec::with_capacity(n);
+        for first in (0..n).step_by(per_step) {
+            let seqs = (first..n.min(first + per_step))
+                .map(|i| self.seq(i, (0..prompt as u32).map(|t| t * 97 + i as u32).collect(), 0))
+                .collect();
+            last.extend(self.step(seqs)?);
+        }
         let mut pos = prompt;
         let mut best = 0.0f64;
         for rep in 0..=reps {
@@ -101,16 +128,18 @@ impl Bench {
         Ok(best)
     }
 
-    /// Best of `reps` single-chunk prefills of `len` tokens; prompt tokens per second.
+    /// Best of `reps` single-chunk prefills of `len` tokens (after one untimed); seconds.
     fn prefill(&mut self, len: usize, reps: usize) -> Result<f64> {
         let mut best = f64::MAX;
-        for rep in 0..reps as u32 {
+        for rep in 0..=reps as u32 {
             let tokens = (0..len as u32).map(|t| t * 31 + rep).collect();
             let t = Instant::now();
             self.step(vec![self.seq(0, tokens, 0)])?;
-            best = best.min(t.elapsed().as_secs_f64());
+            if rep > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
         }
-        Ok(len as f64 / best)
+        Ok(best)
     }
 }
 
@@ -118,98 +147,186 @@ fn parse_dtype(s: &str) -> Result<DType> {
     DType::parse(s).with_context(|| format!("unknown dtype `{s}` (bf16, f16, f32)"))
 }
 
+/// What the device can do at best, measured now.
+struct Roofs {
+    /// Bytes per second the engine's weight and K/V reads can reach.
+    bandwidth: f64,
+    /// f32 FMA peak (CPU only).
+    peak: Option<f64>,
+}
+
+/// Everything one dtype's measurement needs besides the device.
+struct Setup<'a> {
+    args: &'a Args,
+    config: &'a ModelConfig,
+    dtype: DType,
+    name: &'a str,
+    roofs: &'a Roofs,
+}
+
+/// Weights streamed per decoded token: every matrix but the embedding table (one row of
+/// it is read), plus the LM head.
+fn streamed_params(c: &ModelConfig) -> usize {
+    let embed = c.vocab_size * c.hidden_size;
+    c.num_parameters() - embed + if c.tie_word_embeddings { embed } else { 0 }
+}
+
+/// Load the model on `device` and run every measurement; `graphs` turns a device's CUDA
+/// graphs on or off (`None`: it has none), and the decodes are repeated with them off.
+fn measure<D: Device>(
+    s: &Setup,
+    device: D,
+    graphs: Option<fn(&D, bool)>,
+) -> Result<serde_json::Value>
+where
+    Runner<D>: Send,
+{
+    let (args, config) = (s.args, s.config);
+    let streamed = streamed_params(config);
+    let weight_bytes = (streamed * s.dtype.size()) as f64;
+    // The batch-1 roofline counts the K/V the step reads too (the cache is f32), at the
+    // mean context of the timed windows.
+    let kv_per_token = (2 * config.num_layers * config.num_kv_heads * config.head_dim * 4) as f64;
+    let mean_context = (args.context + args.steps * args.reps / 2) as f64;
+    let step_bytes = weight_bytes + kv_per_token * mean_context;
+    let flops_per_token = 2.0 * streamed as f64;
+    eprintln!("loading {} parameters as {} (dummy weights)...", config.num_parameters(), s.name);
+    let t = Instant::now();
+    let tokens_per_seq = args.prompt.max(args.context + args.steps * args.reps + 1);
+    let blocks_per_seq = tokens_per_seq.div_ceil(BLOCK_SIZE);
+    let max_batch = args.batch.iter().copied().max().unwrap_or(1);
+    let kv_per_block =
+        2 * config.num_layers * BLOCK_SIZE * config.num_kv_heads * config.head_dim * 4;
+    let opts = RunnerOptions {
+        kv_cache_bytes: blocks_per_seq * max_batch * kv_per_block,
+        load_format: LoadFormat::Dummy(s.dtype),
+    };
+    let dir = args.config.parent().unwrap_or(&args.config);
+    let runner = Runner::load(dir, config, device, &opts)?;
+    eprintln!("  loaded in {:.1} s", t.elapsed().as_secs_f64());
+    let mut bench =
+        Bench { runner, blocks_per_seq, vocab: config.vocab_size as u32, context: args.context };
+
+    let roofline = s.roofs.bandwidth / step_bytes;
+    let gflops = |tps: f64| tps * flops_per_token / 1e9;
+    let mut decodes = Vec::new();
+    let eager_too = graphs.is_some();
+    for replay in [true, false].into_iter().take(1 + eager_too as usize) {
+        if let Some(set) = graphs {
+            set(bench.runner.device(), replay);
+        }
+        let label = if !eager_too {
+            ""
+        } else if replay {
+            " (graphs)"
+        } else {
+            " (eager)"
+        };
+        for &n in std::iter::once(&1).chain(&args.batch) {
+            let tps = bench.decode(n, args.steps, args.reps)?;
+            print!("  decode batch {n:>3}{label}: {tps:9.1} tok/s");
+            if n == 1 {
+                println!("   roofline {roofline:.1} tok/s ({:.0}%)", 100.0 * tps / roofline);
+            } else {
+                println!("   {:.0} GFLOP/s", gflops(tps));
+            }
+            decodes.push(serde_json::json!({
+                "batch": n,
+                "graphs": eager_too.then_some(replay),
+                "tok_s": tps,
+                "gflop_s": gflops(tps),
+                "roofline_ratio": (n == 1).then(|| tps / roofline),
+            }));
+        }
+    }
+    if let Some(set) = graphs {
+        set(bench.runner.device(), true);
+    }
+    let prefill = bench.prefill(args.prompt, args.reps)?;
+    let prefill_tps = args.prompt as f64 / prefill;
+    println!(
+        "  prefill {} tok: {:.1} ms, {prefill_tps:.0} tok/s, {:.0} GFLOP/s{}",
+        args.prompt,
+        prefill * 1e3,
+        gflops(prefill_tps),
+        s.roofs.peak.map_or(String::new(), |p| format!(
+            " ({:.0}% of FMA peak)",
+            100.0 * gflops(prefill_tps) * 1e9 / p
+        ))
+    );
+    Ok(serde_json::json!({
+        "dtype": s.name,
+        "weight_bytes_per_token": weight_bytes,
+        "step_bytes_b1": step_bytes,
+        "roofline_b1_tok_s": roofline,
+        "decode": decodes,
+        "prefill_tokens": args.prompt,
+        "prefill_s": prefill,
+        "prefill_tok_s": prefill_tps,
+        "prefill_gflop_s": gflops(prefill_tps),
+    }))
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let config = ModelConfig::from_file(&args.config)?;
-    let threads = rayon::current_num_threads();
-    if args.batch == 0 || args.prompt == 0 || args.steps == 0 || args.reps == 0 {
+    if args.batch.contains(&0) || args.prompt == 0 || args.steps == 0 || args.reps == 0 {
         bail!("--batch, --prompt, --steps and --reps must be positive");
     }
-
-    eprintln!("measuring memory bandwidth and FMA peak on {threads} threads...");
-    let bandwidth = machine::read_bandwidth(1 << 30, 8);
-    let peak = machine::peak_fma_flops();
+    if args.context == 0 || args.context + args.steps * args.reps >= config.max_position_embeddings
+    {
+        bail!("--context must be positive and leave room for the timed decode steps");
+    }
+    let (roofs, machine) = match args.device {
+        DeviceArg::Cpu => {
+            eprintln!("measuring memory bandwidth and FMA peak...");
+            let roofs = Roofs {
+                bandwidth: machine::read_bandwidth(1 << 30, 8),
+                peak: machine::peak_fma_flops(),
+            };
+            (roofs, machine::describe())
+        }
+        DeviceArg::Cuda => {
+            let cuda = Cuda::new(0)?;
+            eprintln!("measuring device memory bandwidth...");
+            let roofs = Roofs { bandwidth: cuda.copy_bandwidth(4 << 30, 10)?, peak: None };
+            (roofs, format!("{} (CUDA device 0); host: {}", cuda.gpu_name(), machine::describe()))
+        }
+    };
     eprintln!(
-        "  read bandwidth {:.1} GB/s, f32 FMA peak {}",
-        bandwidth / 1e9,
-        peak.map_or("n/a".into(), |p| format!("{:.0} GFLOP/s", p / 1e9))
+        "  bandwidth {:.1} GB/s{}",
+        roofs.bandwidth / 1e9,
+        roofs.peak.map_or(String::new(), |p| format!(", f32 FMA peak {:.0} GFLOP/s", p / 1e9))
     );
-
-    // Weights streamed per decoded token: every matrix but the embedding table
-    // (one row of it is read), plus the LM head.
-    let h = config.hidden_size;
-    let embed = config.vocab_size * h;
-    let streamed =
-        config.num_parameters() - embed + if config.tie_word_embeddings { embed } else { 0 };
-    let flops_per_token = 2.0 * streamed as f64;
 
     let mut results = Vec::new();
     for name in &args.dtype {
         let dtype = parse_dtype(name)?;
-        let weight_bytes = (streamed * dtype.size()) as f64;
-        eprintln!("loading {} parameters as {name} (dummy weights)...", config.num_parameters());
-        let t = Instant::now();
-        let blocks_per_seq = (args.prompt.max(8 + args.steps * args.reps + 1)).div_ceil(BLOCK_SIZE);
-        let kv_per_block =
-            2 * config.num_layers * BLOCK_SIZE * config.num_kv_heads * config.head_dim * 4;
-        let opts = RunnerOptions {
-            kv_cache_bytes: blocks_per_seq * args.batch.max(1) * kv_per_block,
-            load_format: LoadFormat::Dummy(dtype),
-        };
-        let runner =
-            Runner::load(args.config.parent().unwrap_or(&args.config), &config, Cpu::new(), &opts)?;
-        eprintln!("  loaded in {:.1} s", t.elapsed().as_secs_f64());
-        let mut bench = Bench { runner, blocks_per_seq, vocab: config.vocab_size as u32 };
-
-        let b1 = bench.decode(1, args.steps, args.reps)?;
-        let roofline = bandwidth / weight_bytes;
-        let bn = bench.decode(args.batch, args.steps, args.reps)?;
-        let prefill = bench.prefill(args.prompt, args.reps)?;
-        let gflops = |tps: f64| tps * flops_per_token / 1e9;
-        println!("dtype {name}: weights streamed per token {:.2} GB", weight_bytes / 1e9);
+        let s = Setup { args: &args, config: &config, dtype, name, roofs: &roofs };
         println!(
-            "  decode batch 1:   {b1:7.2} tok/s   roofline {roofline:.2} tok/s ({:.0}% of bandwidth)",
-            100.0 * b1 / roofline
+            "dtype {name} on {machine}: weights streamed per token {:.2} GB",
+            (streamed_params(&config) * dtype.size()) as f64 / 1e9
         );
-        println!(
-            "  decode batch {}:  {bn:7.2} tok/s   {:.1}x batch 1, {:.0} GFLOP/s{}",
-            args.batch,
-            bn / b1,
-            gflops(bn),
-            peak.map_or(String::new(), |p| format!(
-                " ({:.0}% of FMA peak)",
-                100.0 * gflops(bn) * 1e9 / p
-            ))
-        );
-        println!(
-            "  prefill {} tok:  {prefill:7.1} tok/s   {:.0} GFLOP/s",
-            args.prompt,
-            gflops(prefill)
-        );
-        results.push(serde_json::json!({
-            "dtype": name,
-            "weight_bytes_per_token": weight_bytes,
-            "decode_b1_tok_s": b1,
-            "roofline_b1_tok_s": roofline,
-            "roofline_ratio": b1 / roofline,
-            "batch": args.batch,
-            "decode_batch_tok_s": bn,
-            "decode_batch_speedup": bn / b1,
-            "decode_batch_gflop_s": gflops(bn),
-            "prefill_tokens": args.prompt,
-            "prefill_tok_s": prefill,
-            "prefill_gflop_s": gflops(prefill),
-        }));
+        results.push(match args.device {
+            DeviceArg::Cpu => measure(&s, Cpu::new(), None)?,
+            DeviceArg::Cuda => measure(&s, Cuda::new(0)?, Some(Cuda::replay_graphs))?,
+        });
     }
-    if let Some(path) = args.json {
+    if let Some(path) = &args.json {
         let report = serde_json::json!({
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "machine": machine,
             "config": args.config,
-            "threads": threads,
-            "read_bandwidth_bytes_s": bandwidth,
-            "fma_peak_flop_s": peak,
+            "device": format!("{:?}", args.device).to_lowercase(),
+            "threads": rayon::current_num_threads(),
+            "bandwidth_bytes_s": roofs.bandwidth,
+            "fma_peak_flop_s": roofs.peak,
+            "context": args.context,
+            "steps": args.steps,
+            "reps": args.reps,
             "results": results,
         });
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())
 }

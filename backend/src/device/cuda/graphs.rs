@@ -113,6 +113,8 @@ pub(super) struct Graphs {
     memory: Scratch,
     /// Block-table entries a sequence may have (its maximum context).
     blocks_per_seq: usize,
+    /// Recorded graphs are not replayed (benchmarks compare with eager steps).
+    eager: bool,
 }
 
 // SAFETY: a `CudaGraph` holds raw driver handles, which CUDA lets any thread use as long
@@ -168,7 +170,7 @@ impl Graphs {
 
     /// The graph that can run `host`, if any.
     fn graph_for(&mut self, host: &StepPlan) -> Option<&mut DecodeGraph> {
-        if host.seqs.is_empty() || !host.is_plain_decode() {
+        if self.eager || host.seqs.is_empty() || !host.is_plain_decode() {
             return None;
         }
         let sizes: Vec<usize> = self.recorded.iter().map(|g| g.bucket).collect();
@@ -186,6 +188,11 @@ impl Cuda {
     pub fn set_graph_buckets(&self, buckets: Vec<usize>) {
         let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
         graphs.buckets = buckets;
+    }
+
+    /// Replay recorded graphs (the default) or run every step eagerly.
+    pub fn replay_graphs(&self, replay: bool) {
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).eager = !replay;
     }
 
     /// The buckets that have a recorded graph, ascending.
