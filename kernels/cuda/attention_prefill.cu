@@ -143,39 +143,6 @@ __device__ __forceinline__ float4 load4(const float* p) {
     return *reinterpret_cast<const float4*>(p);
 }
 
-// Two f32 to a bf16x2 word, lo in the low half (cvt packs its first operand high).
-// Before sm_80 (no bf16 cvt or mma) the bf16 path traps; the launcher never picks it there.
-__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
-    unsigned r = 0;
-#if __CUDA_ARCH__ >= 800
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-#else
-    __trap();
-#endif
-    return r;
-}
-
-// Bytes of dynamic shared memory this launch was given.
-__device__ __forceinline__ unsigned dynamic_smem_bytes() {
-    unsigned r;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
-    return r;
-}
-
-// D += A·B for one m16n8k16 tile, bf16 inputs, f32 accumulate.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                         unsigned b1) {
-#if __CUDA_ARCH__ < 800
-    __trap();
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
 template <int HD> struct Bf16Shape {
     static constexpr int WARPS = HD > 128 ? 4 : 8;
     static constexpr int THREADS = WARPS * 32;
@@ -199,7 +166,7 @@ __device__ __forceinline__ void bf16_impl(const Meta& m, const float* __restrict
     if (dynamic_smem_bytes() < S::SMEM) {
         __trap();  // the launcher's size formula disagrees with this one: fail loudly
     }
-    extern __shared__ __align__(16) unsigned char smem[];
+    unsigned char* smem = dynamic_smem();
     __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem);
     __nv_bfloat16* ks = qs + S::BM * S::QS;
     __nv_bfloat16* vt = ks + S::BN * S::QS;
@@ -419,7 +386,7 @@ __device__ __forceinline__ void f32_impl(const Meta& m, const float* __restrict_
     if (dynamic_smem_bytes() < S::SMEM) {
         __trap();  // the launcher's size formula disagrees with this one: fail loudly
     }
-    extern __shared__ __align__(16) unsigned char smem[];
+    unsigned char* smem = dynamic_smem();
     float* qs = reinterpret_cast<float*>(smem);
     float* ks = qs + S::BM * HD;
     float* vs = ks + S::BN * S::KS;

@@ -58,6 +58,48 @@ __device__ __forceinline__ size_t global_index() {
 }
 __device__ __forceinline__ size_t grid_stride() { return (size_t)gridDim.x * blockDim.x; }
 
+// Inline PTX and dynamic shared memory --------------------------------------------------------
+// Kernels reach both only through these helpers. The host emulator (kernels/emu) compiles the
+// sources as C++ with RILL_EMULATE defined and supplies its own versions of exactly these.
+#ifndef RILL_EMULATE
+// Two f32 to a bf16x2 word, lo in the low half (cvt packs its first operand high).
+// Before sm_80 (no bf16 cvt or mma) the bf16 path traps; the launcher never picks it there.
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    unsigned r = 0;
+#if __CUDA_ARCH__ >= 800
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+    __trap();
+#endif
+    return r;
+}
+
+// D += A·B for one m16n8k16 tile, bf16 inputs, f32 accumulate.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                         unsigned b1) {
+#if __CUDA_ARCH__ < 800
+    __trap();
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// The launch's dynamic shared memory (16-byte aligned), and its size in bytes.
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+    extern __shared__ __align__(16) unsigned char rill_dynamic_smem[];
+    return rill_dynamic_smem;
+}
+__device__ __forceinline__ unsigned dynamic_smem_bytes() {
+    unsigned r;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+    return r;
+}
+#endif
+
 // Calls X(suffix, type) once per weight dtype; a source defines X to declare one
 // `extern "C"` entry point forwarding to its template, then writes RILL_FOR_EACH_DTYPE(X).
 #define RILL_FOR_EACH_DTYPE(X) X(f32, float) X(bf16, __nv_bfloat16) X(f16, __half)

@@ -159,6 +159,42 @@ pub enum Plan {
     },
 }
 
+impl Plan {
+    /// The launch configuration of the planned kernel.
+    pub fn config(&self) -> LaunchConfig {
+        let (grid_dim, threads, smem) = match self {
+            Plan::Decode { grid, .. } => (*grid, DECODE_THREADS, 0),
+            Plan::Prefill { grid, threads, smem, .. } => (*grid, *threads, *smem as u32),
+        };
+        LaunchConfig { grid_dim, block_dim: (threads, 1, 1), shared_mem_bytes: smem }
+    }
+
+    /// The launch of `attention_decode_reduce` after a decode that splits sequences (one
+    /// CTA per sequence and query head), else `None`. `heads` as given to [`plan`].
+    pub fn reduce_config(&self, heads: usize) -> Option<LaunchConfig> {
+        match self {
+            Plan::Decode { grid, partitions, .. } if *partitions > 1 => Some(LaunchConfig {
+                grid_dim: (grid.0, heads as u32, 1),
+                block_dim: (DECODE_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Where the decode workspace's (m, l) pairs start, in f32 elements: after the acc partials
+/// `[num_seqs, heads, partitions, head_dim]` (the pairs are `[num_seqs, heads, partitions,
+/// 2]`).
+pub fn decode_ml_offset(
+    num_seqs: usize,
+    heads: usize,
+    partitions: usize,
+    head_dim: usize,
+) -> usize {
+    num_seqs * heads * partitions * head_dim
+}
+
 /// The scalar part of [`AttentionMeta`]: all [`plan`] needs.
 #[derive(Clone, Copy, Debug)]
 pub struct Dims {
@@ -347,19 +383,15 @@ impl Kernels {
             return Err(KernelError::Shape { op: OP, detail });
         }
         let scale = meta.scale;
+        let cfg = plan.config();
+        let reduce_cfg = plan.reduce_config(meta.heads);
         match plan {
-            Plan::Decode { function, grid, head_chunks, partitions } => {
+            Plan::Decode { function, head_chunks, partitions, .. } => {
                 let f = self.function(&function)?;
                 let (ws, _ws) = meta.workspace.device_ptr_mut(s);
-                // The (m, l) pairs follow the acc partials: [seqs, heads, partitions,
-                // head_dim], then [seqs, heads, partitions, 2].
-                let acc_len = meta.num_seqs * meta.heads * partitions * meta.head_dim;
+                let acc_len =
+                    decode_ml_offset(meta.num_seqs, meta.heads, partitions, meta.head_dim);
                 let ws_ml = ws + (acc_len * std::mem::size_of::<f32>()) as u64;
-                let cfg = LaunchConfig {
-                    grid_dim: grid,
-                    block_dim: (DECODE_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
                 let mut launch = s.launch_builder(f);
                 launch.arg(&q).arg(&k).arg(&v);
                 args.push(&mut launch);
@@ -377,14 +409,9 @@ impl Kernels {
                 // writes out directly and never touches the workspace). out and the workspace
                 // are exclusive borrows, distinct from the inputs and from each other.
                 unsafe { launch.launch(cfg) }?;
-                if partitions > 1 {
+                if let Some(cfg) = reduce_cfg {
                     let reduce = self.function("attention_decode_reduce")?;
                     let partitions = partitions as i32;
-                    let cfg = LaunchConfig {
-                        grid_dim: (grid.0, meta.heads as u32, 1),
-                        block_dim: (DECODE_THREADS, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
                     let mut launch = s.launch_builder(reduce);
                     args.push(&mut launch);
                     launch.arg(&partitions).arg(&ws).arg(&ws_ml).arg(&out);
@@ -398,18 +425,13 @@ impl Kernels {
                     unsafe { launch.launch(cfg) }?;
                 }
             }
-            Plan::Prefill { function, grid, threads, smem } => {
+            Plan::Prefill { function, smem, .. } => {
                 let f = self.function(&function)?;
                 if smem > DEFAULT_SMEM {
                     let attr =
                         sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                     f.set_attribute(attr, smem as i32)?;
                 }
-                let cfg = LaunchConfig {
-                    grid_dim: grid,
-                    block_dim: (threads, 1, 1),
-                    shared_mem_bytes: smem as u32,
-                };
                 let mut launch = s.launch_builder(f);
                 launch.arg(&q).arg(&k).arg(&v);
                 args.push(&mut launch);
@@ -458,6 +480,9 @@ mod tests {
             partitions: 3,
         };
         assert_eq!(plan, want);
+        assert_eq!(plan.config().block_dim, (128, 1, 1));
+        let reduce = plan.reduce_config(32).expect("three partitions need the reduce");
+        assert_eq!((reduce.grid_dim, reduce.block_dim), ((3, 32, 1), (128, 1, 1)));
         // G = 12 takes g8 in two chunks; a window bounds the partitions.
         let d = Dims { window: Some(200), ..dims(12, 1, 64, true) };
         let Plan::Decode { function, grid, head_chunks, partitions } = super::plan(&d).unwrap()
@@ -469,6 +494,7 @@ mod tests {
             ("attention_decode_d64_g8", (3, 2, 1), 2)
         );
         assert_eq!(partitions, 1);
+        assert!(super::plan(&d).unwrap().reduce_config(12).is_none(), "one partition: no reduce");
         // Prefill: d80 pads to the 128 bucket; the grid is bounded by both estimates.
         let Plan::Prefill { function, grid, threads, smem } =
             super::plan(&dims(4, 2, 80, false)).unwrap()

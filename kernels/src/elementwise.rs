@@ -7,11 +7,16 @@
 //! read on the device, so their values cannot be checked here: the kernels turn an
 //! out-of-range index into a zero row instead of an out-of-bounds read.
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
 use crate::launch::{bind, check_len, product, row_grid, to_i32, to_u32};
 use crate::{KernelError, Kernels, WeightRef};
+
+/// The launch of `embed_*`: one block per row, a thread per column (at most 256).
+pub fn embed_config(rows: usize, hidden: usize) -> Result<LaunchConfig, KernelError> {
+    row_grid("embed", rows, hidden, 1, 256)
+}
 
 impl Kernels {
     /// `out[r] = table[tokens[r]]` widened to f32, for `rows` tokens; `table` is
@@ -37,7 +42,7 @@ impl Kernels {
         if rows == 0 {
             return Ok(());
         }
-        let cfg = row_grid(OP, rows, hidden, 1, 256)?;
+        let cfg = embed_config(rows, hidden)?;
         let hidden = to_i32(OP, "hidden", hidden)?;
         bind(s)?;
         let f = self.function(&format!("embed_{}", table.suffix()))?;

@@ -6,13 +6,19 @@
 //! graph bucket larger than the batch) and is skipped, as is any slot past the cache, so a
 //! bad slot can lose a row but never write outside the cache.
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use crate::launch::{bind, check_len, product, row_grid, to_i32, to_u32};
 use crate::{KernelError, Kernels};
 
 /// The slot value meaning "do not write this row".
 pub const NO_SLOT: u32 = u32::MAX;
+
+/// The launch of `write_kv`: one block per row, a thread per value of the row's `width`
+/// (`kv_heads * head_dim`; at most 256).
+pub fn write_kv_config(rows: usize, width: usize) -> Result<LaunchConfig, KernelError> {
+    row_grid("write_kv", rows, width, 1, 256)
+}
 
 impl Kernels {
     /// `k_cache[slots[r]] = k[r]`, `v_cache[slots[r]] = v[r]` for `rows` rows of
@@ -48,7 +54,7 @@ impl Kernels {
             return Ok(());
         }
         let num_slots = to_u32(OP, "cache slots", k_cache.len() / width)?;
-        let cfg = row_grid(OP, rows, width, 1, 256)?;
+        let cfg = write_kv_config(rows, width)?;
         let width = to_i32(OP, "kv_heads * head_dim", width)?;
         bind(s)?;
         let f = self.function("write_kv")?;

@@ -162,15 +162,21 @@ impl Kernels {
         names
     }
 
-    /// A 1-D launch of `FLAT_THREADS`-thread blocks covering `n` elements, capped at one
-    /// full wave (the kernels loop with a grid stride). `n` must be nonzero.
+    /// [`flat_config`] capped at one full wave of this device.
     pub(crate) fn flat_grid(&self, n: usize) -> LaunchConfig {
-        let blocks = n.div_ceil(FLAT_THREADS as usize).min(self.max_flat_blocks as usize);
-        LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (FLAT_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        flat_config(n, self.max_flat_blocks)
+    }
+}
+
+/// The launch of a grid-stride kernel (`embedding.cu` aside, every kernel of `activation.cu`
+/// and `elementwise.cu`): `FLAT_THREADS`-thread blocks covering `n` elements, at most
+/// `max_blocks` of them (the kernels loop with a grid stride). `n` must be nonzero.
+pub fn flat_config(n: usize, max_blocks: u32) -> LaunchConfig {
+    let blocks = n.div_ceil(FLAT_THREADS as usize).min(max_blocks as usize);
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (FLAT_THREADS, 1, 1),
+        shared_mem_bytes: 0,
     }
 }
 

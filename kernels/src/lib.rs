@@ -32,7 +32,7 @@ pub use cudarc;
 
 pub use attention::AttentionMeta;
 pub use compile::{KernelCache, compile_ptx, ptxas_report};
-pub use launch::{Kernels, WeightRef};
+pub use launch::{Kernels, WeightRef, flat_config};
 pub use toolkit::Toolkit;
 
 /// `(file name, source text)` of one kernel source, from `kernels/cuda/`.

@@ -6,10 +6,25 @@
 //! row long, then size the block from the row width. Argument lists mirror the kernels'
 //! (the engine's shared API), hence `too_many_arguments`.
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use crate::launch::{bind, check_exact, check_len, product, row_grid, to_i32};
 use crate::{KernelError, Kernels, WeightRef};
+
+/// The launch of `rms_norm_*` and `add_rms_norm_*`: one block per row, about one thread per
+/// four columns.
+pub fn rms_norm_config(rows: usize, cols: usize) -> Result<LaunchConfig, KernelError> {
+    row_grid("rms_norm", rows, cols, 4, 1024)
+}
+
+/// The launch of `rope`: one block per row, a thread per rotation pair (at most 256).
+pub fn rope_config(
+    rows: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<LaunchConfig, KernelError> {
+    row_grid("rope", rows, product("rope", heads, head_dim / 2)?, 1, 256)
+}
 
 impl Kernels {
     /// `out[r] = x[r] / rms(x[r]) * w` for `rows` rows of `cols` columns.
@@ -32,7 +47,7 @@ impl Kernels {
         if n == 0 {
             return Ok(());
         }
-        let cfg = row_grid(OP, rows, cols, 4, 1024)?;
+        let cfg = rms_norm_config(rows, cols)?;
         let cols = to_i32(OP, "cols", cols)?;
         bind(s)?;
         let f = self.function(&format!("rms_norm_{}", w.suffix()))?;
@@ -73,7 +88,7 @@ impl Kernels {
         if n == 0 {
             return Ok(());
         }
-        let cfg = row_grid(OP, rows, cols, 4, 1024)?;
+        let cfg = rms_norm_config(rows, cols)?;
         let cols = to_i32(OP, "cols", cols)?;
         bind(s)?;
         let f = self.function(&format!("add_rms_norm_{}", w.suffix()))?;
@@ -116,7 +131,7 @@ impl Kernels {
         if rows == 0 || pairs == 0 {
             return Ok(());
         }
-        let cfg = row_grid(OP, rows, pairs, 1, 256)?;
+        let cfg = rope_config(rows, heads, head_dim)?;
         let heads = to_i32(OP, "heads", heads)?;
         let head_dim = to_i32(OP, "head_dim", head_dim)?;
         bind(s)?;

@@ -113,6 +113,15 @@ pub struct SampleOut<'a, U: DevicePtrMut<u32>, F: DevicePtrMut<f32>> {
     pub top_logprob: &'a mut F,
 }
 
+/// The launch of `sample_rows`: one `SAMPLE_THREADS`-thread block per row.
+pub fn sample_config(rows: usize) -> Result<LaunchConfig, KernelError> {
+    Ok(LaunchConfig {
+        grid_dim: (to_i32("sample_rows", "rows", rows)? as u32, 1, 1),
+        block_dim: (SAMPLE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 impl Kernels {
     /// Choose one token per entry of `params` from row `params[r].row` of `logits`
     /// (`[logits_rows, vocab]`, left untouched; `work` is a `[params.len(), vocab]`
@@ -168,11 +177,7 @@ impl Kernels {
         if rows == 0 {
             return Ok(());
         }
-        let cfg = LaunchConfig {
-            grid_dim: (to_i32(OP, "rows", rows)? as u32, 1, 1),
-            block_dim: (SAMPLE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = sample_config(rows)?;
         let vocab = to_i32(OP, "vocab", vocab)?;
         let max_top_n = to_i32(OP, "max_top_n", max_top_n)?;
         bind(s)?;

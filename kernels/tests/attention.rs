@@ -11,172 +11,54 @@
 
 mod common;
 
+use common::reference::{Batch, Seq, check};
 use common::{Gpu, gpu};
 use rill_kernels::AttentionMeta;
-use rill_kernels::attention::BLOCK_SIZE;
 use rill_kernels::cudarc::driver::CudaSlice;
-
-/// One sequence of a test batch: (start position, query rows).
-type Seq = (usize, usize);
 
 /// A test batch: (heads, kv_heads, head_dim), window, sequences.
 type Case = ((usize, usize, usize), Option<usize>, &'static [Seq]);
 
-/// A random step: q, a paged cache with shuffled block tables, and its metadata.
-struct Batch {
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    window: Option<usize>,
-    seqs: Vec<Seq>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    tables: Vec<Vec<u32>>,
-}
-
-/// Deterministic values in [-2, 2).
-fn random(n: usize, state: &mut u64) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((*state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
-}
-
-impl Batch {
-    fn new(shape: (usize, usize, usize), window: Option<usize>, seqs: &[Seq]) -> Batch {
-        let (heads, kv_heads, head_dim) = shape;
-        let mut state = (heads * 31 + head_dim * 7 + seqs.len()) as u64;
-        let blocks: usize = seqs.iter().map(|(s, n)| (s + n).div_ceil(BLOCK_SIZE)).sum();
-        let num_blocks = blocks + 5;
-        // A shuffled pool, so block tables are neither contiguous nor ordered.
-        let mut pool: Vec<u32> = (0..num_blocks as u32).collect();
-        for i in (1..pool.len()).rev() {
-            let r = random(1, &mut state)[0];
-            pool.swap(i, ((r + 2.0) / 4.0 * (i + 1) as f32) as usize % (i + 1));
-        }
-        let mut next = pool.into_iter();
-        let tables = seqs
-            .iter()
-            .map(|(s, n)| next.by_ref().take((s + n).div_ceil(BLOCK_SIZE)).collect())
-            .collect();
-        let rows: usize = seqs.iter().map(|s| s.1).sum();
-        let cache = num_blocks * BLOCK_SIZE * kv_heads * head_dim;
-        Batch {
-            heads,
-            kv_heads,
-            head_dim,
-            window,
-            seqs: seqs.to_vec(),
-            q: random(rows * heads * head_dim, &mut state),
-            k: random(cache, &mut state),
-            v: random(cache, &mut state),
-            tables,
-        }
-    }
-
-    /// The CPU device's attention, in f64.
-    fn reference(&self) -> Vec<f32> {
-        let (d, kv_width) = (self.head_dim, self.kv_heads * self.head_dim);
-        let group = self.heads / self.kv_heads;
-        let scale = 1.0 / (d as f64).sqrt();
-        let mut out = Vec::with_capacity(self.q.len());
-        for ((start, len), table) in self.seqs.iter().zip(&self.tables) {
-            for pos in *start..start + len {
-                let lo = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                for h in 0..self.heads {
-                    let row = out.len() / (self.heads * d);
-                    let q = &self.q[(row * self.heads + h) * d..][..d];
-                    let at = |t: usize| {
-                        let slot = table[t / BLOCK_SIZE] as usize * BLOCK_SIZE + t % BLOCK_SIZE;
-                        slot * kv_width + (h / group) * d
-                    };
-                    let scores: Vec<f64> = (lo..=pos)
-                        .map(|t| {
-                            let k = &self.k[at(t)..][..d];
-                            q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale
-                        })
-                        .collect();
-                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                    let sum: f64 = w.iter().sum();
-                    for i in 0..d {
-                        let o: f64 =
-                            (lo..=pos).zip(&w).map(|(t, w)| w * self.v[at(t) + i] as f64).sum();
-                        out.push((o / sum) as f32);
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Run the launcher on the GPU; `slack` inflates the row and context bounds (as a
-    /// CUDA graph bucket would).
-    fn run(&self, gpu: &Gpu, all_decode: bool, exact: bool, slack: usize) -> Vec<f32> {
-        let s = &gpu.stream;
-        let up = |v: &[u32]| s.clone_htod(v).unwrap();
-        let mut seq_row = Vec::new();
-        let mut offsets = Vec::new();
-        let (mut rows, mut off) = (0, 0);
-        for ((_, len), table) in self.seqs.iter().zip(&self.tables) {
-            seq_row.push(rows as u32);
-            offsets.push(off as u32);
-            rows += len;
-            off += table.len();
-        }
-        let u32s = |f: fn(&Seq) -> usize| self.seqs.iter().map(|s| f(s) as u32).collect::<Vec<_>>();
-        let (seq_row, seq_off) = (up(&seq_row), up(&offsets));
-        let (seq_len, seq_start) = (up(&u32s(|s| s.1)), up(&u32s(|s| s.0)));
-        let tables = up(&self.tables.concat());
-        let (q, k, v) = (
-            s.clone_htod(&self.q).unwrap(),
-            s.clone_htod(&self.k).unwrap(),
-            s.clone_htod(&self.v).unwrap(),
-        );
-        let max_context = self.seqs.iter().map(|(s, n)| s + n).max().unwrap() * slack;
-        let longest = self.seqs.iter().map(|s| s.1).max().unwrap();
-        let max_rows = if all_decode { longest } else { longest * slack };
-        let ws_len =
-            AttentionMeta::workspace_len(self.seqs.len(), self.heads, self.head_dim, max_context);
-        let mut workspace: CudaSlice<f32> = s.alloc_zeros(ws_len.max(1)).unwrap();
-        let mut out: CudaSlice<f32> = s.alloc_zeros(self.q.len()).unwrap();
-        let mut meta = AttentionMeta {
-            num_seqs: self.seqs.len(),
-            rows,
-            heads: self.heads,
-            kv_heads: self.kv_heads,
-            head_dim: self.head_dim,
-            window: self.window,
-            scale: 1.0 / (self.head_dim as f32).sqrt(),
-            seq_row: &seq_row,
-            seq_len: &seq_len,
-            seq_start_pos: &seq_start,
-            seq_block_off: &seq_off,
-            block_tables: &tables,
-            max_rows_per_seq: max_rows,
-            max_context,
-            all_decode,
-            exact,
-            workspace: &mut workspace,
-        };
-        gpu.kernels.attention(s, &q, &k, &v, &mut meta, &mut out).unwrap();
-        s.clone_dtoh(&out).unwrap()
-    }
-}
-
-/// Largest error relative to max(1, |want|), failing above `tol`.
-fn check(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len());
-    let mut worst = 0f32;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs() / w.abs().max(1.0);
-        assert!(err <= tol, "{what}[{i}]: got {g}, want {w}");
-        worst = worst.max(err);
-    }
-    println!("{what}: worst error {worst:.2e}");
+/// Run the launcher on the GPU; `slack` inflates the row and context bounds (as a CUDA graph
+/// bucket would).
+fn run(batch: &Batch, gpu: &Gpu, all_decode: bool, exact: bool, slack: usize) -> Vec<f32> {
+    let s = &gpu.stream;
+    let up = |v: &[u32]| s.clone_htod(v).unwrap();
+    let m = batch.meta();
+    let (seq_row, seq_len) = (up(&m.seq_row), up(&m.seq_len));
+    let (seq_start, seq_off, tables) =
+        (up(&m.seq_start_pos), up(&m.seq_block_off), up(&m.block_tables));
+    let (q, k, v) = (
+        s.clone_htod(&batch.q).unwrap(),
+        s.clone_htod(&batch.k).unwrap(),
+        s.clone_htod(&batch.v).unwrap(),
+    );
+    let (max_rows, max_context) = batch.bounds(all_decode, slack);
+    let ws_len =
+        AttentionMeta::workspace_len(batch.seqs.len(), batch.heads, batch.head_dim, max_context);
+    let mut workspace: CudaSlice<f32> = s.alloc_zeros(ws_len.max(1)).unwrap();
+    let mut out: CudaSlice<f32> = s.alloc_zeros(batch.q.len()).unwrap();
+    let mut meta = AttentionMeta {
+        num_seqs: batch.seqs.len(),
+        rows: m.rows,
+        heads: batch.heads,
+        kv_heads: batch.kv_heads,
+        head_dim: batch.head_dim,
+        window: batch.window,
+        scale: batch.scale(),
+        seq_row: &seq_row,
+        seq_len: &seq_len,
+        seq_start_pos: &seq_start,
+        seq_block_off: &seq_off,
+        block_tables: &tables,
+        max_rows_per_seq: max_rows,
+        max_context,
+        all_decode,
+        exact,
+        workspace: &mut workspace,
+    };
+    gpu.kernels.attention(s, &q, &k, &v, &mut meta, &mut out).unwrap();
+    s.clone_dtoh(&out).unwrap()
 }
 
 #[test]
@@ -208,16 +90,16 @@ fn attention_matches_the_f32_reference_on_the_gpu() {
         let batch = Batch::new(*shape, *window, seqs);
         let want = batch.reference();
         let name = format!("{shape:?} window {window:?} seqs {seqs:?}");
-        check(&format!("exact {name}"), &batch.run(gpu, false, true, 1), &want, 1e-4);
-        check(&format!("bf16 {name}"), &batch.run(gpu, false, false, 1), &want, 2.5e-2);
+        check(&format!("exact {name}"), &run(&batch, gpu, false, true, 1), &want, 1e-4);
+        check(&format!("bf16 {name}"), &run(&batch, gpu, false, false, 1), &want, 2.5e-2);
         if seqs.iter().all(|s| s.1 == 1) {
-            check(&format!("decode {name}"), &batch.run(gpu, true, false, 1), &want, 1e-4);
+            check(&format!("decode {name}"), &run(&batch, gpu, true, false, 1), &want, 1e-4);
             // A graph bucket's looser bounds give the same numbers.
-            let loose = batch.run(gpu, true, false, 8);
-            assert_eq!(loose, batch.run(gpu, true, false, 1), "decode bounds {name}");
+            let loose = run(&batch, gpu, true, false, 8);
+            assert_eq!(loose, run(&batch, gpu, true, false, 1), "decode bounds {name}");
         } else {
-            let loose = batch.run(gpu, false, true, 3);
-            assert_eq!(loose, batch.run(gpu, false, true, 1), "prefill bounds {name}");
+            let loose = run(&batch, gpu, false, true, 3);
+            assert_eq!(loose, run(&batch, gpu, false, true, 1), "prefill bounds {name}");
         }
     }
 }

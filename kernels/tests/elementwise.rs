@@ -10,18 +10,12 @@
 
 mod common;
 
-use common::{Gpu, down, gpu, random, up, zeros};
+use common::reference::{HostWeights, assert_close, random, rms_norm_ref, rope_ref, silu_mul_ref};
+use common::{Gpu, down, gpu, up, zeros};
 use half::{bf16, f16};
 use rill_kernels::cudarc::driver::CudaSlice;
 use rill_kernels::kv::NO_SLOT;
 use rill_kernels::{KernelError, WeightRef};
-
-fn assert_close(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{what}[{i}]: got {g}, want {w}");
-    }
-}
 
 /// A weight vector in each dtype, with the f32 values the kernel must see.
 struct Weights {
@@ -33,14 +27,13 @@ struct Weights {
 
 impl Weights {
     fn new(gpu: &Gpu, values: &[f32]) -> Weights {
-        let b: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-        let h: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
-        let widened = [
-            values.to_vec(),
-            b.iter().map(|v| v.to_f32()).collect(),
-            h.iter().map(|v| v.to_f32()).collect(),
-        ];
-        Weights { f32: up(gpu, values), bf16: up(gpu, &b), f16: up(gpu, &h), widened }
+        let host = HostWeights::new(values);
+        Weights {
+            f32: up(gpu, values),
+            bf16: up(gpu, &host.bf16),
+            f16: up(gpu, &host.f16),
+            widened: host.widened,
+        }
     }
 
     fn each(&self) -> [(WeightRef<'_>, &[f32]); 3] {
@@ -50,16 +43,6 @@ impl Weights {
             (WeightRef::F16(&self.f16), &self.widened[2]),
         ]
     }
-}
-
-fn rms_norm_ref(x: &[f32], w: &[f32], cols: usize, eps: f32) -> Vec<f32> {
-    x.chunks(cols)
-        .flat_map(|row| {
-            let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / cols as f32;
-            let inv = 1.0 / (mean_sq + eps).sqrt();
-            row.iter().zip(w).map(move |(v, w)| w * (v * inv)).collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[test]
@@ -111,18 +94,7 @@ fn rope_rotates_half_pairs_exactly_like_the_cpu() {
     let angles = random(rows * half, 7);
     let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
     let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
-    let mut want = x.clone();
-    for (r, row) in want.chunks_mut(heads * head_dim).enumerate() {
-        for head in row.chunks_mut(head_dim) {
-            let (a, b) = head.split_at_mut(half);
-            for i in 0..half {
-                let (c, s) = (cos[r * half + i], sin[r * half + i]);
-                let (x0, x1) = (a[i], b[i]);
-                a[i] = x0 * c - x1 * s;
-                b[i] = x1 * c + x0 * s;
-            }
-        }
-    }
+    let want = rope_ref(&x, heads, head_dim, &cos, &sin);
     let mut dx = up(gpu, &x);
     let (dcos, dsin) = (up(gpu, &cos), up(gpu, &sin));
     gpu.kernels.rope(&gpu.stream, &mut dx, rows, heads, head_dim, &dcos, &dsin).unwrap();
@@ -134,13 +106,7 @@ fn silu_mul_gates_the_up_half() {
     let Some(gpu) = gpu() else { return };
     let (rows, cols) = (3, 1111);
     let gate_up = random(rows * 2 * cols, 8);
-    let want: Vec<f32> = gate_up
-        .chunks(2 * cols)
-        .flat_map(|row| {
-            let (g, u) = row.split_at(cols);
-            g.iter().zip(u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect::<Vec<_>>()
-        })
-        .collect();
+    let want = silu_mul_ref(&gate_up, cols);
     let mut out = zeros(gpu, rows * cols);
     gpu.kernels.silu_mul(&gpu.stream, &up(gpu, &gate_up), rows, cols, &mut out).unwrap();
     assert_close("silu_mul", &down(gpu, &out), &want);

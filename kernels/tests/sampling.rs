@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::{Gpu, down, gpu, random, up, zeros};
+use common::reference::{log_softmax, random};
+use common::{Gpu, down, gpu, up, zeros};
 use rill_kernels::sampling::{PenaltyLists, SampleOut, SampleParams};
 
 /// What one launch returned, per row.
@@ -74,12 +75,6 @@ fn sample(
         top: down(gpu, &top),
         top_logprob: down(gpu, &top_logprob),
     }
-}
-
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let z: f64 = row.iter().map(|&l| (l as f64 - m).exp()).sum();
-    row.iter().map(|&l| l as f64 - m - z.ln()).collect()
 }
 
 #[test]

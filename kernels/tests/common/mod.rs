@@ -1,6 +1,9 @@
 //! What every GPU test needs: the device and its loaded kernels (or the reason to
-//! skip), deterministic random inputs, and upload/download shorthands.
+//! skip), upload/download shorthands, and (in `reference`) deterministic inputs and the
+//! host references, which the emulated tests of `kernels/emu` share.
 #![allow(dead_code)] // each test binary uses its own subset
+
+pub mod reference;
 
 use std::sync::{Arc, OnceLock};
 
@@ -36,17 +39,6 @@ pub fn gpu() -> Option<&'static Gpu> {
             None
         }
     }
-}
-
-/// Deterministic values in [-2, 2) (an LCG: tests need no `rand`).
-pub fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
 }
 
 pub fn up<T: DeviceRepr>(gpu: &Gpu, host: &[T]) -> CudaSlice<T> {
