@@ -143,7 +143,9 @@ impl<D: Device> EngineLoop<D> {
                 Err(e) => {
                     metrics::counter!(m::BATCH_INFERENCE_FAILURE, "method" => method).increment(1);
                     tracing::error!(error = %e, "step failed; failing its requests");
-                    for id in self.scheduler.fail_step() {
+                    let failed = self.scheduler.fail_step();
+                    self.publish_stats();
+                    for id in failed {
                         self.reply(id, EngineEvent::Error(format!("generation failed: {e}")));
                         self.replies.remove(&id);
                     }
@@ -210,12 +212,16 @@ impl<D: Device> EngineLoop<D> {
     }
 
     fn postprocess(&mut self, output: &rill_proto::StepOutput) {
+        let updates = self.scheduler.update(output);
+        // Finished and failed sequences freed their blocks in `update`: publish that before
+        // the client hears of it, so /metrics read after a response agrees.
+        self.publish_stats();
         for (id, e) in &output.failed {
             tracing::warn!(request_id = id.0, error = %e, "sampling failed");
             self.reply(*id, EngineEvent::Error(format!("generation failed: {e}")));
             self.replies.remove(id);
         }
-        for u in self.scheduler.update(output) {
+        for u in updates {
             if let Some(lps) = u.prompt_logprobs {
                 self.reply(u.id, EngineEvent::Prefill(lps));
             }

@@ -215,6 +215,9 @@ async fn metrics_cover_tgi_set_and_kv_blocks() {
     let body = json!({"inputs": "Hello", "parameters": {"max_new_tokens": 5, "ignore_eos": true}});
     for _ in 0..3 {
         assert_eq!(server.post("/generate", body.clone()).await.0, 200);
+        // Regression: the gauge was published on the engine's next loop, after the response,
+        // so a loaded machine could read the finished request's blocks as still in use.
+        assert_eq!(metric(&server, "rill_kv_blocks_used").await, Some(0.0));
     }
     assert_eq!(server.post("/generate", json!({"inputs": ""})).await.0, 422);
     let text =
