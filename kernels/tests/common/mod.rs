@@ -1,9 +1,14 @@
 //! What every GPU test needs: the device and its loaded kernels (or the reason to
-//! skip), upload/download shorthands, and (in `reference`) deterministic inputs and the
-//! host references, which the emulated tests of `kernels/emu` share.
+//! skip), upload/download shorthands, and what the emulated tests of `kernels/emu` share
+//! (they include these files by path): deterministic inputs and the host references
+//! (`reference`), and the tests themselves, written against a runner per kernel family
+//! that each side implements (`sampling`, `elementwise`, `attention`).
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod attention;
+pub mod elementwise;
 pub mod reference;
+pub mod sampling;
 
 use std::sync::{Arc, OnceLock};
 
@@ -38,6 +43,13 @@ pub fn gpu() -> Option<&'static Gpu> {
             println!("SKIP: {why}");
             None
         }
+    }
+}
+
+/// Run a shared test with the GPU as its runner; without one, print why and pass.
+pub fn on_gpu(test: impl FnOnce(&'static Gpu)) {
+    if let Some(gpu) = gpu() {
+        test(gpu);
     }
 }
 

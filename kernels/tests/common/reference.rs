@@ -49,6 +49,43 @@ impl HostWeights {
         ];
         HostWeights { bf16: b, f16: h, widened }
     }
+
+    /// The weight in each dtype, with the f32 values a kernel must see for it.
+    pub fn each(&self) -> [(Weight<'_>, &[f32]); 3] {
+        [
+            (Weight::F32(&self.widened[0]), &self.widened[0]),
+            (Weight::Bf16(&self.bf16), &self.widened[1]),
+            (Weight::F16(&self.f16), &self.widened[2]),
+        ]
+    }
+}
+
+/// A weight's values in one dtype, as a test passes it to a launch.
+#[derive(Clone, Copy, Debug)]
+pub enum Weight<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+impl Weight<'_> {
+    /// The entry-point suffix of the kernels instantiated for this dtype.
+    pub fn suffix(&self) -> &'static str {
+        match self {
+            Weight::F32(_) => "f32",
+            Weight::Bf16(_) => "bf16",
+            Weight::F16(_) => "f16",
+        }
+    }
+
+    /// How many values it holds.
+    pub fn len(&self) -> usize {
+        match self {
+            Weight::F32(w) => w.len(),
+            Weight::Bf16(w) => w.len(),
+            Weight::F16(w) => w.len(),
+        }
+    }
 }
 
 pub fn rms_norm_ref(x: &[f32], w: &[f32], cols: usize, eps: f32) -> Vec<f32> {
