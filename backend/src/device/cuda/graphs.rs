@@ -173,12 +173,12 @@ impl Graphs {
         if self.eager || host.seqs.is_empty() || !host.is_plain_decode() {
             return None;
         }
-        let sizes: Vec<usize> = self.recorded.iter().map(|g| g.bucket).collect();
-        let bucket = bucket_for(&sizes, host.seqs.len())?;
-        let g = self.recorded.iter_mut().find(|g| g.bucket == bucket)?;
+        let (n, blocks_per_seq) = (host.seqs.len(), self.blocks_per_seq);
+        // `recorded` is ascending: the first that holds the step is the smallest.
+        let g = self.recorded.iter_mut().find(|g| g.bucket >= n)?;
         // One more entry per padding sequence; a longer table runs eagerly.
-        let room = block_capacity(bucket, self.blocks_per_seq);
-        (host.block_tables.len() + bucket - host.seqs.len() <= room).then_some(g)
+        let room = block_capacity(g.bucket, blocks_per_seq);
+        (host.block_tables.len() + g.bucket - n <= room).then_some(g)
     }
 }
 
