@@ -201,8 +201,9 @@ impl<D: Device> Runner<D> {
             logits
         });
         // A device that samples keeps the logits, unless the host needs them anyway.
-        let host_needs_logits =
-            batch.return_logits || batch.seqs.iter().any(|s| !s.logprob_targets.is_empty());
+        let host_needs_logits = batch.return_logits
+            || batch.seqs.iter().any(|s| !s.logprob_targets.is_empty())
+            || self.sampler.needs_host(batch);
         if self.device.samples_tokens() && !host_needs_logits {
             return self.sample_on_device(batch, activation, jobs);
         }

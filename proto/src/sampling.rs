@@ -36,6 +36,9 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// OpenAI's: subtract `count * penalty` for every generated token; 0.0 = off.
     pub count_penalty: f32,
+    /// OpenAI's `logit_bias`: added to these tokens' logits before every other
+    /// processor; empty = off.
+    pub logit_bias: Vec<(u32, f32)>,
     /// Kirchenbauer et al.'s green-list watermark (γ = 0.5, δ = 2.0).
     pub watermark: bool,
     /// The sequence's RNG stream; the router picks one when the request has none.
@@ -56,6 +59,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             count_penalty: 0.0,
+            logit_bias: Vec::new(),
             watermark: false,
             seed: 0,
             grammar: None,
@@ -80,6 +84,7 @@ impl SamplingParams {
             && self.frequency_penalty == 0.0
             && self.presence_penalty == 0.0
             && self.count_penalty == 0.0
+            && self.logit_bias.is_empty()
             && !self.watermark
             && self.grammar.is_none()
     }

@@ -1,5 +1,5 @@
-//! Grammar-constrained decoding: a request's JSON schema or regex becomes a
-//! [`rill_proto::Grammar`] whose per-sequence state masks the tokens the grammar allows.
+//! Grammar-constrained decoding: a request's JSON schema, regex or Lark grammar becomes
+//! a [`rill_proto::Grammar`] whose per-sequence state masks the tokens the grammar allows.
 //!
 //! - [`GrammarCompiler`] is built once per model from its tokenizer: the bytes of every
 //!   token in a token trie (`vocab.rs`) and llguidance's `ParserFactory`, which slices
@@ -17,6 +17,11 @@
 //! grammar (regex-to-DFA compilers take seconds on large schemas): compiling costs a
 //! couple of milliseconds, a mask a few microseconds to a trie walk (~1 ms at 128k
 //! tokens) where the grammar cannot use the precomputed slices.
+//!
+//! JSON comes out compact unless a schema's `x-guidance` says otherwise
+//! ([`json_options`]): no newlines, at most one space after `:` and `,`, as OpenAI
+//! returns it. llguidance's default (any whitespace, unbounded) lets a model spend its
+//! whole length budget on indentation.
 //!
 //! Cost is bounded: masks and commits by llguidance's fuel and size [`limits`] (over
 //! budget, that sequence alone fails, the engine loop never stalls); compile recursion
@@ -53,6 +58,11 @@ pub enum GrammarSpec {
     JsonSchema(Value),
     /// A regex (Rust `regex` syntax) the whole output must match.
     Regex(String),
+    /// A context-free grammar in llguidance's Lark syntax: terminals, rules, `%json {...}`
+    /// schemas inside rules, special tokens as `<[id]>`, lazy lexemes. Embedded schemas
+    /// take llguidance's JSON defaults (flexible whitespace) unless they carry their own
+    /// `x-guidance`: put [`json_options`] there for compact JSON.
+    Lark(String),
 }
 
 /// Why a grammar could not be built. The message includes llguidance's own and is
@@ -69,6 +79,9 @@ pub enum GrammarError {
     /// The regex is invalid, or exceeds the grammar's limits.
     #[error("invalid regex: {0}")]
     Regex(String),
+    /// The Lark grammar (or a schema inside it) is invalid, or exceeds the limits.
+    #[error("invalid grammar: {0}")]
+    Lark(String),
 }
 
 /// Limits on what one grammar may cost; llguidance's defaults except where noted. Each
@@ -178,6 +191,15 @@ impl GrammarCompiler {
         Ok(GrammarCompiler { factory, masks, eos: eos.to_vec() })
     }
 
+    /// The id of `name` if the vocabulary has it as a special token (an added token
+    /// marked special, spelled as in `tokenizer.json`: `<|python_tag|>`,
+    /// `[TOOL_CALLS]`), for grammars that refer to it as `<[id]>`. Such a token is never
+    /// text: a grammar allows it only where it names it.
+    pub fn special_token(&self, name: &str) -> Option<u32> {
+        let id = self.factory.tok_env().tok_trie().get_special_token(name)?;
+        ((id as usize) < self.masks.limit).then_some(id)
+    }
+
     /// Compiles `spec`. Errors carry llguidance's message (an invalid schema or regex,
     /// or one past the [`limits`]). The first mask is computed here, off the engine
     /// loop, within the per-mask limits; every sequence then starts with it cached.
@@ -192,13 +214,19 @@ impl GrammarCompiler {
                 if let Value::Object(o) = &mut schema
                     && !o.contains_key("x-guidance")
                 {
-                    let options = serde_json::json!({ "whitespace_pattern": JSON_WHITESPACE });
-                    o.insert("x-guidance".into(), options);
+                    o.insert("x-guidance".into(), json_options());
                 }
                 (TopLevelGrammar::from_json_schema(schema), "json schema", GrammarError::Schema)
             }
             GrammarSpec::Regex(rx) => {
                 (TopLevelGrammar::from_regex(rx), "regex", GrammarError::Regex)
+            }
+            GrammarSpec::Lark(lark) => {
+                // Embedded schemas go through the same recursive compiler.
+                for schema in embedded_schemas(lark) {
+                    nesting::check(&schema).map_err(GrammarError::Lark)?;
+                }
+                (TopLevelGrammar::from_lark(lark.clone()), "lark", GrammarError::Lark)
             }
         };
         let matcher = on_compile_thread(|| {
@@ -228,10 +256,27 @@ fn user_message(e: &str) -> String {
     e
 }
 
-/// Whitespace allowed between JSON tokens unless the schema's `x-guidance` says
-/// otherwise. llguidance's default is unbounded, which lets a model loop on
-/// newlines until its length limit; 64 characters still allow pretty-printing.
-const JSON_WHITESPACE: &str = r"[\x20\x0A\x0D\x09]{1,64}";
+/// The `x-guidance` options every JSON schema gets unless it has its own: compact JSON
+/// as OpenAI returns it, with room for the habits of models trained on Python's
+/// `json.dumps` (`", "` and `": "`). The separators are regexes: `,` or `:` followed by
+/// at most one space; nothing else between tokens (no newlines, no space inside
+/// brackets), so every byte a model spends outside strings moves the document on.
+pub fn json_options() -> Value {
+    serde_json::json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ?",
+        "key_separator": ": ?",
+    })
+}
+
+/// The JSON value after every `%json` in a Lark grammar. A `%json` inside a comment or
+/// string is checked too, harmlessly; one the parser would reject is left to it.
+fn embedded_schemas(lark: &str) -> impl Iterator<Item = Value> + '_ {
+    lark.match_indices("%json").filter_map(|(at, keyword)| {
+        let rest = &lark[at + keyword.len()..];
+        serde_json::Deserializer::from_str(rest).into_iter::<Value>().next()?.ok()
+    })
+}
 
 /// Longest error message passed on to the user.
 const MAX_MESSAGE: usize = 1_000;

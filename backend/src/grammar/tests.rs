@@ -1,6 +1,7 @@
 //! Grammars driven the way the engine drives them: seeded random walks over the masks
 //! of the fixture Llama tokenizer (400-token byte-level BPE, EOS ids 2 and 3), whose
-//! decoded output must match the schema or regex; limits, EOS and padding at the edges.
+//! decoded output must match the schema or regex; limits, EOS and padding at the edges;
+//! Lark grammars (tests/lark.rs) and bounds (tests/limits.rs).
 
 use std::sync::Arc;
 
@@ -436,6 +437,41 @@ fn sentencepiece_tokenizer_pieces_and_forced_text() {
     assert_eq!(forced[0], tokenizer.token_to_id("hello").unwrap());
 }
 
+/// Added tokens that are not special are text, as the tokenizer decodes them: Qwen's
+/// `<tool_call>` (special: false) is what a grammar must allow where the text
+/// `<tool_call>` goes, and forcing that text forces the token. Special ones, and
+/// `<|...|>` control tokens whatever their flag, are only ever named by id.
+#[test]
+fn added_tokens_are_text_unless_special() {
+    let fx = fixture();
+    let mut json = fx.json.clone();
+    let added = json["added_tokens"].as_array_mut().unwrap();
+    for (id, content, special) in
+        [(400, "<tool_call>", false), (401, "<|im_start|>", false), (402, "[TOOL_CALLS]", true)]
+    {
+        added.push(json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": special}));
+    }
+    let tokenizer: Tokenizer = json.to_string().parse().unwrap();
+    let compiler = GrammarCompiler::new(&json, Arc::new(tokenizer), &fx.eos, 403).unwrap();
+    assert_eq!(compiler.special_token("<tool_call>"), None);
+    assert_eq!(compiler.special_token("<|im_start|>"), Some(401));
+    assert_eq!(compiler.special_token("[TOOL_CALLS]"), Some(402));
+    assert_eq!(compiler.special_token("<s>"), Some(1));
+
+    let grammar = compiler.compile(&GrammarSpec::Regex("(?s:.{0,20})".to_string())).unwrap();
+    let mut state = grammar.0.start();
+    let mut mask = vec![0u32; 403usize.div_ceil(32)];
+    state.fill_mask(&mut mask).unwrap();
+    let ok = allowed(&mask);
+    assert!(ok.contains(&400) && !ok.contains(&401) && !ok.contains(&402), "{ok:?}");
+
+    let grammar = compiler.compile(&GrammarSpec::Regex("<tool_call>\\{".to_string())).unwrap();
+    let mut state = grammar.0.start();
+    let forced: Vec<u32> = state.take_forced().unwrap().into_iter().map(|t| t.0).collect();
+    assert_eq!(forced.first(), Some(&400), "{forced:?}");
+}
+
 #[test]
 fn compiler_and_states_cross_threads() {
     fn send_sync<T: Send + Sync>() {}
@@ -447,4 +483,5 @@ fn compiler_and_states_cross_threads() {
     std::thread::spawn(move || drop(state)).join().unwrap();
 }
 
+mod lark;
 mod limits;

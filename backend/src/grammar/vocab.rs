@@ -26,8 +26,12 @@ const MAX_TOTAL_BYTES: usize = 1 << 21;
 const MAX_TOKEN_LEN: usize = 1000;
 
 /// Bytes of every token id in `tokenizer.json`; ids without a token get no bytes (never
-/// allowed). Added tokens marked special, or shaped `<...>`, get toktrie's 0xFF marker so
-/// a grammar never produces them as text (`toktrie_hf_tokenizers`' rule).
+/// allowed). Added tokens marked special, or shaped `<|...|>` (control tokens some
+/// tokenizers forget to mark), get toktrie's 0xFF marker so a grammar never produces them
+/// as text. Other added tokens are text, as the tokenizer decodes them: Qwen's
+/// `<tool_call>` and `<think>`-style tags (not special) are what the model writes
+/// where the text `<tool_call>` belongs, so a grammar that allows that text must allow
+/// the token. `toktrie_hf_tokenizers` marks every `<...>` token, which masked them out.
 pub(super) fn token_bytes(json: &Value) -> Result<Vec<Vec<u8>>, String> {
     let mut kind = DecoderKind::default();
     kind.scan(&json["decoder"]);
@@ -62,7 +66,7 @@ pub(super) fn token_bytes(json: &Value) -> Result<Vec<Vec<u8>>, String> {
         };
         let id = usize::try_from(id).unwrap_or(usize::MAX);
         let special = tok["special"].as_bool().unwrap_or(false)
-            || (content.starts_with('<') && content.ends_with('>'));
+            || (content.starts_with("<|") && content.ends_with("|>"));
         let mut bytes = Vec::with_capacity(content.len() + 1);
         if special {
             bytes.push(TokTrie::SPECIAL_TOKEN_MARKER);

@@ -1,7 +1,7 @@
 //! [`Sampler`]: from a step's logits rows to each sequence's next token, with
 //! TGI's logits processors and a seeded RNG per sequence.
 //!
-//! Per row, in TGI's order: watermark → repetition penalty → frequency penalty
+//! Per row: OpenAI's `logit_bias`, then in TGI's order: watermark → repetition penalty → frequency penalty
 //! (TGI's, then OpenAI's presence and count penalties) → grammar mask →
 //! temperature → top-k → top-p → typical-p → choice (argmax, or a draw). A
 //! processor whose value is neutral is skipped, and a row nobody asked anything of
@@ -164,6 +164,15 @@ impl Sampler {
                 state.observe(step);
             }
         }
+    }
+
+    /// Whether a sequence that samples this step needs the host's processors (one the
+    /// device sampler lacks: `logit_bias`).
+    pub fn needs_host(&self, batch: &rill_proto::ForwardBatch) -> bool {
+        batch.seqs.iter().filter(|s| s.sample).any(|s| {
+            let params = self.states.get(&s.id).map(|st| &st.params);
+            params.is_some_and(|p| !p.logit_bias.is_empty())
+        })
     }
 
     /// Take the grammar matchers of the sequences that sample this step, to
@@ -344,6 +353,11 @@ fn choose(
         let allowed: u32 = m.iter().map(|w| w.count_ones()).sum();
         (allowed as usize) <= vocab / 16
     });
+    for &(t, bias) in &p.logit_bias {
+        if let Some(v) = row.get_mut(t as usize) {
+            *v += bias;
+        }
+    }
     if p.watermark
         && let Some(prev) = st.last
     {

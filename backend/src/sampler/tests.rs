@@ -109,6 +109,25 @@ fn frequency_penalties_follow_tgi_and_openai() {
 }
 
 #[test]
+fn logit_bias_is_added_before_the_distribution_and_needs_the_host() {
+    let row = [1.0, 3.0, 0.5, -2.0];
+    let p = SamplingParams { logit_bias: vec![(2, 10.0), (1, -100.0)], ..params() };
+    assert!(!p.is_greedy());
+    let c = choose_once(p.clone(), &[0], &row);
+    let biased = [1.0, -97.0, 10.5, -2.0];
+    assert_eq!(c.token, TokenId(2));
+    assert!(close(c.logprob, log_softmax(&biased)[2]));
+    // A device sampler lacks the bias: the step samples on the host.
+    let mut s = Sampler::new(4);
+    let batch = ForwardBatch { seqs: vec![step(3, &[0], 0, Some(p))], ..Default::default() };
+    s.prepare(&batch);
+    assert!(s.needs_host(&batch));
+    let plain = ForwardBatch { seqs: vec![step(4, &[0], 0, Some(params()))], ..Default::default() };
+    s.prepare(&plain);
+    assert!(!s.needs_host(&plain));
+}
+
+#[test]
 fn recompute_after_preemption_does_not_count_tokens_twice() {
     let row = [1.0, 0.9, 0.0];
     let p = SamplingParams { frequency_penalty: 2.0, ..params() };

@@ -1,6 +1,6 @@
 //! The grammars' bounds: hostile schemas and regexes end within llguidance's limits
 //! or fail alone, `$ref` chains are refused before they could overflow the stack, and
-//! JSON whitespace between tokens is bounded.
+//! JSON is compact, so walks over a closed schema end within a small bound.
 
 use super::*;
 
@@ -22,7 +22,7 @@ fn drive(fx: &Fixture, grammar: &Grammar, steps: usize, rng: &mut Rng) -> Result
 }
 
 /// `d0 → d1 → … → d(n-1)`, each an object whose one property refers to the next.
-fn ref_chain(n: usize) -> Value {
+pub(super) fn ref_chain(n: usize) -> Value {
     let defs: serde_json::Map<String, Value> = (0..n)
         .map(|i| {
             let def = if i + 1 == n {
@@ -135,31 +135,132 @@ fn hostile_grammars_compile_within_limits_or_fail() {
     assert!(outcomes[6].as_ref().is_err_and(|e| e.contains("max is 2000")), "{outcomes:#?}");
 }
 
-#[test]
-fn json_whitespace_between_tokens_is_bounded_unless_the_schema_says_otherwise() {
-    let f = fixture();
-    let compiler = f.compiler();
-    let space = f.bytes.iter().position(|b| b == b" ").expect("a single-space token") as u32;
-    let brace = f.bytes.iter().position(|b| b == b"{").expect("a `{` token") as u32;
-    // How many spaces in a row the grammar accepts after `{`.
-    let spaces = |schema: Value| {
-        let grammar = compiler.compile(&GrammarSpec::JsonSchema(schema)).unwrap();
-        let mut state = grammar.0.start();
-        let mut mask = vec![0u32; f.vocab_size.div_ceil(32)];
-        state.commit(TokenId(brace)).unwrap();
-        let mut n = 0;
-        while n < 500 {
-            state.fill_mask(&mut mask).unwrap();
-            if mask[space as usize / 32] >> (space % 32) & 1 == 0 {
-                break;
-            }
-            state.commit(TokenId(space)).unwrap();
-            n += 1;
+/// Whether `text`, fed one single-byte token at a time, is a complete output of `grammar`.
+pub(super) fn accepts(fx: &Fixture, grammar: &Grammar, text: &str) -> bool {
+    let mut state = grammar.0.start();
+    for b in text.bytes() {
+        let token = fx.bytes.iter().position(|t| t == &[b]).expect("a token per byte") as u32;
+        if state.commit(TokenId(token)).is_err() {
+            return false;
         }
-        n
+    }
+    let mut mask = vec![0u32; fx.vocab_size.div_ceil(32)];
+    state.fill_mask(&mut mask).is_ok()
+        && fx.eos.iter().any(|&e| mask[e as usize / 32] >> (e % 32) & 1 == 1)
+}
+
+#[test]
+fn json_is_compact_unless_the_schema_says_otherwise() {
+    let fx = fixture();
+    let compiler = fx.compiler();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "a": {"type": "integer"},
+            "b": {"type": "array", "items": {"type": "integer"}}
+        },
+        "required": ["a", "b"],
+        "additionalProperties": false
+    });
+    let grammar = compiler.compile(&GrammarSpec::JsonSchema(schema.clone())).unwrap();
+    // One optional space after `:` and `,`, nothing else anywhere.
+    for ok in [r#"{"a":1,"b":[1,2]}"#, r#"{"a": 1, "b": [1, 2]}"#, r#"{"a":1, "b":[]}"#] {
+        assert!(accepts(&fx, &grammar, ok), "{ok}");
+    }
+    for bad in [
+        r#"{ "a":1,"b":[]}"#,
+        r#"{"a":  1,"b":[]}"#,
+        r#"{"a" :1,"b":[]}"#,
+        r#"{"a":1 ,"b":[]}"#,
+        r#"{"a":1,"b":[1,2] }"#,
+        r#"{"a":1,"b":[ 1]}"#,
+        "{\"a\":1,\n\"b\":[]}",
+        "{\"a\":1,\t\"b\":[]}",
+        r#" {"a":1,"b":[]}"#,
+    ] {
+        assert!(!accepts(&fx, &grammar, bad), "{bad}");
+    }
+
+    // The schema's own options win: llguidance's flexible whitespace, unbounded.
+    let mut flexible = schema.clone();
+    flexible["x-guidance"] = json!({"whitespace_flexible": true});
+    let grammar = compiler.compile(&GrammarSpec::JsonSchema(flexible)).unwrap();
+    assert!(accepts(&fx, &grammar, "{\n  \"a\": 1,\n  \"b\": [\n    1\n  ]\n}"));
+    let pretty = format!("{{{}\"a\":1,\"b\":[]}}", " ".repeat(500));
+    assert!(accepts(&fx, &grammar, &pretty), "unbounded");
+    let mut exact = schema;
+    exact["x-guidance"] = json!({"whitespace_flexible": false});
+    let grammar = compiler.compile(&GrammarSpec::JsonSchema(exact)).unwrap();
+    assert!(accepts(&fx, &grammar, r#"{"a":1,"b":[1]}"#));
+    assert!(!accepts(&fx, &grammar, r#"{"a": 1,"b":[1]}"#), "llguidance's separators: exact");
+}
+
+/// Regression: JSON grammars allowed up to 64 whitespace characters between tokens, and
+/// a small random model spent 400 tokens on whitespace in 6 of 10 seeded requests
+/// without closing the object. Compact JSON leaves a walk no room to wander: uniform
+/// choices over the masks of a closed schema end within a small bound, every time.
+#[test]
+fn closed_schemas_reach_eos_within_a_bound_on_uniform_walks() {
+    const BOUND: usize = 200;
+    let fx = fixture();
+    let compiler = fx.compiler();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 10},
+            "unit": {"enum": ["celsius", "fahrenheit"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 14}
+        },
+        "required": ["city", "unit", "days"],
+        "additionalProperties": false
+    });
+    // Every allowed token equally likely, EOS included: nothing steers towards the end.
+    // With `ws_bias`, whitespace is taken that often when allowed: a model that has fallen
+    // for newlines and indentation, like the random one of the bug.
+    let sample = |grammar: &Grammar, seed: u64, ws_bias: u64| -> Option<Vec<u32>> {
+        let mut rng = Rng::new(seed);
+        let mut state = grammar.0.start();
+        let mut mask = vec![0u32; fx.vocab_size.div_ceil(32)];
+        let mut out = Vec::new();
+        while out.len() < BOUND {
+            state.fill_mask(&mut mask).unwrap();
+            let ok = allowed(&mask);
+            let blank: Vec<u32> = ok
+                .iter()
+                .copied()
+                .filter(|&t| {
+                    let b = &fx.bytes[t as usize];
+                    !b.is_empty() && b.iter().all(u8::is_ascii_whitespace)
+                })
+                .collect();
+            let pick = if !blank.is_empty() && rng.chance(ws_bias) {
+                blank[rng.below(blank.len())]
+            } else {
+                ok[rng.below(ok.len())]
+            };
+            state.commit(TokenId(pick)).unwrap();
+            if fx.eos.contains(&pick) {
+                return Some(out);
+            }
+            out.push(pick);
+            out.extend(state.take_forced().unwrap().into_iter().map(|t| t.0));
+        }
+        None
     };
-    let object = json!({"type": "object"});
-    assert_eq!(spaces(object), 64);
-    let flexible = json!({"type": "object", "x-guidance": {"whitespace_flexible": true}});
-    assert_eq!(spaces(flexible), 500, "llguidance's own default is unbounded");
+    let grammar = compiler.compile(&GrammarSpec::JsonSchema(schema.clone())).unwrap();
+    for (seed, ws_bias) in (0..50).flat_map(|seed| [(seed, 0), (seed, 90)]) {
+        let tokens = sample(&grammar, seed, ws_bias)
+            .unwrap_or_else(|| panic!("seed {seed}: no EOS within {BOUND} tokens"));
+        let text = fx.decode(&tokens);
+        let value: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("seed {seed}: {e}: {text:?}"));
+        assert!(jsonschema::is_valid(&schema, &value), "seed {seed}: {text}");
+    }
+
+    // The old default, for contrast: the whitespace-loving walks drown.
+    let mut loose = schema;
+    loose["x-guidance"] = json!({"whitespace_pattern": r"[\x20\x0A\x0D\x09]{1,64}"});
+    let grammar = compiler.compile(&GrammarSpec::JsonSchema(loose)).unwrap();
+    let lost = (0..50).filter(|&seed| sample(&grammar, seed, 90).is_none()).count();
+    assert!(lost > 25, "only {lost} of 50 walks missed the bound");
 }
