@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real Python clients against the real `rill` binary: huggingface_hub's
-# InferenceClient, and TGI's own `text-generation` client, which pins
-# huggingface_hub < 1.0 and so gets a virtualenv of its own. The virtualenvs are
+# InferenceClient (TGI routes and chat_completion), TGI's own `text-generation`
+# client, which pins huggingface_hub < 1.0 and so gets a virtualenv of its own, and
+# the official `openai` SDK. The virtualenvs are
 # made here (from PyPI) on first use and reused after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,3 +21,4 @@ run() { # venv, packages...
 
 run .venv-client-hub "huggingface_hub>=1.0,<3"
 run .venv-client-tgi "text-generation==0.7.0"
+run .venv-client-openai "openai>=1.60,<3" "jsonschema>=4,<5"

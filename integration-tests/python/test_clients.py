@@ -3,45 +3,12 @@
 Run by scripts/python_tests.sh in two virtualenvs: one with `huggingface_hub`
 (InferenceClient), one with TGI's own `text-generation` client (which pins
 huggingface_hub < 1.0). Each test skips when its client is not installed in the
-running environment. RILL_BIN points at the built binary.
+running environment. The server comes from conftest.py.
 """
-
-import os
-import socket
-import subprocess
-import time
-import urllib.request
 
 import pytest
 
 PROMPT = "The quick brown fox jumps over the lazy dog and then"
-
-
-@pytest.fixture(scope="module")
-def base_url():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [os.environ["RILL_BIN"], "--hostname", "127.0.0.1", "--port", str(port), "--kv-cache-memory-mib", "16"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if k != "MODEL_ID"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health") as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        assert time.time() < deadline, "rill did not become healthy"
-        time.sleep(0.05)
-    yield url
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0
 
 
 def test_huggingface_hub_inference_client(base_url):

@@ -10,6 +10,8 @@
 
 use tokenizers::Tokenizer;
 
+use crate::validation::StopInclusion;
+
 /// Tokens of context kept before the first new token.
 const CONTEXT: usize = 5;
 
@@ -63,45 +65,95 @@ fn common_prefix_len(a: &str, b: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Finds the first stop string in generated text, across token boundaries.
+/// Finds the first stop string in generated text, across token boundaries, and
+/// decides what of the text may be emitted ([`StopInclusion`]).
 #[derive(Clone, Debug, Default)]
 pub struct StopMatcher {
     stops: Vec<String>,
     longest: usize,
+    inclusion: StopInclusion,
     text: String,
+    /// Bytes of `text` already emitted; the rest is held back (exclusive mode only).
+    emitted: usize,
+}
+
+/// What [`StopMatcher::push`] lets out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// Text to emit now.
+    pub text: String,
+    /// A stop string matched: nothing follows.
+    pub stopped: bool,
 }
 
 impl StopMatcher {
-    pub fn new(stops: Vec<String>) -> Self {
+    pub fn new(stops: Vec<String>, inclusion: StopInclusion) -> Self {
         let stops: Vec<String> = stops.into_iter().filter(|s| !s.is_empty()).collect();
         StopMatcher {
             longest: stops.iter().map(String::len).max().unwrap_or(0),
             stops,
+            inclusion,
             text: String::new(),
+            emitted: 0,
         }
     }
 
-    /// Add newly emitted text. When a stop string now appears, returns how many
-    /// bytes of `delta` to keep: the text ends right after the stop string, as TGI's
-    /// `generated_text` does.
-    pub fn push(&mut self, delta: &str) -> Option<usize> {
+    /// Add newly decoded text. With [`StopInclusion::Include`] (TGI's rule) all of it is
+    /// emitted, up to the end of a stop string that now appears. With
+    /// [`StopInclusion::Exclude`] (OpenAI's) the text ends before the stop string, and a
+    /// tail that could still become one is held back until the next push (or
+    /// [`StopMatcher::flush`]), so no stream ever shows part of a stop string.
+    pub fn push(&mut self, delta: &str) -> Pushed {
         if self.stops.is_empty() {
-            return None;
+            return Pushed { text: delta.to_string(), stopped: false };
         }
         let before = self.text.len();
-        // A match can start at most `longest - 1` bytes before the new text.
+        // A new match can start at most `longest - 1` bytes before the new text.
         let mut from = before.saturating_sub(self.longest.saturating_sub(1));
         while !self.text.is_char_boundary(from) {
             from -= 1;
         }
         self.text.push_str(delta);
-        let end = self
-            .stops
-            .iter()
-            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i + s.len()))
-            .min()?;
-        // Only matches that end in the new text are new (earlier ones were reported).
-        (end > before).then(|| end - before)
+        let matches = self.stops.iter().filter_map(|s| {
+            let start = from + self.text[from..].find(s.as_str())?;
+            // Only matches that end in the new text are new (earlier ones were reported).
+            (start + s.len() > before).then_some((start, start + s.len()))
+        });
+        let (end, stopped) = match self.inclusion {
+            StopInclusion::Include => match matches.map(|(_, end)| end).min() {
+                Some(end) => (end, true),
+                None => (self.text.len(), false),
+            },
+            StopInclusion::Exclude => match matches.map(|(start, _)| start).min() {
+                Some(start) => (start.max(self.emitted), true),
+                None => (self.text.len() - self.held_tail(), false),
+            },
+        };
+        let text = self.text[self.emitted..end].to_string();
+        self.emitted = end;
+        Pushed { text, stopped }
+    }
+
+    /// The held-back text, once the generation ended without a stop string.
+    pub fn flush(&mut self) -> String {
+        let text = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        text
+    }
+
+    /// The longest tail of the text (not yet emitted) that is a proper prefix of a stop
+    /// string.
+    fn held_tail(&self) -> usize {
+        let pending = &self.text[self.emitted..];
+        let longest = pending.len().min(self.longest.saturating_sub(1));
+        (1..=longest)
+            .rev()
+            .filter(|&k| pending.is_char_boundary(pending.len() - k))
+            .find(|&k| {
+                let tail = &pending[pending.len() - k..];
+                self.stops.iter().any(|s| s.starts_with(tail))
+            })
+            .unwrap_or(0)
     }
 }
 
@@ -143,19 +195,52 @@ mod tests {
 
     #[test]
     fn stop_string_spanning_tokens_is_found_and_cut_after() {
-        let mut m = StopMatcher::new(vec!["lazy dog".into(), "\n\n".into()]);
-        assert_eq!(m.push("the la"), None);
-        assert_eq!(m.push("zy"), None);
-        assert_eq!(m.push(" do"), None);
-        assert_eq!(m.push("g and more"), Some(1));
+        let mut m =
+            StopMatcher::new(vec!["lazy dog".into(), "\n\n".into()], StopInclusion::Include);
+        let emit = |text: &str, stopped| Pushed { text: text.into(), stopped };
+        assert_eq!(m.push("the la"), emit("the la", false));
+        assert_eq!(m.push("zy"), emit("zy", false));
+        assert_eq!(m.push(" do"), emit(" do", false));
+        assert_eq!(m.push("g and more"), emit("g", true));
     }
 
     #[test]
     fn earliest_stop_wins_and_unicode_is_safe() {
-        let mut m = StopMatcher::new(vec!["日本".into(), "本語!".into()]);
-        assert_eq!(m.push("こんにちは日"), None);
-        assert_eq!(m.push("本語!"), Some(3));
-        let mut none = StopMatcher::new(vec![]);
-        assert_eq!(none.push("anything"), None);
+        let mut m = StopMatcher::new(vec!["日本".into(), "本語!".into()], StopInclusion::Include);
+        assert!(!m.push("こんにちは日").stopped);
+        assert_eq!(m.push("本語!").text, "本");
+        let mut none = StopMatcher::new(vec![], StopInclusion::Exclude);
+        assert_eq!(none.push("anything").text, "anything");
+    }
+
+    /// OpenAI's rule: the stop string is not part of the output, and a stream never
+    /// shows a prefix of it, however the text is split.
+    #[test]
+    fn exclusive_stops_hold_back_possible_prefixes_at_every_split() {
+        let text = "once the lazy dog slept, the lazy cat";
+        for stop in ["lazy dog", "y d", "once", "cat", "日本", "never"] {
+            let full = text.find(stop).map_or(text, |i| &text[..i]);
+            for a in 0..=text.len() {
+                for b in a..=text.len() {
+                    let mut m = StopMatcher::new(vec![stop.into()], StopInclusion::Exclude);
+                    let mut out = String::new();
+                    let mut stopped = false;
+                    for piece in [&text[..a], &text[a..b], &text[b..]] {
+                        let p = m.push(piece);
+                        out.push_str(&p.text);
+                        assert!(!out.contains(stop), "{stop:?} shown at {a},{b}: {out:?}");
+                        if p.stopped {
+                            stopped = true;
+                            break;
+                        }
+                    }
+                    if !stopped {
+                        out.push_str(&m.flush());
+                    }
+                    assert_eq!(out, full, "{stop:?} split at {a},{b}");
+                    assert_eq!(stopped, text.contains(stop));
+                }
+            }
+        }
     }
 }

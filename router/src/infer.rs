@@ -1,9 +1,15 @@
-//! [`Infer`]: from a validated request to a response or a stream of tokens.
+//! The generation core every API family shares: [`Infer`] takes a validated request
+//! to the engine and [`Generation`] turns the engine's events into tokens with text.
 //!
-//! It holds the concurrency limit (a full server answers 429 at once, TGI's
-//! behaviour), submits to the engine, and turns engine events into TGI tokens:
-//! incremental detokenization, stop strings on the text, `return_full_text`,
-//! `details`. Dropping an in-flight generation (client gone, stop string matched)
+//! `Infer::start` holds the concurrency limit (a full server answers 429 at once,
+//! TGI's behaviour) and submits to the engine thread. A [`Generation`] then yields one
+//! [`TokenEvent`] per token: the token (id, its own text, logprob, special), the top-n
+//! alternatives, and the text it adds to the output — detokenized incrementally
+//! (never splitting a character) and cut by stop strings matched on the text across
+//! tokens, with the stop string kept (TGI) or removed and held back while unsure
+//! (OpenAI). [`Generation::finish`] runs to the end for non-streaming answers. What a
+//! family does with these (TGI's `details`, OpenAI's choices and logprobs, `best_of`,
+//! `n`) lives in its module. Dropping a generation (client gone, stop string matched)
 //! drops the engine receiver, which frees the sequence's blocks within one step.
 
 use std::collections::HashSet;
@@ -11,22 +17,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rill_backend::grammar::GrammarCompiler;
-use rill_proto::api::{
-    BestOfSequence, Details, GenerateResponse, PrefillToken, StreamDetails, StreamResponse, Token,
-};
+use rill_proto::SeqId;
+use rill_proto::api::{PrefillToken, Token};
 use tokenizers::Tokenizer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::detokenizer::{Detokenizer, StopMatcher};
-use rill_proto::SeqId;
-
 use crate::engine::{EngineEvent, EngineHandle, GenerationRequest};
 use crate::metrics as m;
 use crate::sequence::FinishReason;
-use crate::validation::{Limits, ValidRequest, ValidationError};
+use crate::validation::{
+    self, GenerationSpec, Limits, StopInclusion, ValidRequest, ValidationError,
+};
 
-/// Everything that can go wrong with a request, mapped to HTTP in one place
-/// (`server::error_response`).
+/// Everything that can go wrong with a request in the core. Each API family maps it
+/// to its own status and error shape in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
     #[error("Input validation error: {0}")]
@@ -35,14 +40,23 @@ pub enum InferError {
     Overloaded,
     #[error("Request failed during generation: {0}")]
     Generation(String),
+    /// The model is still loading; `estimated_time` is seconds until it should be ready.
+    #[error("Model is loading")]
+    Loading { estimated_time: f64 },
+    /// The server cannot take the request (shutting down, a worker died).
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 impl InferError {
+    /// TGI's `error_type` (also the label of the failure metric).
     pub fn error_type(&self) -> &'static str {
         match self {
             InferError::Validation(_) => "validation",
             InferError::Overloaded => "overloaded",
             InferError::Generation(_) => "generation",
+            InferError::Loading { .. } => "loading",
+            InferError::Unavailable(_) => "internal",
         }
     }
 }
@@ -59,18 +73,44 @@ pub struct Infer {
     permits: Arc<Semaphore>,
 }
 
+/// One generated token, as every family needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenEvent {
+    /// The token with its own text (cut at the end of a stop string under
+    /// [`StopInclusion::Include`]).
+    pub token: Token,
+    /// Its `top_n_tokens` most likely alternatives (empty when not asked).
+    pub top: Vec<Token>,
+    /// The text this token lets out: what a stream shows now.
+    pub text: String,
+    /// Set on the last token.
+    pub finish: Option<FinishReason>,
+}
+
+/// A generation that has ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// The generated text (stop strings handled as the request asked).
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub seed: Option<u64>,
+    /// The prompt's tokens with their logprobs (when asked).
+    pub prefill: Vec<PrefillToken>,
+    pub tokens: Vec<Token>,
+    /// Per token, its alternatives (empty lists when not asked).
+    pub top_tokens: Vec<Vec<Token>>,
+    pub prompt_tokens: usize,
+}
+
 /// One request's output so far.
 #[derive(Debug)]
 struct Progress {
-    request: ValidRequest,
     ids: Vec<u32>,
     detok: Detokenizer,
     stop: StopMatcher,
     text: String,
     tokens: Vec<Token>,
-    /// Per token, its `top_n_tokens` alternatives (empty lists when not asked).
     top_tokens: Vec<Vec<Token>>,
-    /// The prompt's tokens with their logprobs (`decoder_input_details`).
     prefill: Vec<PrefillToken>,
     finish: Option<FinishReason>,
 }
@@ -83,6 +123,7 @@ pub struct Generation {
     arrived: Instant,
     submitted: Instant,
     last_token: Option<Instant>,
+    request: ValidRequest,
     progress: Progress,
     events: mpsc::UnboundedReceiver<EngineEvent>,
     tokenizer: Arc<Tokenizer>,
@@ -125,7 +166,7 @@ impl Infer {
             max_new_tokens: request.max_new_tokens,
             ignore_eos: request.ignore_eos,
             top_n_tokens: request.top_n_tokens,
-            prompt_logprobs: request.decoder_input_details,
+            prompt_logprobs: request.prompt_logprobs,
             sampling: request.sampling.clone(),
         });
         let prompt_len = request.prompt.len();
@@ -146,102 +187,80 @@ impl Infer {
             last_token: None,
             progress: Progress {
                 ids: request.prompt.clone(),
-                detok: Detokenizer::new(prompt_len, true),
-                stop: StopMatcher::new(request.stop.clone()),
+                detok: Detokenizer::new(prompt_len, request.skip_special_tokens),
+                stop: StopMatcher::new(request.stop.clone(), request.stop_inclusion),
                 text: String::new(),
                 tokens: Vec::new(),
                 top_tokens: Vec::new(),
                 prefill: Vec::new(),
                 finish: None,
-                request,
             },
+            request,
             events,
             tokenizer: Arc::clone(&self.tokenizer),
             special: Arc::clone(&self.special),
             _permit: permit,
         })
     }
-}
 
-impl Infer {
-    /// Generate to the end (`/generate`). With `best_of` = n > 1, n samples run side
-    /// by side (each with its own seed and concurrency permit); the one with the
-    /// highest mean token logprob is the answer, the others go to
-    /// `details.best_of_sequences` (TGI's rule).
-    pub async fn generate(
+    /// Validate a request in the core's terms (CPU work: call on a validation worker).
+    pub fn prepare(&self, spec: GenerationSpec) -> Result<ValidRequest, ValidationError> {
+        validation::prepare(spec, &self.limits, &self.tokenizer, self.grammar.as_deref())
+    }
+
+    /// Start every request, or none: a refusal (429) drops those already started.
+    pub fn start_all(
         &self,
-        request: ValidRequest,
+        requests: Vec<ValidRequest>,
         arrived: Instant,
-    ) -> Result<GenerateResponse, InferError> {
-        let n = request.best_of.max(1);
-        let mut generations = Vec::with_capacity(n);
-        for i in 0..n {
-            let r = if i == 0 { request.clone() } else { request.reseeded() };
-            generations.push(self.start(r, arrived)?);
-        }
-        let done = futures::future::try_join_all(generations.into_iter().map(Generation::finish));
-        let mut done = done.await?;
-        let mean = |f: &Finished| {
-            let t = &f.tokens;
-            t.iter().map(|t| t.logprob).sum::<f32>() / t.len().max(1) as f32
-        };
-        let best = (0..done.len())
-            .max_by(|&a, &b| mean(&done[a]).total_cmp(&mean(&done[b])).then(b.cmp(&a)))
-            .unwrap_or(0);
-        let chosen = done.remove(best);
-        let others = (n > 1).then(|| done.into_iter().map(Finished::into_best_of).collect());
-        Ok(chosen.into_response(others))
-    }
-}
-
-/// A generation that has ended, before it becomes an answer.
-#[derive(Debug)]
-struct Finished {
-    text: String,
-    finish_reason: &'static str,
-    details: bool,
-    seed: Option<u64>,
-    prefill: Vec<PrefillToken>,
-    tokens: Vec<Token>,
-    top_tokens: Vec<Vec<Token>>,
-}
-
-impl Finished {
-    fn into_response(self, best_of_sequences: Option<Vec<BestOfSequence>>) -> GenerateResponse {
-        let details = self.details.then(|| Details {
-            finish_reason: self.finish_reason.into(),
-            generated_tokens: self.tokens.len() as u32,
-            seed: self.seed,
-            prefill: self.prefill,
-            tokens: self.tokens,
-            top_tokens: self.top_tokens,
-            best_of_sequences,
-        });
-        GenerateResponse { generated_text: self.text, details }
-    }
-
-    fn into_best_of(self) -> BestOfSequence {
-        BestOfSequence {
-            generated_text: self.text,
-            finish_reason: self.finish_reason.into(),
-            generated_tokens: self.tokens.len() as u32,
-            seed: self.seed,
-            prefill: self.prefill,
-            tokens: self.tokens,
-            top_tokens: self.top_tokens,
-        }
+    ) -> Result<Vec<Generation>, InferError> {
+        requests.into_iter().map(|r| self.start(r, arrived)).collect()
     }
 }
 
 impl Generation {
+    /// The request being served.
+    pub fn request(&self) -> &ValidRequest {
+        &self.request
+    }
+
+    /// The prompt's tokens with logprobs (after the first token, when asked).
+    pub fn prefill(&self) -> &[PrefillToken] {
+        &self.progress.prefill
+    }
+
+    /// Tokens generated so far.
+    pub fn generated_tokens(&self) -> usize {
+        self.progress.tokens.len()
+    }
+
+    /// Why it ended so far (`Length` until it has).
+    pub fn finish_reason(&self) -> FinishReason {
+        self.progress.finish.unwrap_or(FinishReason::Length)
+    }
+
+    /// The text generated so far.
+    pub fn text(&self) -> &str {
+        &self.progress.text
+    }
+
+    fn token(&self, id: u32, logprob: f32) -> Token {
+        Token {
+            id,
+            text: self.tokenizer.decode(&[id], false).unwrap_or_default(),
+            logprob,
+            special: self.special.contains(&id),
+        }
+    }
+
     /// The next token, or `None` once the generation has finished.
-    pub async fn next_token(&mut self) -> Option<Result<Token, InferError>> {
+    pub async fn next(&mut self) -> Option<Result<TokenEvent, InferError>> {
         if self.progress.finish.is_some() {
             return None;
         }
         let mut event = self.events.recv().await;
         if let Some(EngineEvent::Prefill(lps)) = &event {
-            let prompt = &self.progress.request.prompt;
+            let prompt = &self.request.prompt;
             let token = |id: u32, logprob| PrefillToken {
                 id,
                 text: self.tokenizer.decode(&[id], false).unwrap_or_default(),
@@ -259,19 +278,11 @@ impl Generation {
                 return Some(Err(InferError::Generation("the engine dropped the request".into())));
             }
         };
-        let (token, logprob, finish) = match event {
+        let (token, logprob, top, finish) = match event {
             EngineEvent::Token { token, logprob, top, finish } => {
-                let top = top
-                    .into_iter()
-                    .map(|(id, logprob)| Token {
-                        id: id.0,
-                        text: self.tokenizer.decode(&[id.0], false).unwrap_or_default(),
-                        logprob,
-                        special: self.special.contains(&id.0),
-                    })
-                    .collect();
-                self.progress.top_tokens.push(top);
-                (token.0, logprob, finish)
+                let top: Vec<Token> =
+                    top.into_iter().map(|(id, lp)| self.token(id.0, lp)).collect();
+                (token.0, logprob, top, finish)
             }
             EngineEvent::Error(e) => return Some(Err(InferError::Generation(e))),
             EngineEvent::Prefill(_) => {
@@ -288,24 +299,39 @@ impl Generation {
         }
         let p = &mut self.progress;
         p.ids.push(token);
-        let mut text = match p.detok.next(&self.tokenizer, &p.ids) {
-            Ok(t) => t.unwrap_or_default(),
-            Err(e) => return Some(Err(InferError::Generation(e))),
+        let decoded = if finish == Some(FinishReason::EosToken) {
+            // The end is not text, even when special tokens are kept.
+            String::new()
+        } else {
+            match p.detok.next(&self.tokenizer, &p.ids) {
+                Ok(t) => t.unwrap_or_default(),
+                Err(e) => return Some(Err(InferError::Generation(e))),
+            }
         };
         p.finish = finish;
-        if let Some(keep) = p.stop.push(&text) {
-            text.truncate(keep);
+        let pushed = p.stop.push(&decoded);
+        let mut text = pushed.text;
+        if pushed.stopped {
             p.finish = Some(FinishReason::StopSequence);
             // Dropping the receiver tells the engine to free the sequence.
             self.events.close();
+        } else if p.finish.is_some() {
+            text.push_str(&p.stop.flush());
         }
         p.text.push_str(&text);
-        let token = Token { id: token, text, logprob, special: self.special.contains(&token) };
+        let own_text = match self.request.stop_inclusion {
+            StopInclusion::Include => text.clone(),
+            StopInclusion::Exclude => decoded,
+        };
+        let token =
+            Token { id: token, text: own_text, logprob, special: self.special.contains(&token) };
         p.tokens.push(token.clone());
-        if p.finish.is_some() {
+        p.top_tokens.push(top.clone());
+        let finish = p.finish;
+        if finish.is_some() {
             self.record_success(now);
         }
-        Some(Ok(token))
+        Some(Ok(TokenEvent { token, top, text, finish }))
     }
 
     fn record_success(&self, now: Instant) {
@@ -319,9 +345,9 @@ impl Generation {
         metrics::histogram!(m::REQUEST_MEAN_TIME_PER_TOKEN_DURATION).record(per_token);
         tracing::info!(
             request_id = self.id.0,
-            prompt_tokens = self.progress.request.prompt.len(),
+            prompt_tokens = self.request.prompt.len(),
             generated_tokens = generated,
-            finish_reason = self.finish_reason(),
+            finish_reason = self.finish_reason().as_str(),
             total_ms = (now - self.arrived).as_millis() as u64,
             validation_ms = (self.submitted - self.arrived).as_millis() as u64,
             inference_ms = inference.as_millis() as u64,
@@ -330,61 +356,22 @@ impl Generation {
         );
     }
 
-    /// The text to return at the end (with the prompt when `return_full_text`).
-    fn final_text(&self) -> String {
-        let p = &self.progress;
-        if p.request.return_full_text {
-            format!("{}{}", p.request.inputs, p.text)
-        } else {
-            p.text.clone()
-        }
-    }
-
-    fn finish_reason(&self) -> &'static str {
-        self.progress.finish.unwrap_or(FinishReason::Length).as_str()
-    }
-
-    /// Run to the end and build `/generate`'s answer (one sample; see
-    /// [`Infer::generate`] for `best_of`).
-    pub async fn complete(self) -> Result<GenerateResponse, InferError> {
-        Ok(self.finish().await?.into_response(None))
-    }
-
-    async fn finish(mut self) -> Result<Finished, InferError> {
-        while let Some(t) = self.next_token().await {
+    /// Run to the end.
+    pub async fn finish(mut self) -> Result<Finished, InferError> {
+        while let Some(t) = self.next().await {
             t?;
         }
-        let text = self.final_text();
         let finish_reason = self.finish_reason();
         let p = self.progress;
-        let top_tokens = if p.request.top_n_tokens > 0 { p.top_tokens } else { Vec::new() };
+        let top_tokens = if self.request.top_n_tokens > 0 { p.top_tokens } else { Vec::new() };
         Ok(Finished {
-            text,
+            text: p.text,
             finish_reason,
-            details: p.request.details,
-            seed: p.request.seed,
+            seed: self.request.seed,
             prefill: p.prefill,
             tokens: p.tokens,
             top_tokens,
+            prompt_tokens: self.request.prompt.len(),
         })
-    }
-
-    /// The `/generate_stream` event for a token just produced (index from 1; the
-    /// last one carries `generated_text` and `details`).
-    pub fn stream_event(&self, token: Token) -> StreamResponse {
-        let p = &self.progress;
-        let last = p.finish.is_some();
-        StreamResponse {
-            index: p.tokens.len() as u32,
-            token,
-            top_tokens: p.top_tokens.last().cloned().unwrap_or_default(),
-            generated_text: last.then(|| self.final_text()),
-            details: (last && p.request.details).then(|| StreamDetails {
-                finish_reason: self.finish_reason().into(),
-                generated_tokens: p.tokens.len() as u32,
-                seed: p.request.seed,
-                input_length: p.request.prompt.len() as u32,
-            }),
-        }
     }
 }

@@ -1,16 +1,24 @@
 //! Rill's router: everything between HTTP and the backend's `Runner`.
 //!
-//! Today: the continuous-batching core — [`scheduler::Scheduler`] builds each
+//! At the bottom, the continuous-batching core — [`scheduler::Scheduler`] builds each
 //! step's `ForwardBatch` from [`sequence::Sequence`]s whose KV blocks come from the
-//! [`block_manager::BlockManager`]. Plain synchronous structs, owned by one
-//! engine-loop thread. The HTTP server, validation and metrics build on them.
+//! [`block_manager::BlockManager`]: plain synchronous structs owned by one engine-loop
+//! thread ([`engine`]). Above it, one generation core for every API family:
+//! [`validation`] turns a request in neutral terms into what the engine runs, and
+//! [`infer`] streams its tokens back with text, stop strings handled. On top, one
+//! module per API family with its own wire types and error shape — [`tgi`] and
+//! [`openai`] — mounted on one port by [`server`]; [`chat_template`] renders chat
+//! prompts as transformers does.
 
 pub mod block_manager;
+pub mod chat_template;
 pub mod detokenizer;
 pub mod engine;
 pub mod infer;
 pub mod metrics;
+pub mod openai;
 pub mod scheduler;
 pub mod sequence;
 pub mod server;
+pub mod tgi;
 pub mod validation;

@@ -1,4 +1,4 @@
-//! `rill`: serve a Hugging Face model directory over TGI's HTTP API.
+//! `rill`: serve a Hugging Face model directory over TGI's and OpenAI's HTTP APIs.
 //!
 //! The port opens at once; the model loads in the background (`/health` says 503
 //! until it is ready). Defaults that depend on the model (`--max-total-tokens`,
@@ -26,8 +26,10 @@ use rill_backend::models::Llama;
 use rill_backend::{Cpu, Cuda, DType, LoadFormat, ModelConfig, ModelDir, Runner, RunnerOptions};
 use rill_proto::BLOCK_SIZE;
 use rill_proto::api::Info;
+use rill_router::chat_template::ChatTemplates;
 use rill_router::engine;
 use rill_router::infer::Infer;
+use rill_router::openai::tools::ToolSyntax;
 use rill_router::scheduler::SchedulerConfig;
 use rill_router::server::{self, AppState, ServerConfig};
 use rill_router::validation::Limits;
@@ -64,6 +66,21 @@ struct Args {
     max_concurrent_requests: usize,
     #[arg(long, env = "MAX_BEST_OF", default_value_t = 2)]
     max_best_of: usize,
+    /// Most choices one OpenAI request may ask for (`n`); each is a generation of its own.
+    #[arg(long, env = "MAX_N", default_value_t = 8)]
+    max_n: usize,
+    /// A name clients may give as `model` on the OpenAI routes (repeatable; vLLM's
+    /// flag). Default: the --model-id as given, and the model directory's name. The
+    /// first is the name reported back.
+    #[arg(long = "served-model-name", env = "SERVED_MODEL_NAME", value_delimiter = ',')]
+    served_model_names: Vec<String>,
+    /// A chat template to use instead of the model's: a file, or the template itself.
+    #[arg(long, env = "CHAT_TEMPLATE")]
+    chat_template: Option<String>,
+    /// How the model writes tool calls when it chooses to (`tool_choice: "auto"`):
+    /// hermes, llama3_json or mistral. Default: detected from the chat template.
+    #[arg(long, env = "TOOL_CALL_SYNTAX")]
+    tool_call_syntax: Option<rill_router::openai::tools::ToolSyntax>,
     #[arg(long, env = "MAX_STOP_SEQUENCES", default_value_t = 4)]
     max_stop_sequences: usize,
     #[arg(long, env = "MAX_TOP_N_TOKENS", default_value_t = 5)]
@@ -158,8 +175,34 @@ impl CudaGraphs {
     }
 }
 
+/// `--served-model-name`, else the `--model-id` as given and the directory's name.
+fn served_model_names(args: &Args, model_name: &str, dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = args
+        .served_model_names
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        let base = dir.file_name().and_then(|b| b.to_str()).map(String::from);
+        // The bundled model is known by its directory's name.
+        if args.model_id.is_none()
+            && let Some(base) = &base
+        {
+            names.push(base.clone());
+        }
+        names.push(model_name.to_string());
+        names.extend(base);
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+    }
+    names
+}
+
 fn bundled_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../integration-tests/fixtures/models/llama")
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../integration-tests/fixtures/models/llama");
+    std::fs::canonicalize(&dir).unwrap_or(dir)
 }
 
 fn init_logs(json: bool) {
@@ -352,6 +395,8 @@ where
         max_stop_sequences: args.max_stop_sequences,
         max_top_n_tokens: args.max_top_n_tokens,
         max_best_of: args.max_best_of,
+        max_n: args.max_n.max(1),
+        vocab_size: c.vocab_size,
     };
     let tokenizer = Arc::new(model.tokenizer);
     let grammar = if args.disable_grammar_support {
@@ -426,6 +471,23 @@ async fn main() -> Result<()> {
         Some(id) => model_id::resolve(id)?,
     };
     let model_name = args.model_id.clone().unwrap_or_else(|| dir.display().to_string());
+    let served_model_names = served_model_names(&args, &model_name, &dir);
+    let chat_templates = ChatTemplates::from_model_dir(&dir, args.chat_template.as_deref())
+        .context("reading the chat template")?
+        .map(Arc::new);
+    let tool_call_syntax = args
+        .tool_call_syntax
+        .or_else(|| chat_templates.as_ref().and_then(|t| ToolSyntax::detect(t.source(true))));
+    match (&chat_templates, tool_call_syntax) {
+        (None, _) => {
+            tracing::info!("the model has no chat template: /v1/chat/completions answers 400")
+        }
+        (Some(_), None) => tracing::info!(
+            "no tool-call syntax found in the chat template: tool_choice \"auto\" returns text \
+             (--tool-call-syntax names one)"
+        ),
+        (Some(_), Some(s)) => tracing::info!(syntax = ?s, "tool calls"),
+    }
 
     let addr = format!("{}:{}", args.hostname, args.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -462,6 +524,9 @@ async fn main() -> Result<()> {
             sha: None,
             docker_label: None,
         },
+        served_model_names,
+        chat_templates,
+        tool_call_syntax,
         ready: OnceLock::new(),
         started: Instant::now(),
         estimated_load_secs: estimate_load_secs(&dir, args.load_format),

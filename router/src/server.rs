@@ -1,36 +1,35 @@
-//! The HTTP server: TGI's routes on axum, and the one place errors become HTTP.
+//! The HTTP server: one axum app that mounts every API family on one port, and
+//! what the families share — [`AppState`], the blocking validation pool, bearer
+//! auth, CORS, the body limit, `/health`, `/metrics`, SSE framing and the OpenAPI
+//! document.
 //!
+//! Each family is a module with its own wire types and error shape over the one
+//! generation core (`infer.rs`): TGI's routes in `tgi/`, OpenAI's in `openai/`.
 //! The port opens before the model is loaded; until [`AppState::ready`] is set,
-//! `/health` answers 503 and generation routes answer 503 `loading`. A stream that
-//! fails before its first token answers with the real status (TGI sends 200 and an
-//! error event); one that fails later ends with an SSE error event.
+//! `/health` answers 503 and generation routes answer 503 `loading`.
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::extract::Request;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
-use futures::stream::{self, Stream, StreamExt};
-use rill_proto::api::{
-    CompatGenerateRequest, Details, ErrorResponse, GenerateParameters, GenerateRequest,
-    GenerateResponse, Info, PrefillToken, StreamDetails, StreamResponse, Token,
-};
-use serde_json::json;
+use futures::stream::Stream;
+use rill_proto::api::{ErrorResponse, Info};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::chat_template::ChatTemplates;
 use crate::infer::{Infer, InferError};
 use crate::metrics as m;
-use crate::validation::{self, ValidRequest, ValidationError};
+use crate::validation::{GenerationSpec, ValidRequest};
+use crate::{openai, tgi};
 
 /// Shared by every handler.
 #[derive(Debug)]
@@ -39,6 +38,13 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// `/info`'s answer; the token limits are filled in once the model is loaded.
     pub info: Info,
+    /// The names a request's `model` may give (`--served-model-name`, else the
+    /// `--model-id` as given and the directory's base name); the first is reported.
+    pub served_model_names: Vec<String>,
+    /// The model's chat template(s), if it has one (`--chat-template` overrides).
+    pub chat_templates: Option<Arc<ChatTemplates>>,
+    /// How the model writes tool calls by itself (`tool_choice: "auto"`), if known.
+    pub tool_call_syntax: Option<openai::tools::ToolSyntax>,
     /// Set once the model has loaded.
     pub ready: OnceLock<Infer>,
     pub started: Instant,
@@ -48,45 +54,65 @@ pub struct AppState {
     pub validation_workers: Arc<tokio::sync::Semaphore>,
 }
 
+impl AppState {
+    /// The generation core, or 503 while the model loads.
+    pub fn infer(&self) -> Result<&Infer, InferError> {
+        self.ready.get().ok_or_else(|| InferError::Loading {
+            estimated_time: (self.estimated_load_secs - self.started.elapsed().as_secs_f64())
+                .max(1.0),
+        })
+    }
+
+    /// Run `f` (tokenizing, rendering a template, compiling a grammar: CPU work) on a
+    /// blocking thread, at most `--validation-workers` at once. Counts the request.
+    pub async fn on_validation_worker<T, E, F>(self: &Arc<Self>, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Infer) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<InferError> + Send + 'static,
+    {
+        metrics::counter!(m::REQUEST_COUNT).increment(1);
+        self.infer()?;
+        // Closed only if the server is shutting down.
+        let _worker = self
+            .validation_workers
+            .acquire()
+            .await
+            .map_err(|_| InferError::Unavailable("shutting down"))?;
+        let state = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(state.infer()?))
+            .await
+            .map_err(|_| InferError::Unavailable("validation worker failed"))?
+    }
+
+    /// Validate one request in the core's terms.
+    pub async fn prepare(
+        self: &Arc<Self>,
+        spec: GenerationSpec,
+    ) -> Result<ValidRequest, InferError> {
+        self.on_validation_worker(move |infer| Ok::<_, InferError>(infer.prepare(spec)?)).await
+    }
+}
+
 /// The OpenAPI document of every route (served at `/api-doc/openapi.json`, browsable
-/// at `/docs`).
+/// at `/docs`): each family's paths and schemas, plus the shared routes.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    paths(compat_generate, generate, generate_stream, tokenize, health, info, render_metrics),
-    components(schemas(
-        GenerateRequest, CompatGenerateRequest, GenerateParameters, GenerateResponse, Details,
-        Token, PrefillToken, StreamResponse, StreamDetails, ErrorResponse, Info, SimpleToken
-    )),
-    tags((name = "Text Generation Inference", description = "TGI-compatible text generation")),
-    info(title = "Rill", description = "A streaming text-generation server with TGI's API", license(name = "Apache-2.0"))
+    paths(health, render_metrics),
+    tags(
+        (name = "Text Generation Inference", description = "TGI-compatible text generation"),
+        (name = "OpenAI", description = "OpenAI-compatible chat and text completions"),
+    ),
+    info(title = "Rill", description = "A streaming text-generation server with TGI's and OpenAI's APIs", license(name = "Apache-2.0"))
 )]
 pub struct ApiDoc;
 
-/// The errors every generation route can answer (documentation only).
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)]
-enum GenerationErrors {
-    /// Input validation error
-    #[response(status = 422, example = json!({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"}))]
-    Validation(ErrorResponse),
-    /// Generation error
-    #[response(status = 424)]
-    Generation(ErrorResponse),
-    /// Model is overloaded
-    #[response(status = 429)]
-    Overloaded(ErrorResponse),
-    /// Model is loading
-    #[response(status = 503)]
-    Loading(ErrorResponse),
-}
-
-/// One `/tokenize` entry.
-#[derive(Debug, serde::Serialize, ToSchema)]
-pub struct SimpleToken {
-    id: u32,
-    text: String,
-    start: usize,
-    stop: usize,
+/// The whole document: the shared routes and every family's.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(tgi::TgiApi::openapi());
+    doc.merge(openai::OpenAiApi::openapi());
+    doc
 }
 
 /// HTTP-level settings.
@@ -100,24 +126,30 @@ pub struct ServerConfig {
     pub cors_allow_origin: Vec<String>,
 }
 
+/// A family's generation routes, and what it answers a request without the key.
+#[derive(Debug)]
+pub struct Guarded {
+    pub routes: Router<Arc<AppState>>,
+    pub unauthorized: fn() -> Response,
+}
+
 pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
-    let mut generation = Router::new()
-        .route("/", post(compat_generate))
-        .route("/generate", post(generate))
-        .route("/generate_stream", post(generate_stream));
-    if let Some(key) = &config.api_key {
-        let key: Arc<str> = key.as_str().into();
-        generation = generation.route_layer(middleware::from_fn_with_state(key, require_api_key));
-    }
     let mut app = Router::new()
-        .merge(SwaggerUi::new("/docs").url("/api-doc/openapi.json", ApiDoc::openapi()))
-        .merge(generation)
-        .route("/tokenize", post(tokenize))
+        .merge(SwaggerUi::new("/docs").url("/api-doc/openapi.json", openapi()))
         .route("/health", get(health))
-        .route("/info", get(info))
         .route("/metrics", get(render_metrics))
-        .layer(DefaultBodyLimit::max(config.payload_limit))
-        .with_state(state);
+        .merge(tgi::open_routes())
+        .merge(openai::open_routes());
+    for family in [tgi::generation_routes(), openai::generation_routes()] {
+        let mut routes = family.routes;
+        if let Some(key) = &config.api_key {
+            let guard = ApiKey { key: key.as_str().into(), unauthorized: family.unauthorized };
+            routes = routes
+                .route_layer(middleware::from_fn_with_state(Arc::new(guard), require_api_key));
+        }
+        app = app.merge(routes);
+    }
+    let mut app = app.layer(DefaultBodyLimit::max(config.payload_limit)).with_state(state);
     if !config.cors_allow_origin.is_empty() {
         let origins: Vec<HeaderValue> =
             config.cors_allow_origin.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
@@ -131,258 +163,58 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     app
 }
 
+#[derive(Debug)]
+struct ApiKey {
+    key: Box<str>,
+    unauthorized: fn() -> Response,
+}
+
 /// `Authorization: Bearer <key>`, compared in constant time.
-async fn require_api_key(State(key): State<Arc<str>>, request: Request, next: Next) -> Response {
+async fn require_api_key(
+    State(guard): State<Arc<ApiKey>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    let key = &guard.key;
     let same = given.len() == key.len()
         && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if same { next.run(request).await } else { ApiError::Unauthorized.into_response() }
+    if same {
+        next.run(request).await
+    } else {
+        metrics::counter!(m::REQUEST_FAILURE, "err" => "authentication").increment(1);
+        (guard.unauthorized)()
+    }
 }
 
-fn error(status: StatusCode, message: impl Into<String>, error_type: &str) -> Response {
+/// Count a refused or failed request by its `error_type` (every family calls this
+/// from its one error mapping).
+pub fn record_failure(error_type: &'static str) {
+    metrics::counter!(m::REQUEST_FAILURE, "err" => error_type).increment(1);
+}
+
+/// TGI's error body, also used by the shared routes.
+pub fn tgi_error(status: StatusCode, message: impl Into<String>, error_type: &str) -> Response {
     let body = ErrorResponse { error: message.into(), error_type: error_type.into() };
     (status, Json(body)).into_response()
 }
 
-/// Every way a request can fail before or outside generation.
-#[derive(Debug)]
-enum ApiError {
-    Infer(InferError),
-    /// The model is still loading.
-    Loading {
-        estimated_time: f64,
-    },
-    /// The body could not be read as the route's JSON.
-    Body(JsonRejection),
-    /// Missing or wrong API key.
-    Unauthorized,
-    Internal(&'static str),
-}
-
-impl From<InferError> for ApiError {
-    fn from(e: InferError) -> Self {
-        ApiError::Infer(e)
-    }
-}
-
-/// The single mapping from errors to status and `error_type`.
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let kind = match &self {
-            ApiError::Infer(e) => e.error_type(),
-            ApiError::Loading { .. } => "loading",
-            ApiError::Body(_) => "validation",
-            ApiError::Unauthorized => "authentication",
-            ApiError::Internal(_) => "internal",
-        };
-        metrics::counter!(m::REQUEST_FAILURE, "err" => kind).increment(1);
-        if let ApiError::Infer(e) = &self {
-            tracing::info!(error_type = kind, "request refused: {e}");
-        }
-        match self {
-            ApiError::Infer(e) => {
-                let status = match e {
-                    InferError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                    InferError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-                    InferError::Generation(_) => StatusCode::FAILED_DEPENDENCY,
-                };
-                error(status, e.to_string(), e.error_type())
-            }
-            ApiError::Loading { estimated_time } => {
-                let body = json!({"error": "Model is loading", "error_type": "loading", "estimated_time": estimated_time});
-                (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-            }
-            ApiError::Body(r) => match r {
-                JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    error(StatusCode::PAYLOAD_TOO_LARGE, "payload too large", "payload_too_large")
-                }
-                JsonRejection::JsonDataError(e) => {
-                    error(StatusCode::UNPROCESSABLE_ENTITY, e.body_text(), "validation")
-                }
-                other => error(StatusCode::BAD_REQUEST, other.body_text(), "malformed_json"),
-            },
-            ApiError::Unauthorized => {
-                error(StatusCode::UNAUTHORIZED, "Unauthorized", "authentication")
-            }
-            ApiError::Internal(what) => error(StatusCode::INTERNAL_SERVER_ERROR, what, "internal"),
-        }
-    }
-}
-
-impl AppState {
-    fn infer(&self) -> Result<&Infer, ApiError> {
-        self.ready.get().ok_or_else(|| ApiError::Loading {
-            estimated_time: (self.estimated_load_secs - self.started.elapsed().as_secs_f64())
-                .max(1.0),
-        })
-    }
-}
-
-/// Validate (tokenizing and compiling the grammar on a blocking thread).
-async fn validate(
-    state: &AppState,
-    request: GenerateRequest,
-    stream: bool,
-) -> Result<(&Infer, ValidRequest, Instant), ApiError> {
-    let arrived = Instant::now();
-    metrics::counter!(m::REQUEST_COUNT).increment(1);
-    let infer = state.infer()?;
-    let tokenizer = Arc::clone(&infer.tokenizer);
-    let limits = infer.limits.clone();
-    let grammar = infer.grammar.clone();
-    // Closed only if the server is shutting down.
-    let _worker = state
-        .validation_workers
-        .acquire()
-        .await
-        .map_err(|_| ApiError::Internal("shutting down"))?;
-    let valid = tokio::task::spawn_blocking(move || {
-        validation::validate(request, stream, &limits, &tokenizer, grammar.as_deref())
-    })
-    .await
-    .map_err(|_| ApiError::Internal("validation worker failed"))?
-    .map_err(InferError::from)?;
-    Ok((infer, valid, arrived))
-}
-
-/// `/generate`'s answer (with `best_of`).
-async fn generate_response(
-    state: &AppState,
-    request: GenerateRequest,
-) -> Result<GenerateResponse, ApiError> {
-    let (infer, valid, arrived) = validate(state, request, false).await?;
-    Ok(infer.generate(valid, arrived).await?)
-}
-
-/// Generate tokens.
-#[utoipa::path(post, path = "/generate", tag = "Text Generation Inference",
-    request_body = GenerateRequest,
-    responses(
-        (status = 200, description = "Generated text", body = GenerateResponse),
-        GenerationErrors,
-    ))]
-async fn generate(
-    State(state): State<Arc<AppState>>,
-    body: Result<Json<GenerateRequest>, JsonRejection>,
-) -> Result<Json<GenerateResponse>, ApiError> {
-    let Json(request) = body.map_err(ApiError::Body)?;
-    Ok(Json(generate_response(&state, request).await?))
-}
-
-/// Generate a stream of tokens as server-sent events.
-#[utoipa::path(post, path = "/generate_stream", tag = "Text Generation Inference",
-    request_body = GenerateRequest,
-    responses(
-        (status = 200, description = "Generated tokens, one `data:` event each", body = StreamResponse,
-            content_type = "text/event-stream"),
-        GenerationErrors,
-    ))]
-async fn generate_stream(
-    State(state): State<Arc<AppState>>,
-    body: Result<Json<GenerateRequest>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(ApiError::Body)?;
-    stream_response(&state, request).await
-}
-
-async fn stream_response(state: &AppState, request: GenerateRequest) -> Result<Response, ApiError> {
-    let (infer, valid, arrived) = validate(state, request, true).await?;
-    let mut generation = infer.start(valid, arrived)?;
-    // Wait for the first token so that an early failure gets its real status.
-    let first = match generation.next_token().await {
-        Some(token) => generation.stream_event(token?),
-        None => return Err(InferError::Generation("no token generated".into()).into()),
-    };
-    let first = stream::once(async move { sse_json(&first) });
-    let rest = stream::unfold(Some(generation), |state| async move {
-        let mut generation = state?;
-        match generation.next_token().await? {
-            Ok(token) => {
-                let event = sse_json(&generation.stream_event(token));
-                Some((event, Some(generation)))
-            }
-            Err(e) => {
-                tracing::warn!(request_id = generation.id.0, error = %e, "stream failed");
-                metrics::counter!(m::REQUEST_FAILURE, "err" => e.error_type()).increment(1);
-                let body =
-                    ErrorResponse { error: e.to_string(), error_type: e.error_type().into() };
-                Some((sse_json(&body), None))
-            }
-        }
-    });
-    Ok(sse(first.chain(rest)))
-}
-
-fn sse_json<T: serde::Serialize>(value: &T) -> Result<Event, Infallible> {
+/// One SSE `data:` event holding `value` as JSON.
+pub fn sse_json<T: serde::Serialize>(value: &T) -> Result<Event, Infallible> {
     // Serializing our own plain structs cannot fail.
     Ok(Event::default().data(serde_json::to_string(value).unwrap_or_default()))
 }
 
-fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
+/// An SSE response that proxies must not buffer.
+pub fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
     let mut response = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
     response.headers_mut().insert("X-Accel-Buffering", HeaderValue::from_static("no"));
     response
-}
-
-/// Generate tokens if `stream == false` (answering a list), or a stream of tokens.
-#[utoipa::path(post, path = "/", tag = "Text Generation Inference",
-    request_body = CompatGenerateRequest,
-    responses(
-        (status = 200, description = "Generated text", body = Vec<GenerateResponse>),
-        GenerationErrors,
-    ))]
-async fn compat_generate(
-    State(state): State<Arc<AppState>>,
-    body: Result<Json<CompatGenerateRequest>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(ApiError::Body)?;
-    let inner = GenerateRequest { inputs: request.inputs, parameters: request.parameters };
-    if request.stream {
-        stream_response(&state, inner).await
-    } else {
-        let response = generate_response(&state, inner).await?;
-        Ok(Json(vec![response]).into_response())
-    }
-}
-
-/// Tokenize the inputs.
-#[utoipa::path(post, path = "/tokenize", tag = "Text Generation Inference",
-    request_body = GenerateRequest,
-    responses(
-        (status = 200, description = "Tokens with character offsets", body = Vec<SimpleToken>),
-        (status = 422, description = "Tokenization error", body = ErrorResponse),
-        (status = 503, description = "Model is loading", body = ErrorResponse),
-    ))]
-async fn tokenize(
-    State(state): State<Arc<AppState>>,
-    body: Result<Json<GenerateRequest>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(ApiError::Body)?;
-    let tokenizer = Arc::clone(&state.infer()?.tokenizer);
-    let inputs = request.inputs.clone();
-    let encoding =
-        tokio::task::spawn_blocking(move || tokenizer.encode_char_offsets(inputs.as_str(), true))
-            .await
-            .map_err(|_| ApiError::Internal("tokenizer worker failed"))?
-            .map_err(|e| InferError::Validation(ValidationError::Tokenizer(e.to_string())))?;
-    // TGI's shape: the input's text under each token, with character offsets.
-    let chars: Vec<char> = request.inputs.chars().collect();
-    let tokens: Vec<_> = encoding
-        .get_ids()
-        .iter()
-        .zip(encoding.get_offsets())
-        .map(|(id, &(start, stop))| {
-            let text: String =
-                chars[start.min(chars.len())..stop.min(chars.len())].iter().collect();
-            SimpleToken { id: *id, text, start, stop }
-        })
-        .collect();
-    Ok(Json(tokens).into_response())
 }
 
 /// Health check: 200 once the model is loaded.
@@ -394,7 +226,7 @@ async fn tokenize(
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     match state.ready.get() {
         Some(_) => StatusCode::OK.into_response(),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "healthcheck"),
+        None => tgi_error(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "healthcheck"),
     }
 }
 
@@ -404,16 +236,4 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
     let text = state.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
-}
-
-/// The model and the server's limits.
-#[utoipa::path(get, path = "/info", tag = "Text Generation Inference",
-    responses((status = 200, description = "Served model info", body = Info)))]
-async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
-    let mut info = state.info.clone();
-    if let Some(infer) = state.ready.get() {
-        info.max_input_tokens = infer.limits.max_input_tokens;
-        info.max_total_tokens = infer.limits.max_total_tokens;
-    }
-    Json(info)
 }

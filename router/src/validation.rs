@@ -1,13 +1,18 @@
-//! Request validation with TGI's bounds and messages: every parameter checked,
-//! the prompt tokenized (on a blocking thread, by the caller), `truncate` applied,
-//! `max_new_tokens` defaulted from `max_total_tokens`, the grammar compiled, and
-//! the sampling parameters normalised into [`SamplingParams`] with a seed.
+//! The generation core's validation, shared by every API family: a [`GenerationSpec`]
+//! (the request in neutral terms, built by each family from its own wire type after
+//! checking its own parameter bounds) becomes a [`ValidRequest`] — the prompt
+//! tokenized (on a blocking thread, by the caller) or taken as token ids, `truncate`
+//! applied, the lengths checked against the server's [`Limits`], `max_new_tokens`
+//! defaulted from `max_total_tokens`, the grammar compiled, and a seed drawn when a
+//! sampling request gave none.
+//!
+//! Messages are TGI's (its clients match on them); families with another error shape
+//! (OpenAI's names the offending `param`) map these variants onto theirs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rill_backend::grammar::{GrammarCompiler, GrammarSpec};
 use rill_proto::SamplingParams;
-use rill_proto::api::{GenerateParameters, GenerateRequest, GrammarType};
 use tokenizers::Tokenizer;
 
 /// Server-wide bounds (from the CLI, checked against the model at start-up).
@@ -18,32 +23,105 @@ pub struct Limits {
     pub max_stop_sequences: usize,
     pub max_top_n_tokens: u32,
     pub max_best_of: usize,
+    /// Most choices one OpenAI request may ask for (`n`).
+    pub max_n: usize,
+    /// The model's vocabulary (embedding rows): token ids given as a prompt must be below.
+    pub vocab_size: usize,
 }
 
-/// A request that passed validation.
+/// What the model reads first.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prompt {
+    /// Text to tokenize; `add_special_tokens` is false for text a chat template
+    /// rendered (it wrote the BOS itself, as transformers' `apply_chat_template`
+    /// assumes).
+    Text { text: String, add_special_tokens: bool },
+    /// Token ids as given (OpenAI's `prompt` may be token ids).
+    Tokens(Vec<u32>),
+}
+
+/// How a matched stop string ends the output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StopInclusion {
+    /// TGI: the text ends right after the stop string.
+    #[default]
+    Include,
+    /// OpenAI: the text ends right before it, and a stream holds back text that
+    /// might be the start of one until it is sure.
+    Exclude,
+}
+
+/// A request in the core's terms, before the prompt is tokenized.
+#[derive(Clone, Debug)]
+pub struct GenerationSpec {
+    pub prompt: Prompt,
+    /// `None`: as many as `max_total_tokens` leaves.
+    pub max_new_tokens: Option<u32>,
+    /// Keep only the prompt's last tokens.
+    pub truncate: Option<usize>,
+    pub stop: Vec<String>,
+    pub stop_inclusion: StopInclusion,
+    /// Leave special tokens out of the text (false where the output's syntax uses
+    /// them, e.g. tool-call markers; EOS never shows).
+    pub skip_special_tokens: bool,
+    /// Alternatives to report with each token.
+    pub top_n_tokens: u32,
+    /// Report the prompt tokens' logprobs.
+    pub prompt_logprobs: bool,
+    /// Generate exactly `max_new_tokens` (benchmarks, `ignore_eos`).
+    pub ignore_eos: bool,
+    /// The RNG seed; drawn at random for a sampling request without one.
+    pub seed: Option<u64>,
+    pub grammar: Option<GrammarSpec>,
+    /// Every processor's parameters (`seed` and `grammar` are filled in here).
+    pub sampling: SamplingParams,
+}
+
+impl GenerationSpec {
+    /// A greedy request for `prompt` with every option off.
+    pub fn new(prompt: Prompt) -> Self {
+        GenerationSpec {
+            prompt,
+            max_new_tokens: None,
+            truncate: None,
+            stop: Vec::new(),
+            stop_inclusion: StopInclusion::Include,
+            skip_special_tokens: true,
+            top_n_tokens: 0,
+            prompt_logprobs: false,
+            ignore_eos: false,
+            seed: None,
+            grammar: None,
+            sampling: SamplingParams::default(),
+        }
+    }
+}
+
+/// A request that passed validation: what the engine runs and what the
+/// post-processing needs.
 #[derive(Clone, Debug)]
 pub struct ValidRequest {
+    /// The prompt's text as given (empty for token ids).
     pub inputs: String,
     pub prompt: Vec<u32>,
     pub max_new_tokens: usize,
     pub stop: Vec<String>,
-    pub details: bool,
-    pub decoder_input_details: bool,
-    pub return_full_text: bool,
+    pub stop_inclusion: StopInclusion,
+    pub skip_special_tokens: bool,
+    pub prompt_logprobs: bool,
     pub ignore_eos: bool,
-    /// The seed reported in `details` (sampling requests only).
+    /// The seed reported back (sampling requests only).
     pub seed: Option<u64>,
     pub top_n_tokens: u32,
-    /// How many samples to draw, returning the best (`best_of`).
-    pub best_of: usize,
     pub sampling: SamplingParams,
 }
 
 impl ValidRequest {
-    /// The same request with another random seed (the other `best_of` samples).
-    pub fn reseeded(&self) -> ValidRequest {
+    /// The same request with another seed: `seed` if given, else a random one (the
+    /// other `best_of` samples, OpenAI's `n` choices).
+    pub fn reseeded(&self, seed: Option<u64>) -> ValidRequest {
         let mut r = self.clone();
-        r.sampling.seed = random_seed();
+        r.sampling.seed = seed.unwrap_or_else(random_seed);
         r.seed = Some(r.sampling.seed);
         r
     }
@@ -63,6 +141,8 @@ pub fn random_seed() -> u64 {
     z ^ (z >> 31)
 }
 
+/// Why a request was refused before it reached the engine (HTTP 422 on TGI's
+/// routes; each family maps these to its own shape).
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum ValidationError {
     #[error("`inputs` cannot be empty")]
@@ -103,6 +183,8 @@ pub enum ValidationError {
         "`inputs` tokens + `max_new_tokens` must be <= {0}. Given: {1} `inputs` tokens and {2} `max_new_tokens`"
     )]
     MaxTotalTokens(usize, usize, usize),
+    #[error("token id {0} is outside the model's vocabulary of {1} tokens")]
+    TokenId(u32, usize),
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
     #[error("grammar is not supported")]
@@ -111,99 +193,39 @@ pub enum ValidationError {
     InvalidGrammar(String),
 }
 
-/// Check `request`'s parameters (everything but the prompt's length).
-pub fn check_parameters(
-    p: &GenerateParameters,
-    stream: bool,
-    limits: &Limits,
-) -> Result<(), ValidationError> {
-    use ValidationError::*;
-    let positive = |v: Option<f32>| v.is_none_or(|v| v > 0.0);
-    if !positive(p.temperature) {
-        return Err(Temperature);
-    }
-    if !positive(p.repetition_penalty) {
-        return Err(RepetitionPenalty);
-    }
-    if p.frequency_penalty.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
-        return Err(FrequencyPenalty);
-    }
-    if p.top_p.is_some_and(|v| v <= 0.0 || v >= 1.0) {
-        return Err(TopP);
-    }
-    if p.typical_p.is_some_and(|v| v <= 0.0 || v >= 1.0) {
-        return Err(TypicalP);
-    }
-    if p.top_k.is_some_and(|v| v <= 0) {
-        return Err(TopK);
-    }
-    if p.max_new_tokens == Some(0) {
-        return Err(NegativeMaxNewTokens);
-    }
-    if p.stop.len() > limits.max_stop_sequences {
-        return Err(StopSequence(limits.max_stop_sequences, p.stop.len()));
-    }
-    let top_n = p.top_n_tokens.unwrap_or(0);
-    if top_n > limits.max_top_n_tokens {
-        return Err(TopNTokens(limits.max_top_n_tokens, top_n));
-    }
-    if let Some(best_of) = p.best_of {
-        if best_of == 0 || best_of > limits.max_best_of {
-            return Err(BestOf(limits.max_best_of, best_of));
-        }
-        if best_of > 1 {
-            if stream {
-                return Err(BestOfStream);
-            }
-            let sampling = p.do_sample
-                || p.temperature.is_some_and(|t| t != 1.0)
-                || p.top_k.is_some()
-                || p.top_p.is_some()
-                || p.typical_p.is_some();
-            if !sampling {
-                return Err(BestOfSampling);
-            }
-            if p.seed.is_some() {
-                return Err(BestOfSeed);
-            }
-        }
-    }
-    if stream && p.decoder_input_details {
-        return Err(PrefillDetailsStream);
-    }
-    if let Some(t) = p.truncate
-        && (t == 0 || t > limits.max_input_tokens)
-    {
-        return Err(Truncate(limits.max_input_tokens, t));
-    }
-    Ok(())
-}
-
-/// Validate a whole request: parameters, then the tokenized prompt against the
-/// length limits, then its grammar (`grammar` is `None` when grammars are
-/// disabled). Tokenizing and compiling are CPU work: call this on a blocking thread.
-pub fn validate(
-    request: GenerateRequest,
-    stream: bool,
+/// Validate a request in the core's terms: the prompt (tokenized, or its ids checked
+/// against the vocabulary) against the length limits, then its grammar (`grammar` is
+/// `None` when grammars are disabled). Tokenizing and compiling are CPU work: call
+/// this on a blocking thread.
+pub fn prepare(
+    spec: GenerationSpec,
     limits: &Limits,
     tokenizer: &Tokenizer,
     grammar: Option<&GrammarCompiler>,
 ) -> Result<ValidRequest, ValidationError> {
     use ValidationError::*;
-    // TGI: a request without `parameters` samples.
-    let p =
-        request.parameters.unwrap_or(GenerateParameters { do_sample: true, ..Default::default() });
-    check_parameters(&p, stream, limits)?;
-    if request.inputs.is_empty() {
-        return Err(EmptyInput);
-    }
-    let encoding =
-        tokenizer.encode(request.inputs.as_str(), true).map_err(|e| Tokenizer(e.to_string()))?;
-    let mut prompt = encoding.get_ids().to_vec();
+    let (inputs, mut prompt) = match spec.prompt {
+        Prompt::Text { text, add_special_tokens } => {
+            if text.is_empty() {
+                return Err(EmptyInput);
+            }
+            let encoding = tokenizer
+                .encode(text.as_str(), add_special_tokens)
+                .map_err(|e| Tokenizer(e.to_string()))?;
+            let ids = encoding.get_ids().to_vec();
+            (text, ids)
+        }
+        Prompt::Tokens(ids) => {
+            if let Some(&bad) = ids.iter().find(|&&t| t as usize >= limits.vocab_size) {
+                return Err(TokenId(bad, limits.vocab_size));
+            }
+            (String::new(), ids)
+        }
+    };
     if prompt.is_empty() {
         return Err(EmptyInput);
     }
-    if let Some(t) = p.truncate
+    if let Some(t) = spec.truncate
         && prompt.len() > t
     {
         prompt.drain(..prompt.len() - t);
@@ -212,71 +234,56 @@ pub fn validate(
     if input > limits.max_input_tokens {
         return Err(InputLength(limits.max_input_tokens, input));
     }
-    let max_new_tokens = match p.max_new_tokens {
+    let max_new_tokens = match spec.max_new_tokens {
+        Some(0) => return Err(NegativeMaxNewTokens),
         Some(n) => n as usize,
         None => limits.max_total_tokens.saturating_sub(input).max(1),
     };
     if input + max_new_tokens > limits.max_total_tokens {
         return Err(MaxTotalTokens(limits.max_total_tokens, input, max_new_tokens));
     }
-    let grammar = match &p.grammar {
+    let mut sampling = spec.sampling;
+    sampling.grammar = match &spec.grammar {
         None => None,
         Some(g) => {
             let compiler = grammar.ok_or(Grammar)?;
-            let spec = match g {
-                GrammarType::Json(schema) => GrammarSpec::JsonSchema(schema.clone()),
-                GrammarType::JsonSchema(c) => GrammarSpec::JsonSchema(c.schema.clone()),
-                GrammarType::Regex(r) => GrammarSpec::Regex(r.clone()),
-            };
-            Some(compiler.compile(&spec).map_err(|e| InvalidGrammar(e.to_string()))?)
+            Some(compiler.compile(g).map_err(|e| InvalidGrammar(e.to_string()))?)
         }
     };
-    let mut sampling = SamplingParams {
-        do_sample: p.do_sample,
-        temperature: p.temperature.unwrap_or(1.0),
-        top_k: p.top_k.unwrap_or(0).max(0) as u32,
-        top_p: p.top_p.unwrap_or(1.0),
-        typical_p: p.typical_p.unwrap_or(1.0),
-        repetition_penalty: p.repetition_penalty.unwrap_or(1.0),
-        frequency_penalty: p.frequency_penalty.unwrap_or(0.0),
-        watermark: p.watermark,
-        seed: 0,
-        grammar,
-        ..SamplingParams::default()
-    };
-    let seed = sampling.samples().then(|| p.seed.unwrap_or_else(random_seed));
+    let seed = sampling.samples().then(|| spec.seed.unwrap_or_else(random_seed));
     sampling.seed = seed.unwrap_or(0);
     Ok(ValidRequest {
-        inputs: request.inputs,
+        inputs,
         prompt,
         max_new_tokens,
-        stop: p.stop.clone(),
-        details: p.details || p.decoder_input_details,
-        decoder_input_details: p.decoder_input_details,
-        return_full_text: p.return_full_text.unwrap_or(false),
-        ignore_eos: p.ignore_eos,
+        stop: spec.stop,
+        stop_inclusion: spec.stop_inclusion,
+        skip_special_tokens: spec.skip_special_tokens,
+        prompt_logprobs: spec.prompt_logprobs,
+        ignore_eos: spec.ignore_eos,
         seed,
-        top_n_tokens: p.top_n_tokens.unwrap_or(0),
-        best_of: p.best_of.unwrap_or(1),
+        top_n_tokens: spec.top_n_tokens,
         sampling,
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn limits() -> Limits {
+    pub(crate) fn limits() -> Limits {
         Limits {
             max_input_tokens: 30,
             max_total_tokens: 40,
             max_stop_sequences: 2,
             max_top_n_tokens: 5,
             max_best_of: 2,
+            max_n: 4,
+            vocab_size: 256,
         }
     }
 
-    fn tokenizer() -> Tokenizer {
+    pub(crate) fn tokenizer() -> Tokenizer {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../integration-tests/fixtures/models/llama/tokenizer.json"
@@ -284,69 +291,52 @@ mod tests {
         Tokenizer::from_file(path).unwrap()
     }
 
-    fn check(json: serde_json::Value, stream: bool) -> Result<ValidRequest, ValidationError> {
-        let req: GenerateRequest = serde_json::from_value(json).unwrap();
-        validate(req, stream, &limits(), &tokenizer(), None)
-    }
-
-    #[test]
-    fn every_bound_is_enforced_with_tgi_messages() {
-        use serde_json::json;
-        let cases = [
-            (json!({"temperature": 0.0}), "`temperature` must be strictly positive"),
-            (json!({"repetition_penalty": -1.0}), "`repetition_penalty` must be strictly positive"),
-            (json!({"frequency_penalty": 2.5}), "`frequency_penalty` must be >= -2.0 and <= 2.0"),
-            (json!({"top_p": 1.0}), "`top_p` must be > 0.0 and < 1.0"),
-            (json!({"typical_p": 0.0}), "`typical_p` must be > 0.0 and < 1.0"),
-            (json!({"top_k": 0}), "`top_k` must be strictly positive"),
-            (json!({"max_new_tokens": 0}), "`max_new_tokens` must be strictly positive"),
-            (json!({"stop": ["a", "b", "c"]}), "`stop` supports up to 2 stop sequences. Given: 3"),
-            (json!({"top_n_tokens": 6}), "`top_n_tokens` must be >= 0 and <= 5. Given: 6"),
-            (json!({"best_of": 3}), "`best_of` must be > 0 and <= 2. Given: 3"),
-            (json!({"best_of": 2}), "you must use sampling when `best_of` is > 1"),
-            (
-                json!({"best_of": 2, "do_sample": true, "seed": 1}),
-                "`seed` must not be set when `best_of` > 1",
-            ),
-            (
-                json!({"truncate": 31}),
-                "`truncate` must be strictly positive and less than 30. Given: 31",
-            ),
-            (
-                json!({"max_new_tokens": 39}),
-                "`inputs` tokens + `max_new_tokens` must be <= 40. Given: 3 `inputs` tokens and 39 `max_new_tokens`",
-            ),
-        ];
-        for (params, message) in cases {
-            let err = check(json!({"inputs": "Hi", "parameters": params}), false).unwrap_err();
-            assert_eq!(err.to_string(), message, "{params}");
-        }
-        let err = check(json!({"inputs": "", "parameters": {}}), false).unwrap_err();
-        assert_eq!(err, ValidationError::EmptyInput);
-    }
-
-    #[test]
-    fn streaming_forbids_best_of_and_prefill_details() {
-        use serde_json::json;
-        let err =
-            check(json!({"inputs": "Hi", "parameters": {"best_of": 2, "do_sample": true}}), true)
-                .unwrap_err();
-        assert_eq!(err, ValidationError::BestOfStream);
-        let err =
-            check(json!({"inputs": "Hi", "parameters": {"decoder_input_details": true}}), true)
-                .unwrap_err();
-        assert_eq!(err, ValidationError::PrefillDetailsStream);
+    fn text(s: &str) -> GenerationSpec {
+        GenerationSpec::new(Prompt::Text { text: s.into(), add_special_tokens: true })
     }
 
     #[test]
     fn truncate_keeps_the_last_tokens_and_max_new_tokens_defaults() {
-        use serde_json::json;
         let long = "the quick brown fox jumps over the lazy dog ".repeat(8);
-        let err = check(json!({"inputs": long}), false).unwrap_err();
+        let err = prepare(text(&long), &limits(), &tokenizer(), None).unwrap_err();
         assert!(matches!(err, ValidationError::InputLength(30, _)), "{err}");
         let full = tokenizer().encode(long.as_str(), true).unwrap().get_ids().to_vec();
-        let ok = check(json!({"inputs": long, "parameters": {"truncate": 10}}), false).unwrap();
+        let spec = GenerationSpec { truncate: Some(10), ..text(&long) };
+        let ok = prepare(spec, &limits(), &tokenizer(), None).unwrap();
         assert_eq!(ok.prompt, full[full.len() - 10..]);
         assert_eq!(ok.max_new_tokens, 30);
+    }
+
+    #[test]
+    fn rendered_text_gets_no_second_bos_and_token_ids_are_checked() {
+        let with = prepare(text("Hi"), &limits(), &tokenizer(), None).unwrap();
+        let spec =
+            GenerationSpec::new(Prompt::Text { text: "Hi".into(), add_special_tokens: false });
+        let without = prepare(spec, &limits(), &tokenizer(), None).unwrap();
+        assert_eq!(with.prompt[0], 1, "BOS");
+        assert_eq!(with.prompt[1..], without.prompt[..]);
+
+        let ids = GenerationSpec::new(Prompt::Tokens(vec![1, 5, 255]));
+        assert_eq!(prepare(ids, &limits(), &tokenizer(), None).unwrap().prompt, [1, 5, 255]);
+        let bad = GenerationSpec::new(Prompt::Tokens(vec![1, 256]));
+        let err = prepare(bad, &limits(), &tokenizer(), None).unwrap_err();
+        assert_eq!(err, ValidationError::TokenId(256, 256));
+        let empty = GenerationSpec::new(Prompt::Tokens(vec![]));
+        let err = prepare(empty, &limits(), &tokenizer(), None).unwrap_err();
+        assert_eq!(err, ValidationError::EmptyInput);
+    }
+
+    #[test]
+    fn seeds_are_drawn_only_for_sampling_requests() {
+        let greedy = prepare(text("Hi"), &limits(), &tokenizer(), None).unwrap();
+        assert_eq!(greedy.seed, None);
+        let mut spec = text("Hi");
+        spec.sampling.do_sample = true;
+        let drawn = prepare(spec.clone(), &limits(), &tokenizer(), None).unwrap();
+        assert!(drawn.seed.is_some());
+        spec.seed = Some(7);
+        let given = prepare(spec, &limits(), &tokenizer(), None).unwrap();
+        assert_eq!((given.seed, given.sampling.seed), (Some(7), 7));
+        assert_eq!(given.reseeded(Some(8)).sampling.seed, 8);
     }
 }

@@ -291,14 +291,20 @@ async fn openapi_document_and_swagger_ui_are_served_offline() {
         .json()
         .await
         .unwrap();
-    for path in ["/", "/generate", "/generate_stream", "/tokenize", "/health", "/info", "/metrics"]
-    {
+    let paths = ["/", "/generate", "/generate_stream", "/tokenize", "/health", "/info", "/metrics"];
+    let openai = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/chat_tokenize"];
+    for path in paths.into_iter().chain(openai) {
         assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
     let params = &doc["components"]["schemas"]["GenerateParameters"]["properties"];
     for field in ["max_new_tokens", "temperature", "top_p", "stop", "details", "truncate", "seed"] {
         assert!(params[field].is_object(), "{field} missing from GenerateParameters");
     }
+    let chat = &doc["components"]["schemas"]["ChatCompletionRequest"]["allOf"];
+    assert!(chat[1]["properties"]["messages"].is_object(), "{chat}");
+    assert_eq!(chat[0]["$ref"], "#/components/schemas/SamplingFields");
+    let sampling = &doc["components"]["schemas"]["SamplingFields"]["properties"];
+    assert!(sampling["temperature"].is_object() && sampling["logit_bias"].is_object());
     let page = reqwest::get(format!("{}/docs/", server.base)).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("Swagger UI"));

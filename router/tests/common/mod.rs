@@ -95,6 +95,30 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The raw `data:` payloads of a server-sent-event stream on any route (OpenAI's
+    /// end with `[DONE]`), or the error body.
+    pub async fn sse(&self, path: &str, body: Value) -> (u16, Vec<String>) {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        if status != 200 {
+            return (status, vec![text]);
+        }
+        let events = text
+            .split("\n\n")
+            .filter_map(|e| e.trim().strip_prefix("data:"))
+            .map(|d| d.trim().to_string())
+            .collect();
+        (status, events)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

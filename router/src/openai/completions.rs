@@ -1,0 +1,247 @@
+//! `POST /v1/completions`: OpenAI's legacy text completions. `prompt` is a string, a
+//! list of strings, token ids or a list of token-id lists; each prompt gets `n`
+//! choices, numbered prompt by prompt (`index = prompt * n + choice`), as OpenAI
+//! numbers them. `logprobs` (0–5) gives the legacy `tokens` / `token_logprobs` /
+//! `top_logprobs` / `text_offset` lists. `echo` and `suffix` are refused with a 400.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, StreamExt};
+use rill_proto::api::Token;
+
+use super::params::{self, MAX_COMPLETION_LOGPROBS};
+use super::types::*;
+use super::{
+    Envelope, OpenAiError, Step, check_model, choices, done, finish_reason, merged_steps,
+    parse_body, start,
+};
+use crate::infer::InferError;
+use crate::server::{AppState, sse, sse_json};
+use crate::validation::Prompt;
+
+/// OpenAI's default `max_tokens` for completions.
+const DEFAULT_MAX_TOKENS: u32 = 16;
+
+fn prompts(input: PromptInput) -> Result<Vec<Prompt>, OpenAiError> {
+    let text = |text| Prompt::Text { text, add_special_tokens: true };
+    let prompts: Vec<Prompt> = match input {
+        PromptInput::Text(s) => vec![text(s)],
+        PromptInput::Texts(v) => v.into_iter().map(text).collect(),
+        PromptInput::Tokens(ids) => vec![Prompt::Tokens(ids)],
+        PromptInput::TokenLists(v) => v.into_iter().map(Prompt::Tokens).collect(),
+    };
+    if prompts.is_empty() {
+        return Err(OpenAiError::invalid("prompt", "`prompt` must not be empty"));
+    }
+    Ok(prompts)
+}
+
+/// Text completions (stream with `"stream": true`).
+#[utoipa::path(post, path = "/v1/completions", tag = "OpenAI",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "A text completion, or with `stream` its chunks as server-sent events", body = Completion),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 424, description = "Generation failed", body = ErrorBody),
+        (status = 429, description = "Model is overloaded", body = ErrorBody),
+        (status = 503, description = "Model is loading", body = ErrorBody),
+    ))]
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpenAiError> {
+    let arrived = Instant::now();
+    let request: CompletionRequest = parse_body(body)?;
+    let model = check_model(&state, request.model.as_deref())?;
+    if request.echo == Some(true) {
+        return Err(OpenAiError::invalid("echo", "`echo` is not supported"));
+    }
+    if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(OpenAiError::invalid("suffix", "`suffix` is not supported"));
+    }
+    let logprobs = request.logprobs;
+    if let Some(k) = logprobs
+        && k > MAX_COMPLETION_LOGPROBS
+    {
+        return Err(OpenAiError::invalid(
+            "logprobs",
+            format!("`logprobs` must be between 0 and {MAX_COMPLETION_LOGPROBS}. Given: {k}"),
+        ));
+    }
+    let n = request.sampling.n.unwrap_or(1);
+    if request.best_of.is_some_and(|b| b != n) {
+        return Err(OpenAiError::invalid("best_of", "only `best_of` equal to `n` is supported"));
+    }
+    let prompts = prompts(request.prompt)?;
+    let limits = state.infer().map_err(|e| OpenAiError::from_infer(e, "prompt"))?.limits.clone();
+    let max_tokens = Some(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
+    let mut requests = Vec::new();
+    let (mut stream, mut include_usage, mut per_prompt) = (false, false, 1);
+    for prompt in prompts {
+        let mut s = params::sampling(request.sampling.clone(), prompt, max_tokens, &limits)?;
+        s.spec.top_n_tokens = logprobs.unwrap_or(0);
+        (stream, include_usage, per_prompt) = (s.stream, s.include_usage, s.n);
+        let seed = s.spec.seed;
+        let valid =
+            state.prepare(s.spec).await.map_err(|e| OpenAiError::from_infer(e, "prompt"))?;
+        requests.extend(choices(valid, s.n, seed));
+    }
+    let prompt_tokens: usize = requests.iter().step_by(per_prompt).map(|r| r.prompt.len()).sum();
+    let generations =
+        start(&state, requests, arrived).map_err(|e| OpenAiError::from_infer(e, "prompt"))?;
+    let envelope = Envelope::new("cmpl", model);
+    if stream {
+        let steps =
+            merged_steps(generations).await.map_err(|e| OpenAiError::from_infer(e, "prompt"))?;
+        let s = CompletionStream {
+            envelope,
+            logprobs: logprobs.is_some(),
+            include_usage,
+            offsets: Vec::new(),
+            usage: Usage { prompt_tokens: prompt_tokens as u32, ..Default::default() },
+        };
+        let events = stream::unfold(Some((steps, s)), |st| async move {
+            let (mut steps, mut s) = st?;
+            match steps.next().await {
+                Some(step) => {
+                    let (events, more) = s.on_step(step);
+                    Some((events, more.then_some((steps, s))))
+                }
+                None => Some((s.closing(), None)),
+            }
+        })
+        .flat_map(stream::iter);
+        return Ok(sse(events));
+    }
+    let done = futures::future::try_join_all(generations.into_iter().map(|g| g.finish()))
+        .await
+        .map_err(|e| OpenAiError::from_infer(e, "prompt"))?;
+    let mut usage = Usage { prompt_tokens: prompt_tokens as u32, ..Default::default() };
+    let choices = done
+        .into_iter()
+        .enumerate()
+        .map(|(index, f)| {
+            usage.completion_tokens += f.tokens.len() as u32;
+            let logprobs = logprobs.map(|_| {
+                let mut lp = CompletionLogprobs::default();
+                let mut offset = 0;
+                for (i, t) in f.tokens.iter().enumerate() {
+                    push_logprob(&mut lp, &mut offset, t, f.top_tokens.get(i));
+                }
+                lp
+            });
+            CompletionChoice {
+                index: index as u32,
+                text: f.text,
+                logprobs,
+                finish_reason: Some(finish_reason(f.finish_reason)),
+            }
+        })
+        .collect();
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    Ok(Json(Completion {
+        id: envelope.id,
+        object: "text_completion",
+        created: envelope.created,
+        model: envelope.model,
+        system_fingerprint: envelope.system_fingerprint,
+        choices,
+        usage: Some(usage),
+    })
+    .into_response())
+}
+
+/// Append one token to the legacy `logprobs` lists.
+fn push_logprob(
+    lp: &mut CompletionLogprobs,
+    offset: &mut u32,
+    token: &Token,
+    top: Option<&Vec<Token>>,
+) {
+    lp.tokens.push(token.text.clone());
+    lp.token_logprobs.push(token.logprob);
+    let top: BTreeMap<String, f32> =
+        top.into_iter().flatten().map(|t| (t.text.clone(), t.logprob)).collect();
+    lp.top_logprobs.push(top);
+    lp.text_offset.push(*offset);
+    *offset += token.text.len() as u32;
+}
+
+type SseEvent = Result<axum::response::sse::Event, std::convert::Infallible>;
+
+struct CompletionStream {
+    envelope: Envelope,
+    logprobs: bool,
+    include_usage: bool,
+    /// Per choice, the text offset of its next token.
+    offsets: Vec<u32>,
+    usage: Usage,
+}
+
+impl CompletionStream {
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> SseEvent {
+        let e = &self.envelope;
+        sse_json(&Completion {
+            id: e.id.clone(),
+            object: "text_completion",
+            created: e.created,
+            model: e.model.clone(),
+            system_fingerprint: e.system_fingerprint.clone(),
+            choices,
+            usage,
+        })
+    }
+
+    fn on_step(&mut self, step: Step) -> (Vec<SseEvent>, bool) {
+        let event = match step.event {
+            Ok(e) => e,
+            Err(e) => {
+                let e: InferError = e;
+                tracing::warn!(error = %e, "stream failed");
+                let error = OpenAiError::from_infer(e, "prompt");
+                super::record_failure(error.error_type());
+                return (vec![error.event(), done()], false);
+            }
+        };
+        if step.index >= self.offsets.len() {
+            self.offsets.resize(step.index + 1, 0);
+        }
+        if event.text.is_empty() && !self.logprobs && event.finish.is_none() {
+            return (Vec::new(), true);
+        }
+        let logprobs = self.logprobs.then(|| {
+            let mut lp = CompletionLogprobs::default();
+            push_logprob(&mut lp, &mut self.offsets[step.index], &event.token, Some(&event.top));
+            lp
+        });
+        if event.finish.is_some() {
+            self.usage.completion_tokens += step.generated as u32;
+        }
+        let choice = CompletionChoice {
+            index: step.index as u32,
+            text: event.text,
+            logprobs,
+            finish_reason: event.finish.map(finish_reason),
+        };
+        (vec![self.chunk(vec![choice], None)], true)
+    }
+
+    fn closing(&mut self) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        if self.include_usage {
+            let mut usage = self.usage.clone();
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+            out.push(self.chunk(Vec::new(), Some(usage)));
+        }
+        out.push(done());
+        out
+    }
+}
