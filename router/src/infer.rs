@@ -61,6 +61,28 @@ impl InferError {
     }
 }
 
+/// The raw bytes of every token (OpenAI's logprobs report them: a token may hold part
+/// of a character).
+#[derive(Debug, Default)]
+pub struct TokenBytes(Vec<Vec<u8>>);
+
+impl TokenBytes {
+    /// From `rill_backend::grammar::token_bytes`; empty when the vocabulary's byte
+    /// mapping is unknown (then a token's decoded text stands in).
+    pub fn new(bytes: Vec<Vec<u8>>) -> Self {
+        TokenBytes(bytes)
+    }
+
+    /// `token`'s bytes: its vocabulary bytes, or its decoded text for special tokens and
+    /// unknown vocabularies.
+    pub fn of<'a>(&'a self, token: &'a Token) -> &'a [u8] {
+        match self.0.get(token.id as usize) {
+            Some(b) if !b.is_empty() && b[0] != 0xFF => b,
+            _ => token.text.as_bytes(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Infer {
     engine: EngineHandle,
@@ -70,6 +92,7 @@ pub struct Infer {
     pub limits: Limits,
     /// Compiles `grammar` parameters; `None` with `--disable-grammar-support`.
     pub grammar: Option<Arc<GrammarCompiler>>,
+    pub token_bytes: TokenBytes,
     permits: Arc<Semaphore>,
 }
 
@@ -137,6 +160,7 @@ impl Infer {
         tokenizer: Arc<Tokenizer>,
         limits: Limits,
         grammar: Option<Arc<GrammarCompiler>>,
+        token_bytes: TokenBytes,
         max_concurrent: usize,
     ) -> Self {
         let special: HashSet<u32> = tokenizer
@@ -152,6 +176,7 @@ impl Infer {
             special,
             limits,
             grammar,
+            token_bytes,
             permits: Arc::new(Semaphore::new(max_concurrent)),
         }
     }

@@ -28,7 +28,7 @@ use rill_proto::BLOCK_SIZE;
 use rill_proto::api::Info;
 use rill_router::chat_template::ChatTemplates;
 use rill_router::engine;
-use rill_router::infer::Infer;
+use rill_router::infer::{Infer, TokenBytes};
 use rill_router::openai::tools::ToolSyntax;
 use rill_router::scheduler::SchedulerConfig;
 use rill_router::server::{self, AppState, ServerConfig};
@@ -399,14 +399,21 @@ where
         vocab_size: c.vocab_size,
     };
     let tokenizer = Arc::new(model.tokenizer);
+    let path = dir.join("tokenizer.json");
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", path.display()))?;
+    let token_bytes = match rill_backend::grammar::token_bytes(&json) {
+        Ok(bytes) => TokenBytes::new(bytes),
+        Err(e) => {
+            tracing::warn!("logprobs report decoded text as token bytes: {e}");
+            TokenBytes::default()
+        }
+    };
     let grammar = if args.disable_grammar_support {
         None
     } else {
-        let path = dir.join("tokenizer.json");
-        let json: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-        )
-        .with_context(|| format!("parsing {}", path.display()))?;
         let compiler = GrammarCompiler::new(
             &json,
             Arc::clone(&tokenizer),
@@ -416,7 +423,7 @@ where
         .context("preparing grammar support (--disable-grammar-support turns it off)")?;
         Some(Arc::new(compiler))
     };
-    Ok(Infer::new(engine, tokenizer, limits, grammar, args.max_concurrent_requests))
+    Ok(Infer::new(engine, tokenizer, limits, grammar, token_bytes, args.max_concurrent_requests))
 }
 
 /// A rough load-time estimate for `estimated_time` while loading: memory-mapped

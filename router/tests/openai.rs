@@ -150,6 +150,13 @@ async fn n_choices_repeat_with_a_seed_and_logprobs_have_top_alternatives() {
     assert_eq!(status, 200, "{r}");
     let content = r["choices"][0]["logprobs"]["content"].as_array().unwrap();
     assert_eq!(content.len() as u64, r["usage"]["completion_tokens"].as_u64().unwrap());
+    // The tokens' raw bytes make up the text, even where a token holds part of a character.
+    let bytes: Vec<u8> = content
+        .iter()
+        .flat_map(|t| t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8))
+        .collect();
+    let text = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(String::from_utf8_lossy(&bytes), text);
     for entry in content {
         let top = entry["top_logprobs"].as_array().unwrap();
         assert_eq!(top.len(), 3);

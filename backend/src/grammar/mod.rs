@@ -244,6 +244,13 @@ impl GrammarCompiler {
     }
 }
 
+/// The raw bytes of every token id in a parsed `tokenizer.json` (byte-level or
+/// SentencePiece-style vocabularies), as a grammar sees them: what OpenAI's logprobs
+/// report as `bytes`. Special tokens start with toktrie's 0xFF marker.
+pub fn token_bytes(tokenizer_json: &Value) -> Result<Vec<Vec<u8>>, GrammarError> {
+    vocab::token_bytes(tokenizer_json).map_err(GrammarError::Vocabulary)
+}
+
 /// llguidance's message, trimmed, and cut at [`MAX_MESSAGE`] bytes: it quotes the
 /// user's regex, which may be huge.
 fn user_message(e: &str) -> String {

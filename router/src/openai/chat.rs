@@ -32,7 +32,7 @@ use super::{
     parse_body, start,
 };
 use crate::chat_template::ChatInput;
-use crate::infer::Finished;
+use crate::infer::{Finished, TokenBytes};
 use crate::sequence::FinishReason;
 use crate::server::{AppState, sse, sse_json};
 use crate::validation::{Prompt, ValidRequest};
@@ -275,7 +275,14 @@ pub async fn chat_completions(
     if p.stream {
         let steps =
             merged_steps(generations).await.map_err(|e| OpenAiError::from_infer(e, "messages"))?;
-        let stream = ChatStream::new(envelope, p.n, p.logprobs, p.include_usage, p.tool_mode);
+        let stream = ChatStream::new(
+            Arc::clone(&state),
+            envelope,
+            p.n,
+            p.logprobs,
+            p.include_usage,
+            p.tool_mode,
+        );
         let opening = stream.opening();
         let events = stream::unfold(Some((steps, stream)), |s| async move {
             let (mut steps, mut stream) = s?;
@@ -293,6 +300,7 @@ pub async fn chat_completions(
     let done = futures::future::try_join_all(generations.into_iter().map(|g| g.finish()))
         .await
         .map_err(|e| OpenAiError::from_infer(e, "messages"))?;
+    let bytes = &state.infer().map_err(|e| OpenAiError::from_infer(e, "messages"))?.token_bytes;
     let mut usage = Usage::default();
     let choices = done
         .into_iter()
@@ -300,7 +308,7 @@ pub async fn chat_completions(
         .map(|(index, f)| {
             usage.prompt_tokens = f.prompt_tokens as u32;
             usage.completion_tokens += f.tokens.len() as u32;
-            chat_choice(index as u32, f, p.logprobs, p.tool_mode)
+            chat_choice(bytes, index as u32, f, p.logprobs, p.tool_mode)
         })
         .collect();
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
@@ -329,31 +337,42 @@ impl From<crate::infer::InferError> for WorkerError {
     }
 }
 
-/// One token's chat `logprobs` entry.
-fn token_logprob(token: &Token, top: &[Token]) -> TokenLogprob {
+/// One token's chat `logprobs` entry: its raw bytes, and as `token` those bytes as
+/// text (a token holding part of a character shows U+FFFD, as OpenAI's do).
+fn token_logprob(bytes: &TokenBytes, token: &Token, top: &[Token]) -> TokenLogprob {
+    let entry = |t: &Token| {
+        let b = bytes.of(t);
+        (String::from_utf8_lossy(b).into_owned(), b.to_vec())
+    };
+    let (text, raw) = entry(token);
     TokenLogprob {
-        token: token.text.clone(),
+        token: text,
         logprob: token.logprob,
-        bytes: token.text.as_bytes().to_vec(),
+        bytes: raw,
         top_logprobs: top
             .iter()
-            .map(|t| TopLogprob {
-                token: t.text.clone(),
-                logprob: t.logprob,
-                bytes: t.text.as_bytes().to_vec(),
+            .map(|t| {
+                let (token, bytes) = entry(t);
+                TopLogprob { token, logprob: t.logprob, bytes }
             })
             .collect(),
     }
 }
 
 /// A finished choice as `chat.completion` shapes it.
-fn chat_choice(index: u32, f: Finished, logprobs: bool, mode: Option<ToolParseMode>) -> ChatChoice {
+fn chat_choice(
+    bytes: &TokenBytes,
+    index: u32,
+    f: Finished,
+    logprobs: bool,
+    mode: Option<ToolParseMode>,
+) -> ChatChoice {
     let logprobs = logprobs.then(|| ChatLogprobs {
         content: f
             .tokens
             .iter()
             .enumerate()
-            .map(|(i, t)| token_logprob(t, f.top_tokens.get(i).map_or(&[][..], |v| &v[..])))
+            .map(|(i, t)| token_logprob(bytes, t, f.top_tokens.get(i).map_or(&[][..], |v| &v[..])))
             .collect(),
     });
     let (content, tool_calls) = match mode {
@@ -381,6 +400,8 @@ fn chat_choice(index: u32, f: Finished, logprobs: bool, mode: Option<ToolParseMo
 
 /// A chat stream's state: per choice, its tool-call parser and whether it called.
 struct ChatStream {
+    /// For the tokens' bytes.
+    state: Arc<AppState>,
     envelope: Envelope,
     n: usize,
     logprobs: bool,
@@ -394,6 +415,7 @@ type SseEvent = Result<axum::response::sse::Event, std::convert::Infallible>;
 
 impl ChatStream {
     fn new(
+        state: Arc<AppState>,
         envelope: Envelope,
         n: usize,
         logprobs: bool,
@@ -401,6 +423,7 @@ impl ChatStream {
         mode: Option<ToolParseMode>,
     ) -> Self {
         ChatStream {
+            state,
             envelope,
             n,
             logprobs,
@@ -489,8 +512,10 @@ impl ChatStream {
         for (k, delta) in deltas.into_iter().enumerate() {
             let mut choice = self.choice(i, delta);
             if self.logprobs && k == 0 {
-                choice.logprobs =
-                    Some(ChatLogprobs { content: vec![token_logprob(&event.token, &event.top)] });
+                let empty = TokenBytes::default();
+                let bytes = self.state.ready.get().map_or(&empty, |i| &i.token_bytes);
+                let entry = token_logprob(bytes, &event.token, &event.top);
+                choice.logprobs = Some(ChatLogprobs { content: vec![entry] });
             }
             out.push(self.chunk(vec![choice], None));
         }

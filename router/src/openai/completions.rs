@@ -22,7 +22,7 @@ use super::{
     Envelope, OpenAiError, Step, check_model, choices, done, finish_reason, merged_steps,
     parse_body, start,
 };
-use crate::infer::InferError;
+use crate::infer::{InferError, TokenBytes};
 use crate::server::{AppState, sse, sse_json};
 use crate::validation::Prompt;
 
@@ -102,6 +102,7 @@ pub async fn completions(
         let steps =
             merged_steps(generations).await.map_err(|e| OpenAiError::from_infer(e, "prompt"))?;
         let s = CompletionStream {
+            state: Arc::clone(&state),
             envelope,
             logprobs: logprobs.is_some(),
             include_usage,
@@ -124,6 +125,7 @@ pub async fn completions(
     let done = futures::future::try_join_all(generations.into_iter().map(|g| g.finish()))
         .await
         .map_err(|e| OpenAiError::from_infer(e, "prompt"))?;
+    let bytes = &state.infer().map_err(|e| OpenAiError::from_infer(e, "prompt"))?.token_bytes;
     let mut usage = Usage { prompt_tokens: prompt_tokens as u32, ..Default::default() };
     let choices = done
         .into_iter()
@@ -134,7 +136,7 @@ pub async fn completions(
                 let mut lp = CompletionLogprobs::default();
                 let mut offset = 0;
                 for (i, t) in f.tokens.iter().enumerate() {
-                    push_logprob(&mut lp, &mut offset, t, f.top_tokens.get(i));
+                    push_logprob(&mut lp, bytes, &mut offset, t, f.top_tokens.get(i));
                 }
                 lp
             });
@@ -159,17 +161,20 @@ pub async fn completions(
     .into_response())
 }
 
-/// Append one token to the legacy `logprobs` lists.
+/// Append one token to the legacy `logprobs` lists: each token as its bytes read as
+/// text, offsets into the completion's text.
 fn push_logprob(
     lp: &mut CompletionLogprobs,
+    bytes: &TokenBytes,
     offset: &mut u32,
     token: &Token,
     top: Option<&Vec<Token>>,
 ) {
-    lp.tokens.push(token.text.clone());
+    let text = |t: &Token| String::from_utf8_lossy(bytes.of(t)).into_owned();
+    lp.tokens.push(text(token));
     lp.token_logprobs.push(token.logprob);
     let top: BTreeMap<String, f32> =
-        top.into_iter().flatten().map(|t| (t.text.clone(), t.logprob)).collect();
+        top.into_iter().flatten().map(|t| (text(t), t.logprob)).collect();
     lp.top_logprobs.push(top);
     lp.text_offset.push(*offset);
     *offset += token.text.len() as u32;
@@ -178,6 +183,8 @@ fn push_logprob(
 type SseEvent = Result<axum::response::sse::Event, std::convert::Infallible>;
 
 struct CompletionStream {
+    /// For the tokens' bytes.
+    state: Arc<AppState>,
     envelope: Envelope,
     logprobs: bool,
     include_usage: bool,
@@ -219,7 +226,10 @@ impl CompletionStream {
         }
         let logprobs = self.logprobs.then(|| {
             let mut lp = CompletionLogprobs::default();
-            push_logprob(&mut lp, &mut self.offsets[step.index], &event.token, Some(&event.top));
+            let empty = TokenBytes::default();
+            let bytes = self.state.ready.get().map_or(&empty, |i| &i.token_bytes);
+            let offset = &mut self.offsets[step.index];
+            push_logprob(&mut lp, bytes, offset, &event.token, Some(&event.top));
             lp
         });
         if event.finish.is_some() {
