@@ -28,11 +28,11 @@ use super::params::{self, MAX_TOP_LOGPROBS};
 use super::tools::{self, ParserEvent, ToolCallParser, ToolChoice, ToolParseMode};
 use super::types::*;
 use super::{
-    Envelope, OpenAiError, Step, check_model, choices, done, finish_reason, merged_steps,
-    parse_body, start,
+    ChunkShaper, Envelope, GenerationErrors, OpenAiError, SseEvent, Step, check_model, choices,
+    finish_reason, merged_steps, parse_body, shaped_stream, start,
 };
 use crate::chat_template::ChatInput;
-use crate::infer::{Finished, TokenBytes};
+use crate::infer::{Finished, TokenBytes, TokenEvent};
 use crate::sequence::FinishReason;
 use crate::server::{AppState, sse, sse_json};
 use crate::validation::{Prompt, ValidRequest};
@@ -254,11 +254,7 @@ async fn prepare(
     request_body = ChatCompletionRequest,
     responses(
         (status = 200, description = "A chat completion, or with `stream` its chunks as server-sent events", body = ChatCompletion),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 424, description = "Generation failed", body = ErrorBody),
-        (status = 429, description = "Model is overloaded", body = ErrorBody),
-        (status = 503, description = "Model is loading", body = ErrorBody),
+        GenerationErrors,
     ))]
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -284,18 +280,7 @@ pub async fn chat_completions(
             p.tool_mode,
         );
         let opening = stream.opening();
-        let events = stream::unfold(Some((steps, stream)), |s| async move {
-            let (mut steps, mut stream) = s?;
-            match steps.next().await {
-                Some(step) => {
-                    let (events, more) = stream.on_step(step);
-                    Some((events, more.then_some((steps, stream))))
-                }
-                None => Some((stream.closing(), None)),
-            }
-        })
-        .flat_map(stream::iter);
-        return Ok(sse(stream::iter(opening).chain(events)));
+        return Ok(sse(stream::iter(opening).chain(shaped_stream(steps, stream))));
     }
     let done = futures::future::try_join_all(generations.into_iter().map(|g| g.finish()))
         .await
@@ -411,8 +396,6 @@ struct ChatStream {
     usage: Usage,
 }
 
-type SseEvent = Result<axum::response::sse::Event, std::convert::Infallible>;
-
 impl ChatStream {
     fn new(
         state: Arc<AppState>,
@@ -481,19 +464,11 @@ impl ChatStream {
             })
             .collect()
     }
+}
 
-    /// The chunks one step becomes, and whether the stream goes on.
-    fn on_step(&mut self, step: Step) -> (Vec<SseEvent>, bool) {
+impl ChunkShaper for ChatStream {
+    fn on_token(&mut self, step: &Step, event: TokenEvent) -> Vec<SseEvent> {
         let i = step.index;
-        let event = match step.event {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "stream failed");
-                let error = OpenAiError::from_infer(e, "messages");
-                super::record_failure(error.error_type());
-                return (vec![error.event(), done()], false);
-            }
-        };
         let mut deltas = match self.parsers[i].as_mut() {
             Some(parser) => {
                 let mut events = parser.push(&event.text);
@@ -531,19 +506,17 @@ impl ChatStream {
             choice.finish_reason = Some(reason);
             out.push(self.chunk(vec![choice], None));
         }
-        (out, true)
+        out
     }
 
-    /// After every choice finished: the usage chunk (if asked) and `[DONE]`.
     fn closing(&mut self) -> Vec<SseEvent> {
-        let mut out = Vec::new();
-        if self.include_usage {
-            let mut usage = self.usage.clone();
-            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
-            out.push(self.chunk(Vec::new(), Some(usage)));
-        }
-        out.push(done());
-        out
+        let mut usage = self.usage.clone();
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+        if self.include_usage { vec![self.chunk(Vec::new(), Some(usage))] } else { Vec::new() }
+    }
+
+    fn prompt_param(&self) -> &'static str {
+        "messages"
     }
 }
 

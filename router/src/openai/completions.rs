@@ -13,16 +13,15 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
-use futures::stream::{self, StreamExt};
 use rill_proto::api::Token;
 
 use super::params::{self, MAX_COMPLETION_LOGPROBS};
 use super::types::*;
 use super::{
-    Envelope, OpenAiError, Step, check_model, choices, done, finish_reason, merged_steps,
-    parse_body, start,
+    ChunkShaper, Envelope, GenerationErrors, OpenAiError, SseEvent, Step, check_model, choices,
+    finish_reason, merged_steps, parse_body, shaped_stream, start,
 };
-use crate::infer::{InferError, TokenBytes};
+use crate::infer::{TokenBytes, TokenEvent};
 use crate::server::{AppState, sse, sse_json};
 use crate::validation::Prompt;
 
@@ -48,11 +47,7 @@ fn prompts(input: PromptInput) -> Result<Vec<Prompt>, OpenAiError> {
     request_body = CompletionRequest,
     responses(
         (status = 200, description = "A text completion, or with `stream` its chunks as server-sent events", body = Completion),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 424, description = "Generation failed", body = ErrorBody),
-        (status = 429, description = "Model is overloaded", body = ErrorBody),
-        (status = 503, description = "Model is loading", body = ErrorBody),
+        GenerationErrors,
     ))]
 pub async fn completions(
     State(state): State<Arc<AppState>>,
@@ -109,18 +104,7 @@ pub async fn completions(
             offsets: Vec::new(),
             usage: Usage { prompt_tokens: prompt_tokens as u32, ..Default::default() },
         };
-        let events = stream::unfold(Some((steps, s)), |st| async move {
-            let (mut steps, mut s) = st?;
-            match steps.next().await {
-                Some(step) => {
-                    let (events, more) = s.on_step(step);
-                    Some((events, more.then_some((steps, s))))
-                }
-                None => Some((s.closing(), None)),
-            }
-        })
-        .flat_map(stream::iter);
-        return Ok(sse(events));
+        return Ok(sse(shaped_stream(steps, s)));
     }
     let done = futures::future::try_join_all(generations.into_iter().map(|g| g.finish()))
         .await
@@ -180,8 +164,6 @@ fn push_logprob(
     *offset += token.text.len() as u32;
 }
 
-type SseEvent = Result<axum::response::sse::Event, std::convert::Infallible>;
-
 struct CompletionStream {
     /// For the tokens' bytes.
     state: Arc<AppState>,
@@ -206,23 +188,15 @@ impl CompletionStream {
             usage,
         })
     }
+}
 
-    fn on_step(&mut self, step: Step) -> (Vec<SseEvent>, bool) {
-        let event = match step.event {
-            Ok(e) => e,
-            Err(e) => {
-                let e: InferError = e;
-                tracing::warn!(error = %e, "stream failed");
-                let error = OpenAiError::from_infer(e, "prompt");
-                super::record_failure(error.error_type());
-                return (vec![error.event(), done()], false);
-            }
-        };
+impl ChunkShaper for CompletionStream {
+    fn on_token(&mut self, step: &Step, event: TokenEvent) -> Vec<SseEvent> {
         if step.index >= self.offsets.len() {
             self.offsets.resize(step.index + 1, 0);
         }
         if event.text.is_empty() && !self.logprobs && event.finish.is_none() {
-            return (Vec::new(), true);
+            return Vec::new();
         }
         let logprobs = self.logprobs.then(|| {
             let mut lp = CompletionLogprobs::default();
@@ -241,17 +215,16 @@ impl CompletionStream {
             logprobs,
             finish_reason: event.finish.map(finish_reason),
         };
-        (vec![self.chunk(vec![choice], None)], true)
+        vec![self.chunk(vec![choice], None)]
     }
 
     fn closing(&mut self) -> Vec<SseEvent> {
-        let mut out = Vec::new();
-        if self.include_usage {
-            let mut usage = self.usage.clone();
-            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
-            out.push(self.chunk(Vec::new(), Some(usage)));
-        }
-        out.push(done());
-        out
+        let mut usage = self.usage.clone();
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+        if self.include_usage { vec![self.chunk(Vec::new(), Some(usage))] } else { Vec::new() }
+    }
+
+    fn prompt_param(&self) -> &'static str {
+        "prompt"
     }
 }

@@ -383,8 +383,70 @@ async fn merged_steps(
 }
 
 /// The end of every stream.
-fn done() -> Result<Event, std::convert::Infallible> {
+fn done() -> SseEvent {
     Ok(Event::default().data("[DONE]"))
+}
+
+type SseEvent = Result<Event, std::convert::Infallible>;
+
+/// How a route turns the merged choices' steps into its chunks.
+trait ChunkShaper: Send + 'static {
+    /// The chunks one token of one choice becomes.
+    fn on_token(&mut self, step: &Step, event: TokenEvent) -> Vec<SseEvent>;
+    /// After every choice finished: the usage chunk (when asked).
+    fn closing(&mut self) -> Vec<SseEvent>;
+    /// The prompt field that errors name.
+    fn prompt_param(&self) -> &'static str;
+}
+
+/// The SSE body of a stream: each step shaped, an error event in OpenAI's shape if a
+/// choice fails (which ends the stream), then the closing chunks and `[DONE]`.
+fn shaped_stream(
+    steps: BoxStream<'static, Step>,
+    shaper: impl ChunkShaper,
+) -> impl futures::Stream<Item = SseEvent> + Send + 'static {
+    stream::unfold(Some((steps, shaper)), |s| async move {
+        let (mut steps, mut shaper) = s?;
+        let Some(mut step) = steps.next().await else {
+            let mut events = shaper.closing();
+            events.push(done());
+            return Some((events, None));
+        };
+        match std::mem::replace(&mut step.event, Err(InferError::Unavailable("taken"))) {
+            Ok(event) => {
+                let events = shaper.on_token(&step, event);
+                Some((events, Some((steps, shaper))))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "stream failed");
+                let error = OpenAiError::from_infer(e, shaper.prompt_param());
+                record_failure(error.error_type());
+                Some((vec![error.event(), done()], None))
+            }
+        }
+    })
+    .flat_map(stream::iter)
+}
+
+/// The failures every generation route documents (OpenAPI only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum GenerationErrors {
+    /// Invalid request (`param` names the field)
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// Unknown model
+    #[response(status = 404)]
+    UnknownModel(ErrorBody),
+    /// Generation failed
+    #[response(status = 424)]
+    Generation(ErrorBody),
+    /// Model is overloaded
+    #[response(status = 429)]
+    Overloaded(ErrorBody),
+    /// Model is loading
+    #[response(status = 503)]
+    Loading(ErrorBody),
 }
 
 /// The served models.
