@@ -590,3 +590,35 @@ async fn forced_tool_choices_return_valid_calls_whole_and_streamed() {
     }
     server.wait_idle().await;
 }
+
+#[tokio::test]
+async fn clients_leaving_openai_streams_leak_no_blocks() {
+    let server = Server::start(&[], &[]).await;
+    let client = reqwest::Client::new();
+    let mut streams = Vec::new();
+    for i in 0..8 {
+        let body = chat(
+            json!({"n": 2, "max_tokens": 200, "ignore_eos": true, "stream": true, "seed": i, "temperature": 1.0}),
+        );
+        let r = client
+            .post(format!("{}/v1/chat/completions", server.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        streams.push(r);
+    }
+    let body = json!({"prompt": ["a", "b"], "max_tokens": 200, "ignore_eos": true, "stream": true});
+    let r =
+        client.post(format!("{}/v1/completions", server.base)).json(&body).send().await.unwrap();
+    streams.push(r);
+    // Read a little of each, then hang up.
+    for r in &mut streams {
+        let first = r.chunk().await.unwrap();
+        assert!(first.is_some_and(|c| !c.is_empty()));
+    }
+    drop(streams);
+    server.wait_idle().await;
+    server.assert_answers().await;
+}
