@@ -12,13 +12,15 @@ export RILL_BIN="$PWD/target/debug/rill"
 run() { # venv, packages...
     local venv=$1
     shift
-    if [ ! -x "$venv/bin/pytest" ]; then
+    # (Re)install when the venv is new or its package list changed.
+    if [ ! -x "$venv/bin/pytest" ] || [ "$(cat "$venv/.rill-packages" 2>/dev/null)" != "$*" ]; then
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q --disable-pip-version-check pytest "$@"
+        echo "$*" >"$venv/.rill-packages"
     fi
     "$venv/bin/pytest" -q -W ignore::DeprecationWarning integration-tests/python
 }
 
-run .venv-client-hub "huggingface_hub>=1.0,<3"
+run .venv-client-hub "huggingface_hub>=1.0,<3" "jsonschema>=4,<5"
 run .venv-client-tgi "text-generation==0.7.0"
 run .venv-client-openai "openai>=1.60,<3" "jsonschema>=4,<5"

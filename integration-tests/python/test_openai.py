@@ -206,3 +206,13 @@ def test_huggingface_hub_chat_completion(base_url):
     with pytest.raises(Exception) as err:
         client.chat_completion(MESSAGES, max_tokens=10, temperature=9)
     assert "temperature" in str(err.value)
+
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = WEATHER["function"]["parameters"]
+    r = client.chat_completion(
+        MESSAGES,
+        max_tokens=80,
+        seed=2,
+        response_format={"type": "json_schema", "json_schema": {"name": "weather", "schema": schema}},
+    )
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)

@@ -56,7 +56,7 @@ async fn models_are_listed_and_unknown_ones_are_404() {
     let one = reqwest::get(format!("{}/v1/models/tiny-llama", server.base)).await.unwrap();
     assert_eq!(one.status(), 200);
 
-    for model in [json!("tiny-llama"), json!("tgi"), Value::Null] {
+    for model in [json!("tiny-llama"), json!("tgi"), json!("dummy"), Value::Null] {
         let (status, body) =
             server.post("/v1/chat/completions", chat(json!({"model": model}))).await;
         assert_eq!(status, 200, "{model}: {body}");
@@ -278,6 +278,19 @@ async fn json_schema_output_is_valid_and_ends() {
     let body = chat(json!({"response_format": {"type": "json_object"}, "max_tokens": 60}));
     let (status, r) = server.post("/v1/chat/completions", body).await;
     assert_eq!(status, 200, "{r}");
+    // TGI's forms, which huggingface_hub sends: a schema as `value`, and regexes.
+    let body = chat(
+        json!({"response_format": {"type": "json_object", "value": schema}, "max_tokens": 120, "seed": 1, "temperature": 1.0}),
+    );
+    let (_, r) = server.post("/v1/chat/completions", body).await;
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(validator.is_valid(&serde_json::from_str(content).unwrap()), "{content}");
+    let body = chat(
+        json!({"response_format": {"type": "regex", "value": "[0-9]{3}-[0-9]{4}"}, "max_tokens": 20}),
+    );
+    let (_, r) = server.post("/v1/chat/completions", body).await;
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(regex::Regex::new("^[0-9]{3}-[0-9]{4}$").unwrap().is_match(content), "{content}");
     let bad = chat(
         json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}}),
     );

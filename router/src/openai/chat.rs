@@ -145,7 +145,13 @@ fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Value>, OpenAiError
 fn response_grammar(format: Option<&ResponseFormat>) -> Option<GrammarSpec> {
     match format? {
         ResponseFormat::Text => None,
-        ResponseFormat::JsonObject => Some(GrammarSpec::JsonSchema(json!({"type": "object"}))),
+        ResponseFormat::JsonObject { value: None } => {
+            Some(GrammarSpec::JsonSchema(json!({"type": "object"})))
+        }
+        ResponseFormat::JsonObject { value: Some(schema) } => {
+            Some(GrammarSpec::JsonSchema(schema.clone()))
+        }
+        ResponseFormat::Regex { value } => Some(GrammarSpec::Regex(value.clone())),
         ResponseFormat::JsonSchema { json_schema } => {
             Some(GrammarSpec::JsonSchema(json_schema.schema.clone().unwrap_or_else(|| json!({}))))
         }

@@ -269,11 +269,16 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
     })
 }
 
-/// The request's `model`: absent, `tgi`, or a served name; else OpenAI's 404.
+/// Placeholders clients send for "whatever is served": TGI's examples send `tgi`;
+/// huggingface_hub's `InferenceClient(base_url=...)` sends `dummy`.
+const ANY_MODEL: [&str; 3] = ["", "tgi", "dummy"];
+
+/// The request's `model`: absent, a placeholder, or a served name; else OpenAI's 404.
 fn check_model(state: &AppState, model: Option<&str>) -> Result<String, OpenAiError> {
     let served = &state.served_model_names[0];
     match model {
-        None | Some("tgi") | Some("") => Ok(served.clone()),
+        None => Ok(served.clone()),
+        Some(m) if ANY_MODEL.contains(&m) => Ok(served.clone()),
         Some(m) if state.served_model_names.iter().any(|n| n == m) => Ok(m.to_string()),
         Some(m) => Err(OpenAiError::new(
             StatusCode::NOT_FOUND,

@@ -120,16 +120,25 @@ pub struct JsonSchemaFormat {
     pub strict: Option<bool>,
 }
 
-/// `response_format`.
+/// `response_format`: OpenAI's three, and TGI's forms (`json` with a schema as
+/// `value`, `regex`), which huggingface_hub sends.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(tag = "type")]
 pub enum ResponseFormat {
     #[serde(rename = "text")]
     Text,
-    #[serde(rename = "json_object")]
-    JsonObject,
+    /// Any JSON object, or with TGI's `value` that schema.
+    #[serde(rename = "json_object", alias = "json")]
+    JsonObject {
+        #[serde(default)]
+        #[schema(value_type = Option<Object>)]
+        value: Option<Value>,
+    },
     #[serde(rename = "json_schema")]
     JsonSchema { json_schema: JsonSchemaFormat },
+    /// TGI's: the whole output matches this regular expression.
+    #[serde(rename = "regex")]
+    Regex { value: String },
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
