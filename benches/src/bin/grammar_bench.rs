@@ -20,6 +20,10 @@
 //! where the grammar disallows the document are counted (none are expected) and fall
 //! back to a random allowed token. Set `GRAMMAR_BENCH_SHOW=1` to print the outputs.
 //!
+//! Then the same documents as the arguments of a tool call under `tool_choice:
+//! "auto"` (the OpenAI route's Lark grammar for a Hermes-style model): a sentence of
+//! free text, where every token still needs a mask, then `<tool_call>` and the call.
+//!
 //! ```text
 //! cargo run --release -p rill-benches --bin grammar-bench -- [--walks 20] [--engine-config benches/models/llama-1.1b/config.json] [--json out.json]
 //! ```
@@ -178,6 +182,8 @@ fn main() -> Result<()> {
         if p(&masks, 50.0) <= TARGET_MASK_P50_US { "met" } else { "MISSED" }
     );
 
+    let tool = tool_call_auto(&compiler, &vocab.tokens, &schema, &args, &mut rng)?;
+
     let engine = match &args.engine_config {
         Some(config) => Some(engine::overlap(
             config,
@@ -194,6 +200,7 @@ fn main() -> Result<()> {
         let report = json!({
             "engine": engine,
             "machine": machine,
+            "tool_call_auto": tool,
             "vocab": {
                 "size": vocab.tokens.len(),
                 "built_from": "256 bytes; JSON fragments, digit groups, whitespace runs; \
@@ -235,6 +242,76 @@ fn main() -> Result<()> {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())
+}
+
+/// Mask costs of `tool_choice: "auto"`: free text (which the grammar must keep free of
+/// the call marker), then a Hermes-style call of a tool whose parameters are the order
+/// schema.
+fn tool_call_auto(
+    compiler: &GrammarCompiler,
+    tokens: &[Vec<u8>],
+    schema: &Value,
+    args: &Args,
+    rng: &mut Rng,
+) -> Result<Value> {
+    use rill_router::openai::tools::{Tool, ToolChoice, ToolFormat, ToolSyntax, grammar_for};
+    let tool: Tool = serde_json::from_value(json!({
+        "type": "function", "function": {"name": "place_order", "parameters": schema}}))?;
+    let syntax = ToolSyntax::new(ToolFormat::Hermes);
+    let Some(spec) = grammar_for(&[tool], &ToolChoice::Auto, false, Some(syntax)) else {
+        bail!("no grammar for tool_choice auto");
+    };
+    let t = Instant::now();
+    let grammar = compiler.compile(&spec)?;
+    let compile_ms = ms(t.elapsed());
+    let mut walks = Walks::new(tokens);
+    let text = "Sure, I will place that order for you now.\n";
+    for _ in 0..args.walks {
+        let call = format!(
+            "{text}<tool_call>\n{{\"name\": \"place_order\", \"arguments\": {}}}\n</tool_call>",
+            order_document(rng)
+        );
+        walks.walk(&grammar, call.as_bytes(), args.max_tokens + 100, rng)?;
+    }
+    let mut masks = walks.masks;
+    masks.sort_by(f64::total_cmp);
+    // Free text alone (an answer that calls nothing): what every token of a plain
+    // reply costs under `auto`.
+    let prose = "The order has been placed. It will be shipped to the address you gave, \
+                 and you will get an email once it leaves the warehouse; tell me if you \
+                 want to change anything before then.";
+    let mut text_walks = Walks::new(tokens);
+    for _ in 0..args.walks {
+        text_walks.walk(&grammar, prose.as_bytes(), args.max_tokens, rng)?;
+    }
+    let mut text_masks = text_walks.masks;
+    text_masks.sort_by(f64::total_cmp);
+    let p = |v: &[f64], q| percentile(v, q);
+    println!(
+        "tool_choice auto (Hermes, order schema as parameters): compile {compile_ms:.2} ms; \
+         text + call: fill_mask ({} calls) p50 {:.1} µs  p90 {:.1}  p99 {:.1}  max {:.1}, {} of \
+         {} walks exact; text only: p50 {:.1} µs  p90 {:.1}  p99 {:.1}, {} of {} exact",
+        masks.len(),
+        p(&masks, 50.0),
+        p(&masks, 90.0),
+        p(&masks, 99.0),
+        p(&masks, 100.0),
+        walks.exact,
+        args.walks,
+        p(&text_masks, 50.0),
+        p(&text_masks, 90.0),
+        p(&text_masks, 99.0),
+        text_walks.exact,
+        args.walks
+    );
+    Ok(json!({
+        "compile_ms": compile_ms,
+        "text_and_call_mask_us": summary(&masks),
+        "text_and_call_walks_exact": walks.exact,
+        "text_only_mask_us": summary(&text_masks),
+        "text_only_walks_exact": text_walks.exact,
+        "walks": args.walks,
+    }))
 }
 
 /// Random orders written token by token the way a model would write them, every
