@@ -6,7 +6,10 @@
 # made here (from PyPI) on first use and reused after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked -q -p rill-router --bin rill
+# The binary `cargo test` builds for the router's integration tests (after
+# scripts/test.sh's `cargo test --workspace` this builds nothing; a plain `cargo build`
+# would rebuild everything in the dev profile).
+cargo test --locked -q -p rill-router --no-run
 export RILL_BIN="$PWD/target/debug/rill"
 
 run() { # venv, packages...

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test Rill has: formatting, lints (warnings are errors), unit, oracle and
 # end-to-end tests (every CUDA kernel compiled by NVRTC for sm_80 and sm_90; GPU tests
-# skip without a GPU), and real Python clients against the binary. CI (.ci/run) runs
+# skip without a GPU), and real Python clients (openai, huggingface_hub, text-generation)
+# against the binary. CI (.ci/run) runs
 # exactly this. Needs cargo and python3 (the client virtualenvs and the NVRTC wheels in
 # .cuda/ come from PyPI on first use); the fixture models are committed
 # (scripts/make_fixtures.sh regenerates them).
@@ -17,5 +18,5 @@ scripts/cuda_wheels.sh
 export RILL_REQUIRE_NVRTC=1
 echo "== cargo test"
 cargo test --workspace --locked
-echo "== Python clients (huggingface_hub, text-generation) against the real binary"
+echo "== Python clients (openai, huggingface_hub, text-generation) against the real binary"
 scripts/python_tests.sh
