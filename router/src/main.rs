@@ -175,30 +175,6 @@ impl CudaGraphs {
     }
 }
 
-/// `--served-model-name`, else the `--model-id` as given and the directory's name.
-fn served_model_names(args: &Args, model_name: &str, dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = args
-        .served_model_names
-        .iter()
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty())
-        .collect();
-    if names.is_empty() {
-        let base = dir.file_name().and_then(|b| b.to_str()).map(String::from);
-        // The bundled model is known by its directory's name.
-        if args.model_id.is_none()
-            && let Some(base) = &base
-        {
-            names.push(base.clone());
-        }
-        names.push(model_name.to_string());
-        names.extend(base);
-        let mut seen = std::collections::HashSet::new();
-        names.retain(|n| seen.insert(n.clone()));
-    }
-    names
-}
-
 fn bundled_model() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../integration-tests/fixtures/models/llama");
@@ -478,7 +454,12 @@ async fn main() -> Result<()> {
         Some(id) => model_id::resolve(id)?,
     };
     let model_name = args.model_id.clone().unwrap_or_else(|| dir.display().to_string());
-    let served_model_names = served_model_names(&args, &model_name, &dir);
+    let served_model_names = model_id::served_names(
+        &args.served_model_names,
+        args.model_id.is_some(),
+        &model_name,
+        &dir,
+    );
     let chat_templates = ChatTemplates::from_model_dir(&dir, args.chat_template.as_deref())
         .context("reading the chat template")?
         .map(Arc::new);

@@ -73,29 +73,13 @@ impl Server {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// The `data:` events of a stream, parsed.
+    /// The `data:` events of a `/generate_stream`, parsed (or the error body).
     pub async fn stream(&self, body: Value) -> (u16, Vec<Value>) {
-        let r = reqwest::Client::new()
-            .post(format!("{}/generate_stream", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        if status != 200 {
-            return (status, vec![r.json().await.unwrap()]);
-        }
-        let text = r.text().await.unwrap();
-        let events = text
-            .split("\n\n")
-            .filter_map(|e| e.trim().strip_prefix("data:"))
-            .map(|d| serde_json::from_str(d.trim()).unwrap())
-            .collect();
-        (status, events)
+        let (status, events) = self.sse("/generate_stream", body).await;
+        let parse = |e: &String| serde_json::from_str(e).unwrap_or(Value::String(e.clone()));
+        (status, events.iter().map(parse).collect())
     }
-}
 
-impl Server {
     /// The raw `data:` payloads of a server-sent-event stream on any route (OpenAI's
     /// end with `[DONE]`), or the error body.
     pub async fn sse(&self, path: &str, body: Value) -> (u16, Vec<String>) {
