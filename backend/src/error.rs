@@ -74,6 +74,10 @@ pub enum StepError {
     TooLong { seq: rill_proto::SeqId, end: usize, max: usize },
     #[error("{seq}: {targets} logprob targets for {tokens} tokens")]
     TooManyTargets { seq: rill_proto::SeqId, targets: usize, tokens: usize },
+    #[error(
+        "{seq}: a step that returns hidden states cannot sample, return prompt logprobs or carry sampling parameters"
+    )]
+    HiddenWithSampling { seq: rill_proto::SeqId },
     #[error("{seq}: appears twice in one batch")]
     DuplicateSequence { seq: rill_proto::SeqId },
     /// The device failed while running the step (the batch was valid).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rill_proto::{BLOCK_SIZE, ForwardBatch, SampledToken, StepOutput, TokenId};
 
 use crate::config::{DType, ModelConfig};
-use crate::device::{Device, KvLayout, StepPlan};
+use crate::device::{Device, ForwardOutput, KvLayout, StepPlan};
 use crate::error::{LoadError, StepError};
 use crate::models::Llama;
 use crate::sampler::{self, Sampler};
@@ -165,7 +165,8 @@ impl<D: Device> Runner<D> {
     }
 
     /// Run one forward pass over `batch` and pick the next token of every
-    /// sequence that samples. Grammar masks for this step are computed on their own
+    /// sequence that samples, and return the hidden states of those that ask
+    /// (`SeqStep::hidden`). Grammar masks for this step are computed on their own
     /// thread while the forward pass runs: they depend only on tokens already chosen.
     pub fn step(&mut self, batch: &ForwardBatch) -> Result<StepOutput, StepError> {
         // Released sequences are gone whatever happens to the rest of the batch.
@@ -179,7 +180,7 @@ impl<D: Device> Runner<D> {
         let mut jobs = self.sampler.take_mask_jobs(batch);
         let Runner { device, model, cache, stats, .. } = self;
         let started = Instant::now();
-        let activation = std::thread::scope(|s| {
+        let ForwardOutput { logits: activation, hidden } = std::thread::scope(|s| {
             let masks = (!jobs.is_empty()).then(|| {
                 s.spawn(|| {
                     let t = Instant::now();
@@ -200,12 +201,22 @@ impl<D: Device> Runner<D> {
             stats.mask_wait = waited.elapsed();
             logits
         });
+        let hidden = match self.hidden_states(batch, &host, hidden) {
+            Ok(h) => h,
+            Err(e) => {
+                // The matchers go back as they were; the router fails these sequences.
+                self.sampler.sample(Vec::new(), jobs);
+                return Err(e);
+            }
+        };
         // A device that samples keeps the logits, unless the host needs them anyway.
         let host_needs_logits = batch.return_logits
             || batch.seqs.iter().any(|s| !s.logprob_targets.is_empty())
             || self.sampler.needs_host(batch);
         if self.device.samples_tokens() && !host_needs_logits {
-            return self.sample_on_device(batch, activation, jobs);
+            let mut out = self.sample_on_device(batch, activation, jobs)?;
+            out.hidden = hidden;
+            return Ok(out);
         }
         let device = &self.device;
         let mut logits = match device.run(move || device.to_host(&activation)) {
@@ -220,7 +231,7 @@ impl<D: Device> Runner<D> {
         // Rows come per sequence: its logprob targets' rows, then its sampled row.
         let vocab = self.config().vocab_size;
         let mut rows = logits.chunks_exact_mut(vocab);
-        let mut out = StepOutput::default();
+        let mut out = StepOutput { hidden, ..StepOutput::default() };
         let mut to_sample = Vec::new();
         let mut raw_logits = Vec::new();
         for seq in &batch.seqs {
@@ -246,6 +257,35 @@ impl<D: Device> Runner<D> {
         }
         self.stats.sampling = sampling.elapsed();
         Ok(out)
+    }
+
+    /// The hidden rows of the step on the host, split per sequence that asked for them
+    /// (its rows are contiguous in `host.hidden_rows`, in batch order).
+    fn hidden_states(
+        &self,
+        batch: &ForwardBatch,
+        host: &StepPlan,
+        hidden: D::Activation,
+    ) -> Result<Vec<(rill_proto::SeqId, Vec<f32>)>, StepError> {
+        if host.hidden_rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let device = &self.device;
+        let values = device.run(move || device.to_host(&hidden))?;
+        let width = self.config().hidden_size;
+        if values.len() != host.hidden_rows.len() * width {
+            let message = format!(
+                "{} hidden values for {} rows of {width}",
+                values.len(),
+                host.hidden_rows.len()
+            );
+            return Err(crate::device::DeviceError { device: device.name(), message }.into());
+        }
+        let mut values = values.into_iter();
+        let per_seq = batch.seqs.iter().filter(|s| s.hidden);
+        let mut split =
+            |s: &rill_proto::SeqStep| values.by_ref().take(s.tokens.len() * width).collect();
+        Ok(per_seq.map(|s| (s.id, split(s))).collect())
     }
 
     /// The step's tokens chosen on the device, from logits that stay there (every
@@ -288,6 +328,9 @@ impl<D: Device> Runner<D> {
             }
             if s.tokens.is_empty() {
                 return Err(StepError::EmptySequence { seq });
+            }
+            if s.hidden && (s.sample || !s.logprob_targets.is_empty() || s.sampling.is_some()) {
+                return Err(StepError::HiddenWithSampling { seq });
             }
             if s.logprob_targets.len() > s.tokens.len() {
                 return Err(StepError::TooManyTargets {
@@ -347,3 +390,6 @@ fn record(
         Err(e) => out.failed.push((id, e)),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -26,6 +26,11 @@ pub struct SeqStep {
     /// keeps it (and the state it implies) until the sequence is released. A
     /// sequence the runner has never seen parameters for is greedy.
     pub sampling: Option<Box<SamplingParams>>,
+    /// Return the final-norm hidden states of every row of `tokens` in
+    /// [`StepOutput::hidden`] (an embedding request: every chunk of its prompt sets it).
+    /// Such a step never samples: `sample` is false, and it has no `logprob_targets` and
+    /// no `sampling`.
+    pub hidden: bool,
 }
 
 impl SeqStep {
@@ -74,7 +79,7 @@ pub struct SampledToken {
 }
 
 /// The answer to one [`ForwardBatch`]: one entry per sequence that had
-/// `sample == true`, in batch order.
+/// `sample == true`, in batch order, and the hidden states of those with `hidden`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepOutput {
     pub sampled: Vec<SampledToken>,
@@ -83,4 +88,7 @@ pub struct StepOutput {
     /// Sequences that could not choose a token (their grammar failed); the rest of
     /// the step is valid. They should be ended and released.
     pub failed: Vec<(SeqId, String)>,
+    /// For each sequence with `hidden`, in batch order: the final-norm hidden states of
+    /// its rows, `[tokens.len(), hidden_size]` row-major.
+    pub hidden: Vec<(SeqId, Vec<f32>)>,
 }

@@ -3,14 +3,16 @@
 //!
 //! Its step is the table of contents of the system (nano-vllm's shape):
 //! `intake()` → `scheduler.schedule()` → `runner.step(&batch)` → `postprocess()`.
-//! Requests arrive as [`Submission`]s; each gets an unbounded channel of
-//! [`EngineEvent`]s back. A receiver that is dropped (client gone, stop string
+//! Requests arrive as [`Submission`]s — a generation, or an embedding (a prompt
+//! prefilled for its hidden states: [`EngineHandle::embed`]); each gets an unbounded
+//! channel of [`EngineEvent`]s back. A receiver that is dropped (client gone, stop string
 //! matched) is noticed before the next step and its sequence removed, so its blocks
 //! come back within one step; queued requests whose receiver is gone are dropped
 //! before they cost anything.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -49,13 +51,24 @@ pub enum EngineEvent {
     },
     /// Logprobs of prompt tokens 1.. (when asked), just before the first token.
     Prefill(Vec<f32>),
+    /// An embedding request's answer, its only event: the final-norm hidden states of
+    /// every prompt token, `[prompt_len, dim]` row-major.
+    Hidden { states: Vec<f32>, dim: usize },
     /// The request failed in the engine; nothing follows.
     Error(String),
 }
 
+/// What a submission asks for.
+#[derive(Debug)]
+enum Work {
+    Generate(GenerationRequest),
+    /// Prefill this (non-empty) prompt and answer its hidden states.
+    Embed(Vec<u32>),
+}
+
 struct Submission {
     id: SeqId,
-    request: GenerationRequest,
+    work: Work,
     events: async_mpsc::UnboundedSender<EngineEvent>,
     submitted: Instant,
 }
@@ -71,6 +84,16 @@ struct Reply {
 pub struct EngineHandle {
     tx: mpsc::Sender<Submission>,
     next_id: AtomicU64,
+    stats: Arc<EngineStats>,
+}
+
+/// What the engine thread last published about itself (also in the metrics gauges,
+/// which are process-wide; these are this engine's).
+#[derive(Debug, Default)]
+struct EngineStats {
+    kv_blocks_used: AtomicUsize,
+    running: AtomicUsize,
+    waiting: AtomicUsize,
 }
 
 impl EngineHandle {
@@ -80,9 +103,30 @@ impl EngineHandle {
         &self,
         request: GenerationRequest,
     ) -> (SeqId, async_mpsc::UnboundedReceiver<EngineEvent>) {
+        self.send(Work::Generate(request))
+    }
+
+    /// Queue an embedding request: `prompt` (non-empty, token ids in the vocabulary) is
+    /// prefilled like any prompt, and its one event is [`EngineEvent::Hidden`] (or an
+    /// error). Dropping the receiver cancels it.
+    pub fn embed(&self, prompt: Vec<u32>) -> (SeqId, async_mpsc::UnboundedReceiver<EngineEvent>) {
+        self.send(Work::Embed(prompt))
+    }
+
+    /// KV blocks held by sequences, as of the engine's last step (or idle moment).
+    pub fn kv_blocks_used(&self) -> usize {
+        self.stats.kv_blocks_used.load(Ordering::Relaxed)
+    }
+
+    /// Sequences admitted and queued, as of the engine's last step (or idle moment).
+    pub fn num_sequences(&self) -> usize {
+        self.stats.running.load(Ordering::Relaxed) + self.stats.waiting.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, work: Work) -> (SeqId, async_mpsc::UnboundedReceiver<EngineEvent>) {
         let (events, rx) = async_mpsc::unbounded_channel();
         let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let submission = Submission { id, request, events, submitted: Instant::now() };
+        let submission = Submission { id, work, events, submitted: Instant::now() };
         if let Err(mpsc::SendError(s)) = self.tx.send(submission) {
             let _ = s.events.send(EngineEvent::Error("the engine has stopped".into()));
         }
@@ -100,15 +144,18 @@ where
     Runner<D>: Send,
 {
     let (tx, rx) = mpsc::channel();
+    let stats = Arc::new(EngineStats::default());
+    let published = Arc::clone(&stats);
     std::thread::Builder::new()
         .name("rill-engine".into())
         .spawn(move || {
             let scheduler = Scheduler::new(config, runner.num_blocks());
-            EngineLoop { runner, scheduler, rx, replies: HashMap::new(), eos_token_ids }.run()
+            let replies = HashMap::new();
+            EngineLoop { runner, scheduler, rx, replies, eos_token_ids, stats: published }.run()
         })
         // Only fails if the OS cannot create a thread at start-up.
         .expect("cannot start the engine thread");
-    EngineHandle { tx, next_id: AtomicU64::new(0) }
+    EngineHandle { tx, next_id: AtomicU64::new(0), stats }
 }
 
 struct EngineLoop<D: Device> {
@@ -117,6 +164,7 @@ struct EngineLoop<D: Device> {
     rx: mpsc::Receiver<Submission>,
     replies: HashMap<SeqId, Reply>,
     eos_token_ids: Vec<u32>,
+    stats: Arc<EngineStats>,
 }
 
 impl<D: Device> EngineLoop<D> {
@@ -188,18 +236,28 @@ impl<D: Device> EngineLoop<D> {
     }
 
     fn admit(&mut self, s: Submission) {
-        let stop = StopCriteria {
-            max_new_tokens: s.request.max_new_tokens,
-            eos_token_ids: self.eos_token_ids.clone(),
-            ignore_eos: s.request.ignore_eos,
+        let seq = match s.work {
+            Work::Generate(request) => {
+                let stop = StopCriteria {
+                    max_new_tokens: request.max_new_tokens,
+                    eos_token_ids: self.eos_token_ids.clone(),
+                    ignore_eos: request.ignore_eos,
+                };
+                let prompt = request.prompt.into_iter().map(TokenId).collect();
+                let seq = Sequence::new(s.id, prompt, stop)
+                    .with_top_n(request.top_n_tokens)
+                    .with_sampling(request.sampling);
+                if request.prompt_logprobs { seq.with_prompt_logprobs() } else { seq }
+            }
+            // `Sequence` requires a prompt; the async side validates, this guards.
+            Work::Embed(prompt) if prompt.is_empty() => {
+                let _ = s.events.send(EngineEvent::Error("empty prompt".into()));
+                return;
+            }
+            Work::Embed(prompt) => {
+                Sequence::embedding(s.id, prompt.into_iter().map(TokenId).collect())
+            }
         };
-        let prompt = s.request.prompt.into_iter().map(TokenId).collect();
-        let mut seq = Sequence::new(s.id, prompt, stop)
-            .with_top_n(s.request.top_n_tokens)
-            .with_sampling(s.request.sampling);
-        if s.request.prompt_logprobs {
-            seq = seq.with_prompt_logprobs();
-        }
         match self.scheduler.add(seq) {
             Ok(()) => {
                 self.replies
@@ -220,6 +278,12 @@ impl<D: Device> EngineLoop<D> {
             tracing::warn!(request_id = id.0, error = %e, "sampling failed");
             self.reply(*id, EngineEvent::Error(format!("generation failed: {e}")));
             self.replies.remove(id);
+        }
+        // Finished embeddings: their blocks are free already; the answer is one event.
+        let dim = self.runner.config().hidden_size;
+        for (id, states) in self.scheduler.take_embedded() {
+            self.reply(id, EngineEvent::Hidden { states, dim });
+            self.replies.remove(&id);
         }
         for u in updates {
             if let Some(lps) = u.prompt_logprobs {
@@ -249,6 +313,10 @@ impl<D: Device> EngineLoop<D> {
 
     fn publish_stats(&self) {
         let blocks = self.scheduler.blocks();
+        let s = &self.stats;
+        s.kv_blocks_used.store(blocks.num_used(), Ordering::Relaxed);
+        s.running.store(self.scheduler.num_running(), Ordering::Relaxed);
+        s.waiting.store(self.scheduler.num_waiting(), Ordering::Relaxed);
         metrics::gauge!(m::QUEUE_SIZE).set(self.scheduler.num_waiting() as f64);
         metrics::gauge!(m::BATCH_CURRENT_SIZE).set(self.scheduler.num_running() as f64);
         metrics::gauge!(m::KV_BLOCKS_USED).set(blocks.num_used() as f64);

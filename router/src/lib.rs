@@ -13,6 +13,7 @@
 pub mod block_manager;
 pub mod chat_template;
 pub mod detokenizer;
+pub mod embeddings;
 pub mod engine;
 pub mod infer;
 pub mod metrics;

@@ -21,6 +21,9 @@ pub const REQUEST_INTER_TOKEN_LATENCY_DURATION: &str = "rill_request_inter_token
 pub const REQUEST_INPUT_LENGTH: &str = "rill_request_input_length";
 pub const REQUEST_GENERATED_TOKENS: &str = "rill_request_generated_tokens";
 pub const REQUEST_MAX_NEW_TOKENS: &str = "rill_request_max_new_tokens";
+/// Embedding (prefill-only) requests that succeeded; they are counted in the request
+/// metrics above too (success, durations, input length), their steps as `prefill`.
+pub const REQUEST_EMBEDDING_SUCCESS: &str = "rill_request_embedding_success";
 pub const QUEUE_SIZE: &str = "rill_queue_size";
 pub const BATCH_CURRENT_SIZE: &str = "rill_batch_current_size";
 pub const BATCH_NEXT_SIZE: &str = "rill_batch_next_size";

@@ -16,6 +16,11 @@
 //! sampled tokens are appended, finished sequences free their blocks at once and are
 //! listed in the next batch's `released`. Plain synchronous data: the engine loop
 //! owns it, tests drive it directly.
+//!
+//! Embedding sequences ([`Sequence::embedding`]) are prompts like any other here:
+//! chunked, counted in the budget, preempted; each of their steps asks for hidden states
+//! instead of a sample, and after the last chunk they finish, free their blocks and wait
+//! in [`Scheduler::take_embedded`] with all their rows.
 
 use std::collections::VecDeque;
 
@@ -71,6 +76,8 @@ pub struct Scheduler {
     released: Vec<SeqId>,
     /// The last batch: each sequence and the tokens it ran.
     in_flight: Vec<(SeqId, usize)>,
+    /// Embedding sequences that finished, with their hidden states, until taken.
+    embedded: Vec<(SeqId, Vec<f32>)>,
     preemptions: u64,
 }
 
@@ -84,6 +91,7 @@ impl Scheduler {
             running: Vec::new(),
             released: Vec::new(),
             in_flight: Vec::new(),
+            embedded: Vec::new(),
             preemptions: 0,
         }
     }
@@ -204,7 +212,9 @@ impl Scheduler {
     }
 
     /// Apply a successful step's output. Sequences the runner could not sample
-    /// for (`output.failed`) are removed; the caller fails their requests.
+    /// for (`output.failed`) are removed; the caller fails their requests. Embedding
+    /// sequences whose last chunk ran are removed too (their blocks freed) and wait in
+    /// [`Scheduler::take_embedded`].
     pub fn update(&mut self, output: &StepOutput) -> Vec<Update> {
         for (id, _) in &output.failed {
             self.remove(*id);
@@ -217,6 +227,17 @@ impl Scheduler {
             self.running[i].advance(n);
             if let Some((_, lps)) = output.prompt_logprobs.iter().find(|(s, _)| *s == id) {
                 self.running[i].add_prompt_logprobs(lps);
+            }
+            if self.running[i].is_embedding() {
+                if let Some((_, rows)) = output.hidden.iter().find(|(s, _)| *s == id) {
+                    self.running[i].add_hidden(rows);
+                }
+                if self.running[i].num_uncomputed() == 0 {
+                    let hidden = self.running[i].take_hidden();
+                    self.remove(id);
+                    self.embedded.push((id, hidden));
+                }
+                continue;
             }
             let Some(sampled) = output.sampled.iter().find(|s| s.id == id) else {
                 continue;
@@ -250,6 +271,12 @@ impl Scheduler {
         }
         debug_assert!(self.check_invariants().is_ok(), "{:?}", self.check_invariants());
         updates
+    }
+
+    /// Embedding sequences finished since the last call, each with the hidden states of
+    /// every prompt token (`[prompt_len, hidden]` row-major), in the order they finished.
+    pub fn take_embedded(&mut self) -> Vec<(SeqId, Vec<f32>)> {
+        std::mem::take(&mut self.embedded)
     }
 
     /// The step failed: every sequence in it is dropped (its blocks freed) and
@@ -322,15 +349,17 @@ impl Scheduler {
         let seq = &mut self.running[i];
         let start = seq.num_computed();
         let sampling = seq.take_sampling();
+        let hidden = seq.is_embedding();
         batch.seqs.push(SeqStep {
             id: seq.id,
             tokens: seq.tokens()[start..start + n].to_vec(),
             start_pos: start,
             block_table: seq.blocks().to_vec(),
-            sample: start + n == seq.len(),
+            sample: !hidden && start + n == seq.len(),
             top_n: seq.top_n,
             logprob_targets: seq.logprob_targets(start, n),
             sampling,
+            hidden,
         });
         self.in_flight.push((seq.id, n));
     }

@@ -1,10 +1,15 @@
-//! [`Sequence`]: one generation stream as the scheduler sees it.
+//! [`Sequence`]: one generation stream (or one embedding request) as the scheduler
+//! sees it.
 //!
 //! A sequence is its tokens (prompt, then what was generated), how many of them
 //! have K/V in the cache (`num_computed`), the blocks holding them, and when to stop.
 //! The next step always runs tokens `num_computed..len()`: a prefill chunk while the
 //! prompt is being read, a single decode token afterwards, or the whole sequence
 //! again after a preemption (recompute keeps every generated token).
+//!
+//! An embedding sequence ([`Sequence::embedding`]) only prefills: each chunk returns the
+//! final-norm hidden states of its rows, collected here, and it ends after its last
+//! chunk without ever sampling (or handing sampling parameters to the runner).
 
 use rill_proto::{BLOCK_SIZE, BlockId, SamplingParams, SeqId, TokenId, blocks_for};
 
@@ -53,6 +58,9 @@ pub struct Sequence {
     /// Sampling parameters, until the first step hands them to the runner (which
     /// keeps them, and the state they imply, until the sequence is released).
     sampling: Option<Box<SamplingParams>>,
+    /// An embedding request: the hidden states of its prompt's computed rows,
+    /// `[num_computed, hidden]` row-major, once each chunk's step is applied.
+    hidden: Option<Vec<f32>>,
 }
 
 impl Sequence {
@@ -69,7 +77,32 @@ impl Sequence {
             top_n: 0,
             prompt_logprobs: None,
             sampling: None,
+            hidden: None,
         }
+    }
+
+    /// A prefill-only sequence that returns its prompt's hidden states and generates
+    /// nothing; `prompt` must not be empty.
+    pub fn embedding(id: SeqId, prompt: Vec<TokenId>) -> Self {
+        let stop = StopCriteria { max_new_tokens: 0, eos_token_ids: Vec::new(), ignore_eos: true };
+        Sequence { hidden: Some(Vec::new()), ..Sequence::new(id, prompt, stop) }
+    }
+
+    /// Whether this is an embedding request (see [`Sequence::embedding`]).
+    pub fn is_embedding(&self) -> bool {
+        self.hidden.is_some()
+    }
+
+    /// Append the hidden states a step returned for this sequence's chunk.
+    pub(crate) fn add_hidden(&mut self, rows: &[f32]) {
+        if let Some(h) = &mut self.hidden {
+            h.extend_from_slice(rows);
+        }
+    }
+
+    /// An embedding's collected hidden states (empty for a generation).
+    pub(crate) fn take_hidden(&mut self) -> Vec<f32> {
+        self.hidden.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Choose tokens with `params` (default: greedy).
@@ -178,11 +211,15 @@ impl Sequence {
     /// Drop the cache: the blocks go back, everything will be recomputed.
     pub(crate) fn take_blocks(&mut self) -> Vec<BlockId> {
         self.num_computed = 0;
-        // Incomplete prompt logprobs are recomputed from the start with the cache.
+        // Incomplete prompt logprobs are recomputed from the start with the cache, and
+        // so are an embedding's hidden states.
         if let Some(v) = &mut self.prompt_logprobs
             && v.len() + 1 < self.prompt_len
         {
             v.clear();
+        }
+        if let Some(h) = &mut self.hidden {
+            h.clear();
         }
         std::mem::take(&mut self.blocks)
     }

@@ -193,8 +193,8 @@ pub enum ValidationError {
     InvalidGrammar(String),
 }
 
-/// Validate a request in the core's terms: the prompt (tokenized, or its ids checked
-/// against the vocabulary) against the length limits, then its grammar (`grammar` is
+/// Validate a request in the core's terms: the prompt ([`prepare_prompt`]), its
+/// length with `max_new_tokens` against the limits, then its grammar (`grammar` is
 /// `None` when grammars are disabled). Tokenizing and compiling are CPU work: call
 /// this on a blocking thread.
 pub fn prepare(
@@ -204,36 +204,8 @@ pub fn prepare(
     grammar: Option<&GrammarCompiler>,
 ) -> Result<ValidRequest, ValidationError> {
     use ValidationError::*;
-    let (inputs, mut prompt) = match spec.prompt {
-        Prompt::Text { text, add_special_tokens } => {
-            if text.is_empty() {
-                return Err(EmptyInput);
-            }
-            let encoding = tokenizer
-                .encode(text.as_str(), add_special_tokens)
-                .map_err(|e| Tokenizer(e.to_string()))?;
-            let ids = encoding.get_ids().to_vec();
-            (text, ids)
-        }
-        Prompt::Tokens(ids) => {
-            if let Some(&bad) = ids.iter().find(|&&t| t as usize >= limits.vocab_size) {
-                return Err(TokenId(bad, limits.vocab_size));
-            }
-            (String::new(), ids)
-        }
-    };
-    if prompt.is_empty() {
-        return Err(EmptyInput);
-    }
-    if let Some(t) = spec.truncate
-        && prompt.len() > t
-    {
-        prompt.drain(..prompt.len() - t);
-    }
+    let (inputs, prompt) = prepare_prompt(spec.prompt, spec.truncate, limits, tokenizer)?;
     let input = prompt.len();
-    if input > limits.max_input_tokens {
-        return Err(InputLength(limits.max_input_tokens, input));
-    }
     let max_new_tokens = match spec.max_new_tokens {
         Some(0) => return Err(NegativeMaxNewTokens),
         Some(n) => n as usize,
@@ -265,6 +237,48 @@ pub fn prepare(
         top_n_tokens: spec.top_n_tokens,
         sampling,
     })
+}
+
+/// The prompt part of validation, the same for generation and embedding requests:
+/// text tokenized (`add_special_tokens` as given) or token ids checked against the
+/// vocabulary, `truncate` keeping the last tokens, the length checked against
+/// `max_input_tokens`. Returns the text as given (empty for token ids) and the ids.
+pub fn prepare_prompt(
+    prompt: Prompt,
+    truncate: Option<usize>,
+    limits: &Limits,
+    tokenizer: &Tokenizer,
+) -> Result<(String, Vec<u32>), ValidationError> {
+    use ValidationError::*;
+    let (inputs, mut ids) = match prompt {
+        Prompt::Text { text, add_special_tokens } => {
+            if text.is_empty() {
+                return Err(EmptyInput);
+            }
+            let encoding = tokenizer
+                .encode(text.as_str(), add_special_tokens)
+                .map_err(|e| Tokenizer(e.to_string()))?;
+            (text, encoding.get_ids().to_vec())
+        }
+        Prompt::Tokens(ids) => {
+            if let Some(&bad) = ids.iter().find(|&&t| t as usize >= limits.vocab_size) {
+                return Err(TokenId(bad, limits.vocab_size));
+            }
+            (String::new(), ids)
+        }
+    };
+    if ids.is_empty() {
+        return Err(EmptyInput);
+    }
+    if let Some(t) = truncate
+        && ids.len() > t
+    {
+        ids.drain(..ids.len() - t);
+    }
+    if ids.len() > limits.max_input_tokens {
+        return Err(InputLength(limits.max_input_tokens, ids.len()));
+    }
+    Ok((inputs, ids))
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@
 //! The ops:
 //! embedding gather · linear (optional bias) · column split · RMSNorm · rotary
 //! embedding · KV-cache write · attention over a ragged batch from the paged cache
-//! (causal, GQA, sliding window) · SiLU-and-mul · residual add · row gather (for the
-//! LM head on sampled positions only).
+//! (causal, GQA, sliding window) · SiLU-and-mul · residual add · row gathers (for the
+//! LM head on sampled positions only, and for the hidden states an embedding request
+//! returns).
 
 pub mod cpu;
 pub mod cuda;
@@ -83,6 +84,9 @@ pub struct StepPlan {
     /// Rows whose logits are computed: per sequence, the rows of its
     /// `logprob_targets`, then its last row if it samples.
     pub sample_rows: Vec<u32>,
+    /// Rows whose final-norm hidden states are returned (every row of each sequence
+    /// with `hidden`, in batch order); never a sample row.
+    pub hidden_rows: Vec<u32>,
     /// `cos`/`sin` of each row's rotary angles, `[rows, rope_half]`.
     pub rope_cos: Vec<f32>,
     pub rope_sin: Vec<f32>,
@@ -120,6 +124,9 @@ impl StepPlan {
             if seq.sample {
                 plan.sample_rows.push((plan.tokens.len() - 1) as u32);
             }
+            if seq.hidden {
+                plan.hidden_rows.extend(first_row as u32..plan.tokens.len() as u32);
+            }
         }
         (plan.rope_cos, plan.rope_sin) = crate::rope::cos_sin(inv_freq, &plan.positions);
         plan.rope_half = inv_freq.len();
@@ -127,10 +134,11 @@ impl StepPlan {
     }
 
     /// Every sequence decodes one token and samples it, and nothing else is computed:
-    /// the step a CUDA graph replays (`sample_rows` is exactly `0..rows`).
+    /// the step a CUDA graph replays (`sample_rows` is exactly `0..rows`, no hidden rows).
     pub fn is_plain_decode(&self) -> bool {
         self.seqs.iter().all(|s| s.len == 1)
             && self.sample_rows.iter().copied().eq(0..self.rows() as u32)
+            && self.hidden_rows.is_empty()
     }
 
     /// Pad a plain decode step to `seqs` sequences. A padding sequence decodes token 0 at
@@ -175,10 +183,23 @@ pub struct AttentionShape {
     pub window: Option<usize>,
 }
 
+/// What one forward pass computes: the logits of the plan's `sample_rows`
+/// (`[sample_rows, vocab]`) and the final-norm hidden states of its `hidden_rows`
+/// (`[hidden_rows, hidden_size]`; an empty activation when the plan has none).
+#[derive(Debug)]
+pub struct ForwardOutput<A> {
+    pub logits: A,
+    pub hidden: A,
+}
+
 /// The model's forward pass as a device drives it: enqueue one step's ops over the host
-/// plan and its device copy, and return the logits of the plan's `sample_rows`. It takes
-/// its row count from the plan it is given, which may be a padded copy of the step's.
-pub type Forward<'a, D> = dyn FnMut(&mut <D as Device>::Cache, &StepPlan, &<D as Device>::Plan) -> <D as Device>::Activation
+/// plan and its device copy, and return what the plan asks for. It takes its row count
+/// from the plan it is given, which may be a padded copy of the step's.
+pub type Forward<'a, D> = dyn FnMut(
+        &mut <D as Device>::Cache,
+        &StepPlan,
+        &<D as Device>::Plan,
+    ) -> ForwardOutput<<D as Device>::Activation>
     + 'a;
 
 /// A compute device: where weights live and ops run.
@@ -210,13 +231,14 @@ pub trait Device: Send + Sync + Sized + 'static {
     /// Run one step: `forward` over `host`. The default copies the plan to the device and
     /// calls `forward`; a device may instead replay what it recorded of an earlier call
     /// (the CUDA device's decode graphs, see [`Device::prepare_replay`]). Either way the
-    /// result is the logits of `host.sample_rows`.
+    /// result is the logits of `host.sample_rows` and the hidden states of
+    /// `host.hidden_rows`.
     fn forward(
         &self,
         cache: &mut Self::Cache,
         host: &StepPlan,
         forward: &mut Forward<'_, Self>,
-    ) -> Self::Activation {
+    ) -> ForwardOutput<Self::Activation> {
         let plan = self.plan(host);
         forward(cache, host, &plan)
     }
@@ -292,6 +314,13 @@ pub trait Device: Send + Sync + Sized + 'static {
         plan: &Self::Plan,
         out: &mut Self::Activation,
     );
+    /// `out[i] = x[plan.hidden_rows[i]]`
+    fn gather_hidden_rows(
+        &self,
+        x: &Self::Activation,
+        plan: &Self::Plan,
+        out: &mut Self::Activation,
+    );
     /// Whether this device chooses tokens itself ([`Device::sample`]); the CPU leaves it
     /// to the runner's host sampler.
     fn samples_tokens(&self) -> bool {
@@ -329,6 +358,7 @@ mod tests {
             top_n: 0,
             logprob_targets: vec![TokenId(0); targets],
             sampling: None,
+            hidden: false,
         }
     }
 
@@ -350,6 +380,22 @@ mod tests {
             !plan(vec![step(0, &[5], 20, false, 0), step(1, &[6], 3, true, 0)]).is_plain_decode()
         );
         assert!(!plan(vec![step(0, &[5], 20, true, 1)]).is_plain_decode());
+    }
+
+    #[test]
+    fn hidden_rows_are_every_row_of_each_sequence_that_asks() {
+        let embedding =
+            |id, tokens: &[u32]| SeqStep { hidden: true, ..step(id, tokens, 0, false, 0) };
+        let p = plan(vec![
+            step(0, &[5], 20, true, 0),
+            embedding(1, &[6, 7, 8]),
+            step(2, &[1, 2], 3, true, 1),
+            embedding(3, &[9]),
+        ]);
+        assert_eq!(p.hidden_rows, [1, 2, 3, 6]);
+        assert_eq!(p.sample_rows, [0, 4, 5]);
+        assert!(!p.is_plain_decode());
+        assert!(!plan(vec![step(0, &[5], 20, true, 0), embedding(1, &[6])]).is_plain_decode());
     }
 
     #[test]

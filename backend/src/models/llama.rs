@@ -2,11 +2,12 @@
 //!
 //! Pre-norm blocks: `x += o(attn(rope(q(n(x))), rope(k(n(x))), v(n(x))))`, then
 //! `x += down(silu(gate(n(x))) * up(n(x)))`; a final norm and the LM head run only
-//! on the rows that will be sampled. Every op goes through the device, so the CPU
+//! on the rows that will be sampled, and the final norm alone on the rows whose hidden
+//! states an embedding request returns. Every op goes through the device, so the CPU
 //! and CUDA engines share this file.
 
 use crate::config::ModelConfig;
-use crate::device::{AttentionShape, Device, StepPlan};
+use crate::device::{AttentionShape, Device, ForwardOutput, StepPlan};
 use crate::error::LoadError;
 use crate::weights::{HostTensor, WeightSource};
 
@@ -171,14 +172,16 @@ impl<D: Device> Llama<D> {
     }
 
     /// One forward pass over the planned rows; returns the logits of the sample
-    /// rows, `[host.sample_rows.len(), vocab]`. `plan` is `host` on the device.
+    /// rows, `[host.sample_rows.len(), vocab]`, and the final-norm hidden states of the
+    /// hidden rows, `[host.hidden_rows.len(), hidden]` (empty, and nothing computed for
+    /// it, when there are none). `plan` is `host` on the device.
     pub fn forward(
         &self,
         dev: &D,
         cache: &mut D::Cache,
         host: &StepPlan,
         plan: &D::Plan,
-    ) -> D::Activation {
+    ) -> ForwardOutput<D::Activation> {
         let c = &self.config;
         let rows = host.rows();
         let mut x = dev.activation(rows, c.hidden_size);
@@ -211,11 +214,18 @@ impl<D: Device> Llama<D> {
             dev.add_assign(&mut x, &proj);
         }
 
+        // The final norm is per row, so gathering first changes no value.
+        let mut hidden = empty();
+        if !host.hidden_rows.is_empty() {
+            let mut rows = empty();
+            dev.gather_hidden_rows(&x, plan, &mut rows);
+            dev.rms_norm(&rows, &self.norm, c.rms_norm_eps, &mut hidden);
+        }
         let mut last = empty();
         dev.gather_sample_rows(&x, plan, &mut last);
         dev.rms_norm(&last, &self.norm, c.rms_norm_eps, &mut normed);
         let mut logits = empty();
         dev.linear(&normed, self.lm_head.as_ref().unwrap_or(&self.embed), None, &mut logits);
-        logits
+        ForwardOutput { logits, hidden }
     }
 }

@@ -17,6 +17,7 @@ fn step(id: u64, tokens: &[u32], start_pos: usize, p: Option<SamplingParams>) ->
         top_n: 0,
         logprob_targets: Vec::new(),
         sampling: p.map(Box::new),
+        hidden: false,
     }
 }
 

@@ -142,6 +142,7 @@ fn main() -> Result<()> {
                 top_n: c.top_n,
                 logprob_targets: Vec::new(),
                 sampling: Some(Box::new(SamplingParams { seed: i as u64, ..c.params.clone() })),
+                hidden: false,
             })
             .collect();
         sampler.prepare(&ForwardBatch { seqs: steps.clone(), ..Default::default() });

@@ -185,6 +185,7 @@ fn batch(seqs: &[(usize, usize)], tables: &[Vec<u32>]) -> ForwardBatch {
             top_n: 0,
             logprob_targets: Vec::new(),
             sampling: None,
+            hidden: false,
         })
         .collect();
     ForwardBatch { seqs, ..Default::default() }
@@ -245,7 +246,7 @@ fn elementwise_and_gemm_ops_match<D: Device>(dev: &D, tol: Tol) {
         check(&format!("rope head_dim {head_dim}"), &host(&xd), &xc.data, tol.f32);
     }
 
-    // silu_mul, split_cols, add_assign, gather_sample_rows.
+    // silu_mul, split_cols, add_assign, gather_sample_rows, gather_hidden_rows.
     for (rows, inter) in [(1, 160), (9, 173)] {
         let (gc, gd) = act(&cpu, dev, &mut rng, rows, 2 * inter);
         let (mut oc, mut od) = (cpu.activation(0, 0), dev.activation(0, 0));
@@ -274,6 +275,13 @@ fn elementwise_and_gemm_ops_match<D: Device>(dev: &D, tol: Tol) {
         cpu.gather_sample_rows(&xc, &cpu.plan(&plan), &mut oc);
         dev.gather_sample_rows(&xd, &dev.plan(&plan), &mut od);
         check(&format!("gather_sample_rows {sample_rows:?}"), &host(&od), &oc.data, 0.0);
+    }
+    for hidden_rows in [vec![0, 1, 2, 7, 8], vec![]] {
+        let plan = StepPlan { hidden_rows: hidden_rows.clone(), ..Default::default() };
+        let (mut oc, mut od) = (cpu.activation(0, 0), dev.activation(0, 0));
+        cpu.gather_hidden_rows(&xc, &cpu.plan(&plan), &mut oc);
+        dev.gather_hidden_rows(&xd, &dev.plan(&plan), &mut od);
+        check(&format!("gather_hidden_rows {hidden_rows:?}"), &host(&od), &oc.data, 0.0);
     }
 }
 
@@ -360,6 +368,8 @@ where
         .collect();
     let mut cached = vec![0usize; seqs.len()];
     let split = seqs[1].len() / 2;
+    // Beside them, an embedding of the first prompt, 8 rows a step: its hidden states.
+    let embedding = seqs[0].clone();
     for step in 0..10 {
         let mut batch = ForwardBatch { return_logits: true, ..Default::default() };
         for (i, seq) in seqs.iter().enumerate() {
@@ -375,10 +385,32 @@ where
                 top_n: 0,
                 logprob_targets: Vec::new(),
                 sampling: None,
+                hidden: false,
+            });
+        }
+        let at = 8 * step;
+        if at < embedding.len() {
+            let end = (at + 8).min(embedding.len());
+            batch.seqs.push(SeqStep {
+                id: SeqId(9),
+                tokens: embedding[at..end].iter().copied().map(TokenId).collect(),
+                start_pos: at,
+                block_table: (32..48).map(BlockId).collect(),
+                sample: false,
+                top_n: 0,
+                logprob_targets: Vec::new(),
+                sampling: None,
+                hidden: true,
             });
         }
         let want = cpu.step(&batch).unwrap();
         let got = other.step(&batch).unwrap();
+        assert_eq!(want.hidden.len(), usize::from(at < embedding.len()));
+        assert_eq!(want.hidden.len(), got.hidden.len());
+        for ((wi, w), (gi, g)) in want.hidden.iter().zip(&got.hidden) {
+            assert_eq!(wi, gi);
+            check(&format!("{name} {dtype:?} step {step}: hidden states"), g, w, tol);
+        }
         assert_eq!(want.sampled.len(), got.sampled.len());
         for (w, g) in want.sampled.iter().zip(&got.sampled) {
             assert_eq!(w.id, g.id);

@@ -48,6 +48,7 @@ where
                 top_n: 2,
                 logprob_targets: Vec::new(),
                 sampling: None,
+                hidden: false,
             });
         }
         if step == 8 {

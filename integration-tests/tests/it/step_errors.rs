@@ -19,6 +19,7 @@ fn seq(id: u64, tokens: &[u32], start_pos: usize, blocks: &[u32]) -> SeqStep {
         top_n: 0,
         logprob_targets: Vec::new(),
         sampling: None,
+        hidden: false,
     }
 }
 

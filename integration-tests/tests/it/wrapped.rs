@@ -8,7 +8,9 @@
 
 use rill_backend::device::cpu::Mat;
 use rill_backend::device::cuda::bucket_for;
-use rill_backend::device::{AttentionShape, Device, DeviceError, Forward, KvLayout, StepPlan};
+use rill_backend::device::{
+    AttentionShape, Device, DeviceError, Forward, ForwardOutput, KvLayout, StepPlan,
+};
 use rill_backend::sampler::{DeviceChoice, DeviceSampling};
 use rill_backend::weights::HostTensor;
 use rill_backend::{Cpu, LoadError};
@@ -110,7 +112,12 @@ impl Device for Wrapped {
     fn plan(&self, plan: &StepPlan) -> P {
         self.cpu.plan(plan)
     }
-    fn forward(&self, cache: &mut C, host: &StepPlan, forward: &mut Forward<'_, Self>) -> Mat {
+    fn forward(
+        &self,
+        cache: &mut C,
+        host: &StepPlan,
+        forward: &mut Forward<'_, Self>,
+    ) -> ForwardOutput<Mat> {
         let bucket = bucket_for(&self.pad_buckets, host.seqs.len());
         let Some(bucket) = bucket.filter(|_| host.is_plain_decode()) else {
             let plan = self.plan(host);
@@ -120,11 +127,11 @@ impl Device for Wrapped {
         let mut padded = host.clone();
         padded.pad_decode(bucket);
         let plan = self.plan(&padded);
-        let mut logits = forward(cache, &padded, &plan);
+        let mut out = forward(cache, &padded, &plan);
         // The real rows come first.
-        logits.rows = host.rows();
-        logits.data.truncate(logits.rows * logits.cols);
-        logits
+        out.logits.rows = host.rows();
+        out.logits.data.truncate(out.logits.rows * out.logits.cols);
+        out
     }
     fn embed(&self, table: &W, plan: &P, out: &mut Mat) {
         self.cpu.embed(table, plan, out)
@@ -163,6 +170,9 @@ impl Device for Wrapped {
     }
     fn gather_sample_rows(&self, x: &Mat, plan: &P, out: &mut Mat) {
         self.cpu.gather_sample_rows(x, plan, out)
+    }
+    fn gather_hidden_rows(&self, x: &Mat, plan: &P, out: &mut Mat) {
+        self.cpu.gather_hidden_rows(x, plan, out)
     }
     fn samples_tokens(&self) -> bool {
         self.on_device

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 /// A stand-in for the runner that checks the scheduler's bookkeeping: it keeps
 /// what each cache slot holds, verifies that a sampling sequence finds exactly its
 /// own tokens at every position of its block table, and samples a token that is
-/// a hash of the whole sequence (so recompute must reproduce it).
+/// a hash of the whole sequence (so recompute must reproduce it). A row whose hidden
+/// state is asked for gets the hash of the sequence up to it, read from the cache the
+/// same way (one value per row).
 #[derive(Default)]
 struct FakeRunner {
     slots: HashMap<usize, (SeqId, usize, TokenId)>,
@@ -19,28 +21,48 @@ struct FakeRunner {
     fail: std::collections::HashSet<SeqId>,
 }
 
+/// The token (or hidden "state") a hash of `tokens` gives.
+fn hash(tokens: impl IntoIterator<Item = TokenId>) -> u32 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for t in tokens {
+        h = (h ^ t.0 as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    (h % 1000) as u32 + 10
+}
+
 impl FakeRunner {
+    /// The tokens at positions `0..end` of `s`, read from the cache, checking each slot
+    /// holds `s`'s own token.
+    fn cached(&self, s: &rill_proto::SeqStep, end: usize) -> Vec<TokenId> {
+        (0..end)
+            .map(|pos| {
+                let slot = s.block_table[pos / BLOCK_SIZE].index() * BLOCK_SIZE + pos % BLOCK_SIZE;
+                let (id, p, t) = self.slots[&slot];
+                assert_eq!((id, p), (s.id, pos), "slot {slot} was overwritten");
+                t
+            })
+            .collect()
+    }
+
     fn step(&mut self, batch: &ForwardBatch) -> StepOutput {
         self.steps += 1;
         let mut sampled = Vec::new();
+        let mut hidden = Vec::new();
         for s in &batch.seqs {
             for (j, t) in s.tokens.iter().enumerate() {
                 let pos = s.start_pos + j;
                 let slot = s.block_table[pos / BLOCK_SIZE].index() * BLOCK_SIZE + pos % BLOCK_SIZE;
                 self.slots.insert(slot, (s.id, pos, *t));
             }
+            if s.hidden {
+                assert!(!s.sample && s.sampling.is_none() && s.logprob_targets.is_empty());
+                let rows = (s.start_pos..s.end_pos()).map(|p| hash(self.cached(s, p + 1)) as f32);
+                hidden.push((s.id, rows.collect()));
+            }
             if s.sample {
-                let mut h = 0xcbf2_9ce4_8422_2325u64;
-                for pos in 0..s.end_pos() {
-                    let slot =
-                        s.block_table[pos / BLOCK_SIZE].index() * BLOCK_SIZE + pos % BLOCK_SIZE;
-                    let (id, p, t) = self.slots[&slot];
-                    assert_eq!((id, p), (s.id, pos), "slot {slot} was overwritten");
-                    h = (h ^ t.0 as u64).wrapping_mul(0x100_0000_01b3);
-                }
                 sampled.push(SampledToken {
                     id: s.id,
-                    token: TokenId((h % 1000) as u32 + 10),
+                    token: TokenId(hash(self.cached(s, s.end_pos()))),
                     logprob: -1.0,
                     top: Vec::new(),
                     forced: self.forced.remove(&s.id).unwrap_or_default(),
@@ -56,7 +78,7 @@ impl FakeRunner {
             .map(|s| (s.id, s.logprob_targets.iter().map(|t| -(t.0 as f32)).collect()))
             .collect();
         let failed = self.fail.drain().map(|id| (id, "grammar failed".to_string())).collect();
-        StepOutput { sampled, prompt_logprobs, failed }
+        StepOutput { sampled, prompt_logprobs, failed, hidden }
     }
 }
 
@@ -73,7 +95,18 @@ fn config(max_batch_tokens: usize) -> SchedulerConfig {
     SchedulerConfig { max_batch_tokens, max_batch_size: 64 }
 }
 
-/// Run until idle; every sequence's generated tokens, by id.
+/// An embedding request for a prompt like `seq`'s.
+fn embedding(id: u64, prompt_len: usize) -> Sequence {
+    let prompt = (0..prompt_len as u32).map(|t| TokenId(t * 7 + id as u32)).collect();
+    Sequence::embedding(SeqId(id), prompt)
+}
+
+/// What the fake runner's hidden rows for `seq`'s whole prompt are.
+fn expected_hidden(seq: &Sequence) -> Vec<u32> {
+    (1..=seq.prompt_len()).map(|n| hash(seq.tokens()[..n].iter().copied())).collect()
+}
+
+/// Run until idle; every sequence's generated tokens (an embedding's hidden rows), by id.
 fn run(s: &mut Scheduler, runner: &mut FakeRunner) -> HashMap<SeqId, Vec<u32>> {
     let mut out: HashMap<SeqId, Vec<u32>> = HashMap::new();
     for _ in 0..10_000 {
@@ -86,6 +119,9 @@ fn run(s: &mut Scheduler, runner: &mut FakeRunner) -> HashMap<SeqId, Vec<u32>> {
         assert!(batch.num_tokens() <= s.config.max_batch_tokens);
         for u in s.update(&runner.step(&batch)) {
             out.entry(u.id).or_default().push(u.token.0);
+        }
+        for (id, rows) in s.take_embedded() {
+            assert!(out.insert(id, rows.iter().map(|&r| r as u32).collect()).is_none());
         }
         s.check_invariants().unwrap();
     }
@@ -333,4 +369,87 @@ fn sequences_the_runner_could_not_sample_are_removed_alone() {
     assert!(s.get(SeqId(1)).is_none());
     assert_eq!(s.schedule().released, vec![SeqId(1)]);
     s.check_invariants().unwrap();
+}
+
+#[test]
+fn an_embedding_prefills_in_chunks_returns_every_row_and_frees_its_blocks() {
+    let mut s = Scheduler::new(config(8), 64);
+    let mut r = FakeRunner::default();
+    let e = embedding(1, 20);
+    let want = expected_hidden(&e);
+    s.add(e).unwrap();
+    let mut shapes = Vec::new();
+    let mut done = Vec::new();
+    while !s.is_idle() {
+        let b = s.schedule();
+        let x = &b.seqs[0];
+        assert!(x.hidden && !x.sample && x.sampling.is_none() && x.logprob_targets.is_empty());
+        shapes.push((x.start_pos, x.tokens.len()));
+        assert!(s.update(&r.step(&b)).is_empty(), "an embedding samples nothing");
+        done.extend(s.take_embedded());
+    }
+    assert_eq!(shapes, [(0, 8), (8, 8), (16, 4)]);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].0, SeqId(1));
+    assert_eq!(done[0].1.iter().map(|&v| v as u32).collect::<Vec<_>>(), want);
+    assert_eq!(s.blocks().num_used(), 0);
+    assert_eq!(s.schedule().released, vec![SeqId(1)]);
+}
+
+#[test]
+fn embeddings_beside_generations_and_through_preemption_equal_their_solo_rows() {
+    let solo = |q: Sequence| {
+        let mut s = Scheduler::new(config(32), 64);
+        s.add(q).unwrap();
+        run(&mut s, &mut FakeRunner::default())
+    };
+    // Generations first: as they decode and grow, the embeddings admitted after them are
+    // the youngest, preempted mid-prompt.
+    let jobs =
+        || [seq(1, 10, 40), seq(2, 12, 40), embedding(3, 40), embedding(4, 21), seq(5, 3, 5)];
+    let alone: HashMap<SeqId, Vec<u32>> = jobs().into_iter().flat_map(solo).collect();
+    for q in jobs().into_iter().filter(Sequence::is_embedding) {
+        assert_eq!(alone[&q.id], expected_hidden(&q));
+    }
+    // Together in a cache too small for all of them (6 blocks for 4 + 4 + 3 + 2 + 1), with
+    // a small budget: the embeddings prefill slowly while the generations grow.
+    let mut s = Scheduler::new(config(4), 6);
+    for q in jobs() {
+        s.add(q).unwrap();
+    }
+    let (mut r, mut together) = (FakeRunner::default(), HashMap::new());
+    let mut restarts = 0;
+    let mut started = std::collections::HashSet::new();
+    while !s.is_idle() {
+        let b = s.schedule();
+        for x in b.seqs.iter().filter(|x| x.hidden && x.start_pos == 0) {
+            restarts += usize::from(!started.insert(x.id));
+        }
+        for u in s.update(&r.step(&b)) {
+            together.entry(u.id).or_insert_with(Vec::new).push(u.token.0);
+        }
+        for (id, rows) in s.take_embedded() {
+            together.insert(id, rows.iter().map(|&v| v as u32).collect());
+        }
+        s.check_invariants().unwrap();
+    }
+    assert!(restarts > 0, "an embedding was meant to be preempted mid-prompt");
+    assert_eq!(s.blocks().num_used(), 0);
+    assert_eq!(together, alone);
+}
+
+#[test]
+fn a_removed_embedding_frees_its_blocks() {
+    let mut s = Scheduler::new(config(8), 64);
+    let mut r = FakeRunner::default();
+    s.add(embedding(1, 30)).unwrap();
+    s.add(seq(2, 4, 3)).unwrap();
+    let b = s.schedule();
+    s.update(&r.step(&b));
+    assert!(s.get(SeqId(1)).unwrap().num_computed() > 0);
+    assert!(s.remove(SeqId(1)).is_some());
+    s.check_invariants().unwrap();
+    run(&mut s, &mut r);
+    assert!(s.take_embedded().is_empty());
+    assert_eq!(s.blocks().num_used(), 0);
 }

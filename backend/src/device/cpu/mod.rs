@@ -93,6 +93,14 @@ impl Default for Cpu {
     }
 }
 
+/// `out[i] = x[rows[i]]`
+fn gather_rows(x: &Mat, rows: &[u32], out: &mut Mat) {
+    *out = Mat::zeros(rows.len(), x.cols);
+    for (o, &r) in out.data.chunks_exact_mut(x.cols.max(1)).zip(rows) {
+        o.copy_from_slice(x.row(r as usize));
+    }
+}
+
 /// A vector parameter (norm weight, bias) as f32. [`Cpu::weight`] widens these once
 /// at load, so on the per-token path this borrows.
 fn vector_f32(t: &HostTensor) -> std::borrow::Cow<'_, [f32]> {
@@ -261,10 +269,11 @@ impl Device for Cpu {
     }
 
     fn gather_sample_rows(&self, x: &Mat, plan: &StepPlan, out: &mut Mat) {
-        *out = Mat::zeros(plan.sample_rows.len(), x.cols);
-        for (o, &r) in out.data.chunks_exact_mut(x.cols).zip(&plan.sample_rows) {
-            o.copy_from_slice(x.row(r as usize));
-        }
+        gather_rows(x, &plan.sample_rows, out);
+    }
+
+    fn gather_hidden_rows(&self, x: &Mat, plan: &StepPlan, out: &mut Mat) {
+        gather_rows(x, &plan.hidden_rows, out);
     }
 
     fn to_host(&self, x: &Mat) -> Result<Vec<f32>, DeviceError> {

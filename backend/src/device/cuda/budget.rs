@@ -29,7 +29,8 @@ pub fn step_bytes(c: &ModelConfig, rows: usize) -> usize {
     let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
     // x, normed, proj; qkv and its split q, k, v; attn; gate_up and act.
     let activations = 3 * h + 2 * (q + 2 * kv) + q + 3 * i;
-    // The gathered rows, their norm, and the logits.
+    // The gathered rows, their norm, and the logits (a row whose hidden state an
+    // embedding returns is gathered and normed instead, never both).
     let logits = 2 * h + v;
     // tokens, slots, sample_rows, the four per-sequence arrays (a sequence per row at
     // most) and the row's rope cos/sin.
@@ -113,6 +114,7 @@ impl Cuda {
             top_n: 0,
             logprob_targets: vec![TokenId(0); rows - 1],
             sampling: None,
+            hidden: false,
         };
         let host = StepPlan::new(
             &ForwardBatch { seqs: vec![seq], ..Default::default() },
@@ -127,7 +129,7 @@ impl Cuda {
         let mut cache = self.kv_cache(layout)?;
         let logits = self.run(|| {
             let plan = self.plan(&host);
-            let logits = model.forward(self, &mut cache, &host, &plan);
+            let logits = model.forward(self, &mut cache, &host, &plan).logits;
             self.try_to_host(&logits)
         });
         logits.map(drop).map_err(|e| {

@@ -273,7 +273,8 @@ impl Cuda {
         self.rewind_arena(true);
         let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
         self.stream.begin_capture(mode).map_err(|e| format!("beginning the capture: {e}"))?;
-        let logits = forward(cache, &host, &plan);
+        // A decode step has no hidden rows: its `hidden` is empty, nothing was computed.
+        let logits = forward(cache, &host, &plan).logits;
         // Always end the capture, so the stream is usable whatever happened.
         let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
         self.rewind_arena(false);

@@ -112,6 +112,7 @@ pub struct CudaPlan {
     pub rows: usize,
     pub num_seqs: usize,
     pub num_sample_rows: usize,
+    pub num_hidden_rows: usize,
     /// Longest run of query rows of one sequence in this step.
     pub max_rows_per_seq: usize,
     /// Longest context (`start_pos + len`) of one sequence in this step.
@@ -132,6 +133,7 @@ pub(super) struct PlanArrays {
     pub seq_block_off: CudaSlice<u32>,
     pub block_tables: CudaSlice<u32>,
     pub sample_rows: CudaSlice<u32>,
+    pub hidden_rows: CudaSlice<u32>,
     pub rope_cos: CudaSlice<f32>,
     pub rope_sin: CudaSlice<f32>,
 }
@@ -143,6 +145,7 @@ impl CudaPlan {
             rows: plan.rows(),
             num_seqs: plan.seqs.len(),
             num_sample_rows: plan.sample_rows.len(),
+            num_hidden_rows: plan.hidden_rows.len(),
             max_rows_per_seq: plan.seqs.iter().map(|s| s.len).max().unwrap_or(0),
             max_context: plan.seqs.iter().map(|s| s.start_pos + s.len).max().unwrap_or(0),
             all_decode: plan.seqs.iter().all(|s| s.len == 1),
@@ -159,7 +162,7 @@ fn seq_columns(plan: &StepPlan) -> [Vec<u32>; 4] {
 }
 
 impl PlanArrays {
-    /// Upload `plan`'s arrays: ten small copies from pageable memory (one packed,
+    /// Upload `plan`'s arrays: eleven small copies from pageable memory (one packed,
     /// pinned upload is a later optimisation).
     pub(super) fn upload(stream: &Arc<CudaStream>, plan: &StepPlan) -> Result<Self, DriverError> {
         let [row, len, start, block_off] = seq_columns(plan);
@@ -173,13 +176,15 @@ impl PlanArrays {
             seq_block_off: up(&block_off)?,
             block_tables: up(&plan.block_tables)?,
             sample_rows: up(&plan.sample_rows)?,
+            hidden_rows: up(&plan.hidden_rows)?,
             rope_cos: upload(stream, &plan.rope_cos)?,
             rope_sin: upload(stream, &plan.rope_sin)?,
         })
     }
 
     /// Zeroed buffers that [`PlanArrays::write`] can fill with any plan of at most `rows`
-    /// rows, `rows` sequences and sample rows, and `blocks` block-table entries: a CUDA
+    /// rows, `rows` sequences, sample rows and hidden rows, and `blocks` block-table
+    /// entries: a CUDA
     /// graph's inputs, at addresses fixed for the graph's life.
     pub(super) fn with_capacity(
         stream: &Arc<CudaStream>,
@@ -198,6 +203,7 @@ impl PlanArrays {
             seq_block_off: u32s(rows)?,
             block_tables: u32s(blocks)?,
             sample_rows: u32s(rows)?,
+            hidden_rows: u32s(rows)?,
             rope_cos: f32s(rows * rope_half)?,
             rope_sin: f32s(rows * rope_half)?,
         })
@@ -212,7 +218,7 @@ impl PlanArrays {
         plan: &StepPlan,
     ) -> Result<(), String> {
         let [row, len, start, block_off] = seq_columns(plan);
-        let u32s: [(&[u32], &mut CudaSlice<u32>, &str); 8] = [
+        let u32s: [(&[u32], &mut CudaSlice<u32>, &str); 9] = [
             (&plan.tokens, &mut self.tokens, "tokens"),
             (&plan.slots, &mut self.slots, "slots"),
             (&row, &mut self.seq_row, "sequence rows"),
@@ -221,6 +227,7 @@ impl PlanArrays {
             (&block_off, &mut self.seq_block_off, "block-table offsets"),
             (&plan.block_tables, &mut self.block_tables, "block tables"),
             (&plan.sample_rows, &mut self.sample_rows, "sample rows"),
+            (&plan.hidden_rows, &mut self.hidden_rows, "hidden rows"),
         ];
         let f32s = [(&plan.rope_cos, &mut self.rope_cos), (&plan.rope_sin, &mut self.rope_sin)];
         let too_long = u32s.iter().map(|(h, d, what)| (h.len(), d.len(), *what));

@@ -45,7 +45,7 @@ pub use memory::{CudaKvCache, CudaMat, CudaPlan, CudaWeight, WeightData};
 use self::gemm::{Blas, LinearShape};
 use self::graphs::Graphs;
 use self::memory::{PlanArrays, Scratch, grow, upload_weight};
-use super::{AttentionShape, Device, DeviceError, Forward, KvLayout, StepPlan};
+use super::{AttentionShape, Device, DeviceError, Forward, ForwardOutput, KvLayout, StepPlan};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::sampler::{DeviceChoice, DeviceSampling};
@@ -220,6 +220,24 @@ impl Cuda {
         Ok(host)
     }
 
+    /// `out[i] = x[idx[i]]` for the first `n` entries of `idx` (a plan's row list).
+    fn gather(
+        &self,
+        x: &CudaMat,
+        idx: Result<&cudarc::driver::CudaSlice<u32>, OpError>,
+        n: usize,
+        out: &mut CudaMat,
+    ) -> Result<(), OpError> {
+        self.ensure(out, n, x.cols)?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let idx = idx?;
+        let xd = x.data.as_ref().ok_or(OpError::Missing)?;
+        let od = out.data.as_mut().ok_or(OpError::Missing)?;
+        Ok(self.kernels.gather_rows(&self.stream, xd, x.cols, idx, n, od)?)
+    }
+
     /// `out = x · wᵀ` by dtype; `x` and `out` are non-empty and `out` is sized.
     fn gemm(&self, x: &CudaMat, w: &CudaWeight, out: &mut CudaMat) -> Result<(), OpError> {
         let s = LinearShape { rows: x.rows, inp: w.shape[1], out: w.shape[0] };
@@ -311,9 +329,9 @@ impl Device for Cuda {
         cache: &mut CudaKvCache,
         host: &StepPlan,
         forward: &mut Forward<'_, Cuda>,
-    ) -> CudaMat {
+    ) -> ForwardOutput<CudaMat> {
         if let Some(logits) = self.replay_decode(host) {
-            return logits;
+            return ForwardOutput { logits, hidden: CudaMat::empty() };
         }
         let plan = self.plan(host);
         forward(cache, host, &plan)
@@ -507,15 +525,15 @@ impl Device for Cuda {
 
     fn gather_sample_rows(&self, x: &CudaMat, plan: &CudaPlan, out: &mut CudaMat) {
         self.guard("gather_sample_rows", || {
-            let n = plan.num_sample_rows;
-            self.ensure(out, n, x.cols)?;
-            if out.is_empty() {
-                return Ok(());
-            }
-            let idx = &self.arrays(plan)?.sample_rows;
-            let xd = x.data.as_ref().ok_or(OpError::Missing)?;
-            let od = out.data.as_mut().ok_or(OpError::Missing)?;
-            Ok(self.kernels.gather_rows(&self.stream, xd, x.cols, idx, n, od)?)
+            let idx = self.arrays(plan).map(|a| &a.sample_rows);
+            self.gather(x, idx, plan.num_sample_rows, out)
+        });
+    }
+
+    fn gather_hidden_rows(&self, x: &CudaMat, plan: &CudaPlan, out: &mut CudaMat) {
+        self.guard("gather_hidden_rows", || {
+            let idx = self.arrays(plan).map(|a| &a.hidden_rows);
+            self.gather(x, idx, plan.num_hidden_rows, out)
         });
     }
 
