@@ -14,6 +14,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rill_backend::grammar::GrammarCompiler;
@@ -94,6 +95,10 @@ pub struct Infer {
     pub grammar: Option<Arc<GrammarCompiler>>,
     pub token_bytes: TokenBytes,
     permits: Arc<Semaphore>,
+    max_concurrent: usize,
+    /// Mean duration of recent requests in seconds (an exponential moving average, as
+    /// f64 bits), for the time a refused request is told to wait.
+    recent_duration: Arc<AtomicU64>,
 }
 
 /// One generated token, as every family needs it.
@@ -151,6 +156,7 @@ pub struct Generation {
     events: mpsc::UnboundedReceiver<EngineEvent>,
     tokenizer: Arc<Tokenizer>,
     special: Arc<HashSet<u32>>,
+    recent_duration: Arc<AtomicU64>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -178,7 +184,19 @@ impl Infer {
             grammar,
             token_bytes,
             permits: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            recent_duration: Arc::new(AtomicU64::new(0f64.to_bits())),
         }
+    }
+
+    /// Seconds until the server should take another request: with `in_flight` requests
+    /// running, one ends every `mean duration / in_flight` on average. At least 0.1 s (an
+    /// idle or fresh server has no history).
+    pub fn estimated_wait(&self) -> f64 {
+        let in_flight =
+            self.max_concurrent - self.permits.available_permits().min(self.max_concurrent);
+        let mean = f64::from_bits(self.recent_duration.load(Ordering::Relaxed));
+        (mean / in_flight.max(1) as f64).max(0.1)
     }
 
     /// Start generating (429 when the server is full). `arrived` is when the
@@ -224,6 +242,7 @@ impl Infer {
             events,
             tokenizer: Arc::clone(&self.tokenizer),
             special: Arc::clone(&self.special),
+            recent_duration: Arc::clone(&self.recent_duration),
             _permit: permit,
         })
     }
@@ -367,6 +386,12 @@ impl Generation {
         let inference = now - self.submitted;
         metrics::counter!(m::REQUEST_SUCCESS).increment(1);
         metrics::histogram!(m::REQUEST_DURATION).record(now - self.arrived);
+        let seconds = (now - self.arrived).as_secs_f64();
+        let _ = self.recent_duration.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            let old = f64::from_bits(old);
+            let mean = if old == 0.0 { seconds } else { 0.8 * old + 0.2 * seconds };
+            Some(mean.to_bits())
+        });
         metrics::histogram!(m::REQUEST_INFERENCE_DURATION).record(inference);
         metrics::histogram!(m::REQUEST_GENERATED_TOKENS).record(generated as f64);
         let per_token = inference / generated.max(1) as u32;
@@ -385,9 +410,34 @@ impl Generation {
     }
 
     /// Run to the end.
-    pub async fn finish(mut self) -> Result<Finished, InferError> {
-        while let Some(t) = self.next().await {
-            t?;
+    pub async fn finish(self) -> Result<Finished, InferError> {
+        self.finish_by(None).await
+    }
+
+    /// Run to the end, or stop at `deadline` with what it has (the Inference API's
+    /// `max_time`: a soft limit; the answer ends as if `max_new_tokens` were reached, and
+    /// dropping the engine's receiver frees the sequence).
+    pub async fn finish_by(
+        mut self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Finished, InferError> {
+        loop {
+            let next = match deadline {
+                None => self.next().await,
+                Some(d) => match tokio::time::timeout_at(d, self.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.progress.text.push_str(&self.progress.stop.flush());
+                        break;
+                    }
+                },
+            };
+            match next {
+                Some(t) => {
+                    t?;
+                }
+                None => break,
+            }
         }
         let finish_reason = self.finish_reason();
         let p = self.progress;

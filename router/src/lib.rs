@@ -10,14 +10,17 @@
 //! [`openai`] — mounted on one port by [`server`]; [`chat_template`] renders chat
 //! prompts as transformers does.
 
+pub mod auth;
 pub mod block_manager;
 pub mod chat_template;
 pub mod detokenizer;
 pub mod embeddings;
 pub mod engine;
+pub mod hf;
 pub mod infer;
 pub mod metrics;
 pub mod openai;
+pub mod response_cache;
 pub mod scheduler;
 pub mod sequence;
 pub mod server;

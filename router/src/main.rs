@@ -10,6 +10,7 @@
 //! On the GPU the KV cache takes what free memory allows after the weights and a
 //! warm-up step (`--cuda-memory-fraction`), unless its size is given explicitly.
 
+mod args;
 mod model_id;
 
 use std::io::IsTerminal;
@@ -19,161 +20,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use axum::serve::ListenerExt;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use rill_backend::device::{Device, KvLayout};
 use rill_backend::grammar::GrammarCompiler;
 use rill_backend::models::Llama;
 use rill_backend::{Cpu, Cuda, DType, LoadFormat, ModelConfig, ModelDir, Runner, RunnerOptions};
 use rill_proto::BLOCK_SIZE;
 use rill_proto::api::Info;
+use rill_router::auth::ApiKeys;
 use rill_router::chat_template::ChatTemplates;
+use rill_router::embeddings::PoolingConfig;
 use rill_router::engine;
 use rill_router::infer::{Infer, TokenBytes};
 use rill_router::openai::tools::ToolSyntax;
+use rill_router::response_cache::ResponseCache;
 use rill_router::scheduler::SchedulerConfig;
 use rill_router::server::{self, AppState, ServerConfig};
 use rill_router::validation::Limits;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum DeviceArg {
-    /// CUDA when a GPU is usable, else the CPU.
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum LoadFormatArg {
-    /// The directory's safetensors files.
-    Safetensors,
-    /// Random weights for the model config.json describes (benchmarks).
-    Dummy,
-}
-
-#[derive(Parser, Debug)]
-#[command(name = "rill", version, about = "Rill: a streaming text-generation server")]
-struct Args {
-    /// A model directory, or a Hugging Face id found in the local hub cache.
-    /// Default: the small model bundled with the repository.
-    #[arg(long, env = "MODEL_ID")]
-    model_id: Option<String>,
-    #[arg(long, env = "HOSTNAME", default_value = "0.0.0.0")]
-    hostname: String,
-    #[arg(long, env = "PORT", default_value_t = 3000)]
-    port: u16,
-    /// Requests in flight at once; more are refused with 429.
-    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 128)]
-    max_concurrent_requests: usize,
-    #[arg(long, env = "MAX_BEST_OF", default_value_t = 2)]
-    max_best_of: usize,
-    /// Most choices one OpenAI request may ask for (`n`); each is a generation of its own.
-    #[arg(long, env = "MAX_N", default_value_t = 8)]
-    max_n: usize,
-    /// A name clients may give as `model` on the OpenAI routes (repeatable; vLLM's
-    /// flag). Default: the --model-id as given, and the model directory's name. The
-    /// first is the name reported back.
-    #[arg(long = "served-model-name", env = "SERVED_MODEL_NAME", value_delimiter = ',')]
-    served_model_names: Vec<String>,
-    /// A chat template to use instead of the model's: a file, or the template itself.
-    #[arg(long, env = "CHAT_TEMPLATE")]
-    chat_template: Option<String>,
-    /// How the model writes tool calls when it chooses to (`tool_choice: "auto"`):
-    /// hermes, llama3_json or mistral. Default: detected from the chat template.
-    #[arg(long, env = "TOOL_CALL_SYNTAX")]
-    tool_call_syntax: Option<rill_router::openai::tools::ToolSyntax>,
-    #[arg(long, env = "MAX_STOP_SEQUENCES", default_value_t = 4)]
-    max_stop_sequences: usize,
-    #[arg(long, env = "MAX_TOP_N_TOKENS", default_value_t = 5)]
-    max_top_n_tokens: u32,
-    /// Longest prompt (default: max total tokens - 1).
-    #[arg(long, env = "MAX_INPUT_TOKENS")]
-    max_input_tokens: Option<usize>,
-    /// Longest prompt + generation (default: the model's maximum, capped by the KV cache).
-    #[arg(long, env = "MAX_TOTAL_TOKENS")]
-    max_total_tokens: Option<usize>,
-    /// Tokens one engine step may run (decodes + prefill chunks). Default on the
-    /// CPU: 128, which bounds how long a prefill chunk stalls running streams
-    /// without costing throughput (prefill is compute-bound from ~16 rows on); on a
-    /// GPU: 4096 (TGI's).
-    #[arg(long, env = "MAX_BATCH_PREFILL_TOKENS")]
-    max_batch_prefill_tokens: Option<usize>,
-    /// Sequences one engine step may hold (default: max concurrent requests).
-    #[arg(long, env = "MAX_BATCH_SIZE")]
-    max_batch_size: Option<usize>,
-    /// Where to run the model.
-    #[arg(long, env = "DEVICE", value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
-    /// Weight source (`dummy` fills the model with random weights of `--dtype`).
-    #[arg(long, env = "LOAD_FORMAT", value_enum, default_value_t = LoadFormatArg::Safetensors)]
-    load_format: LoadFormatArg,
-    /// Convert every weight to this dtype at load (bfloat16, float16, float32);
-    /// default: keep the checkpoint's, and bfloat16 for `--load-format dummy`.
-    #[arg(long, env = "DTYPE")]
-    dtype: Option<String>,
-    /// Memory for the paged KV cache, in MiB (default: 1024 on the CPU; on a GPU, what
-    /// free memory allows, see --cuda-memory-fraction).
-    #[arg(long, env = "KV_CACHE_MEMORY_MIB")]
-    kv_cache_memory_mib: Option<usize>,
-    /// On a GPU, the share of the memory left free by the weights and the largest
-    /// step's activations that the KV cache takes, when neither --kv-cache-memory-mib
-    /// nor --max-batch-total-tokens sizes it.
-    #[arg(long, env = "CUDA_MEMORY_FRACTION", default_value_t = 0.9)]
-    cuda_memory_fraction: f64,
-    /// Decode batch sizes recorded as CUDA graphs, comma-separated (TGI's flag); `0`
-    /// turns graphs off. Sizes past the first one that holds --max-batch-size are dropped.
-    #[arg(long, env = "CUDA_GRAPHS", value_parser = parse_cuda_graphs, default_value = "1,2,4,8,16,32,64,128,256")]
-    cuda_graphs: CudaGraphs,
-    /// CPU threads (default: one per core).
-    #[arg(long, env = "NUM_THREADS")]
-    num_threads: Option<usize>,
-    /// Largest request body, in bytes.
-    #[arg(long, env = "PAYLOAD_LIMIT", default_value_t = 2_000_000)]
-    payload_limit: usize,
-    /// Require `Authorization: Bearer <key>` on generation routes.
-    #[arg(long, env = "API_KEY")]
-    api_key: Option<String>,
-    /// Origins allowed to call from a browser (repeat or comma-separate).
-    #[arg(long, env = "CORS_ALLOW_ORIGIN", value_delimiter = ',')]
-    cors_allow_origin: Vec<String>,
-    /// Size the KV cache by tokens instead of memory (overrides --kv-cache-memory-mib).
-    #[arg(long, env = "MAX_BATCH_TOTAL_TOKENS")]
-    max_batch_total_tokens: Option<usize>,
-    /// Seconds to let in-flight requests finish after SIGINT/SIGTERM.
-    #[arg(long, env = "GRACEFUL_TERMINATION_TIMEOUT", default_value_t = 90)]
-    graceful_termination_timeout: u64,
-    /// Prompts tokenized at once (on blocking threads).
-    #[arg(long, env = "VALIDATION_WORKERS", default_value_t = 2)]
-    validation_workers: usize,
-    /// Accepted for TGI compatibility; has no effect: Rill's chunked-prefill
-    /// scheduler adds waiting requests to every step.
-    #[arg(long, env = "MAX_WAITING_TOKENS", hide = true)]
-    max_waiting_tokens: Option<usize>,
-    /// Accepted for TGI compatibility; has no effect (see --max-waiting-tokens).
-    #[arg(long, env = "WAITING_SERVED_RATIO", hide = true)]
-    waiting_served_ratio: Option<f64>,
-    /// Log as JSON lines.
-    #[arg(long, env = "JSON_OUTPUT")]
-    json_output: bool,
-    /// Refuse `grammar` parameters (422) instead of compiling them.
-    #[arg(long, env = "DISABLE_GRAMMAR_SUPPORT")]
-    disable_grammar_support: bool,
-}
-
-/// `--cuda-graphs`: decode buckets, ascending (empty: off).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct CudaGraphs(Vec<usize>);
-
-fn parse_cuda_graphs(s: &str) -> Result<CudaGraphs, String> {
-    rill_backend::device::cuda::parse_buckets(s).map(CudaGraphs)
-}
-
-impl CudaGraphs {
-    /// The buckets a scheduler of `max_batch_size` sequences can use.
-    fn up_to(&self, max_batch_size: usize) -> Vec<usize> {
-        let last = rill_backend::device::cuda::bucket_for(&self.0, max_batch_size);
-        self.0.iter().copied().filter(|&b| b <= last.unwrap_or(usize::MAX)).collect()
-    }
-}
+use crate::args::{Args, DeviceArg, LoadFormatArg};
 
 fn bundled_model() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -477,6 +342,10 @@ async fn main() -> Result<()> {
         (Some(_), Some(s)) => tracing::info!(syntax = ?s, "tool calls"),
     }
 
+    let pooling = PoolingConfig::from_model_dir(&dir)
+        .map_err(anyhow::Error::msg)
+        .context("reading the embedding pooling (sentence-transformers modules.json)")?;
+
     let addr = format!("{}:{}", args.hostname, args.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -516,6 +385,13 @@ async fn main() -> Result<()> {
         chat_templates,
         tool_call_syntax,
         ready: OnceLock::new(),
+        loaded: tokio::sync::Notify::new(),
+        wait_for_model_timeout: Duration::from_secs(args.wait_for_model_timeout),
+        response_cache: ResponseCache::new(
+            args.response_cache_entries,
+            args.response_cache_mib << 20,
+        ),
+        pooling,
         started: Instant::now(),
         estimated_load_secs: estimate_load_secs(&dir, args.load_format),
         validation_workers: Arc::new(tokio::sync::Semaphore::new(args.validation_workers.max(1))),
@@ -526,9 +402,19 @@ async fn main() -> Result<()> {
              scheduler adds waiting requests to every step"
         );
     }
+    let mut key_specs = args.api_keys.clone();
+    if let Some(path) = &args.api_key_file {
+        key_specs.extend(ApiKeys::read_file(path).map_err(anyhow::Error::msg)?);
+    }
+    let api_keys = match key_specs.is_empty() {
+        true => None,
+        false => Some(Arc::new(
+            ApiKeys::parse(&key_specs).map_err(anyhow::Error::msg).context("--api-key")?,
+        )),
+    };
     let server_config = ServerConfig {
         payload_limit: args.payload_limit,
-        api_key: args.api_key.clone(),
+        api_keys,
         cors_allow_origin: args.cors_allow_origin.clone(),
     };
     let app = server::router(Arc::clone(&state), &server_config);
@@ -537,9 +423,7 @@ async fn main() -> Result<()> {
     {
         let state = Arc::clone(&state);
         tokio::task::spawn_blocking(move || match load(&args, &dir) {
-            Ok(infer) => {
-                let _ = state.ready.set(infer);
-            }
+            Ok(infer) => state.set_ready(infer),
             Err(e) => {
                 tracing::error!("cannot load the model: {e:#}");
                 std::process::exit(1);
@@ -570,18 +454,4 @@ async fn main() -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn graph_buckets_stop_at_the_first_that_holds_the_largest_batch() {
-        let graphs = parse_cuda_graphs("1,2,4,8,16,32").unwrap();
-        assert_eq!(graphs.up_to(5), [1, 2, 4, 8]);
-        assert_eq!(graphs.up_to(8), [1, 2, 4, 8]);
-        assert_eq!(graphs.up_to(1000), [1, 2, 4, 8, 16, 32]);
-        assert_eq!(parse_cuda_graphs("0").unwrap().up_to(8), Vec::<usize>::new());
-    }
 }

@@ -35,6 +35,12 @@ pub const BATCH_INFERENCE_FAILURE: &str = "rill_batch_inference_failure";
 pub const KV_BLOCKS_USED: &str = "rill_kv_blocks_used";
 pub const KV_BLOCKS_TOTAL: &str = "rill_kv_blocks_total";
 pub const PREEMPTIONS: &str = "rill_preemptions";
+/// The Inference API's response cache: lookups answered from it, lookups that were not,
+/// and what it holds.
+pub const RESPONSE_CACHE_HITS: &str = "rill_response_cache_hits";
+pub const RESPONSE_CACHE_MISSES: &str = "rill_response_cache_misses";
+pub const RESPONSE_CACHE_ENTRIES: &str = "rill_response_cache_entries";
+pub const RESPONSE_CACHE_BYTES: &str = "rill_response_cache_bytes";
 
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,

@@ -12,9 +12,9 @@ use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,11 +25,14 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::auth::{ApiKeys, KeyGuard, Refuse, require_api_key};
 use crate::chat_template::ChatTemplates;
-use crate::infer::{Infer, InferError};
+use crate::embeddings::PoolingConfig;
+use crate::infer::{Hidden, Infer, InferError};
 use crate::metrics as m;
-use crate::validation::{GenerationSpec, ValidRequest};
-use crate::{openai, tgi};
+use crate::response_cache::ResponseCache;
+use crate::validation::{GenerationSpec, Prompt, ValidRequest, ValidationError};
+use crate::{hf, openai, tgi};
 
 /// Shared by every handler.
 #[derive(Debug)]
@@ -45,8 +48,16 @@ pub struct AppState {
     pub chat_templates: Option<Arc<ChatTemplates>>,
     /// How the model writes tool calls by itself (`tool_choice: "auto"`), if known.
     pub tool_call_syntax: Option<openai::tools::ToolSyntax>,
-    /// Set once the model has loaded.
+    /// Set once the model has loaded ([`AppState::set_ready`]).
     pub ready: OnceLock<Infer>,
+    /// Wakes requests waiting for the model ([`AppState::wait_ready`]).
+    pub loaded: tokio::sync::Notify,
+    /// Longest a request may wait for the model to load (`wait_for_model`).
+    pub wait_for_model_timeout: std::time::Duration,
+    /// The Inference API's answers to deterministic requests.
+    pub response_cache: ResponseCache,
+    /// How embeddings are pooled (the model directory's sentence-transformers config).
+    pub pooling: PoolingConfig,
     pub started: Instant,
     /// Seconds a load is expected to take (for `estimated_time`).
     pub estimated_load_secs: f64,
@@ -61,6 +72,30 @@ impl AppState {
             estimated_time: (self.estimated_load_secs - self.started.elapsed().as_secs_f64())
                 .max(1.0),
         })
+    }
+
+    /// The model has loaded: serve it, and wake the requests waiting for it.
+    pub fn set_ready(&self, infer: Infer) {
+        let _ = self.ready.set(infer);
+        self.loaded.notify_waiters();
+    }
+
+    /// The generation core, waiting up to `wait_for_model_timeout` for it to load (503
+    /// `Loading` after).
+    pub async fn wait_ready(&self) -> Result<&Infer, InferError> {
+        let deadline = tokio::time::Instant::now() + self.wait_for_model_timeout;
+        loop {
+            let loaded = self.loaded.notified();
+            tokio::pin!(loaded);
+            // Registered before the check: a load finishing in between still wakes us.
+            loaded.as_mut().enable();
+            if let Some(infer) = self.ready.get() {
+                return Ok(infer);
+            }
+            if tokio::time::timeout_at(deadline, loaded).await.is_err() {
+                return self.infer();
+            }
+        }
     }
 
     /// Run `f` (tokenizing, rendering a template, compiling a grammar: CPU work) on a
@@ -94,6 +129,59 @@ impl AppState {
     }
 }
 
+/// How an embedding prompt longer than `max_input_tokens` is cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// It is refused (400/422).
+    Refuse,
+    /// Its first tokens are kept (TEI's `truncation_direction: right`).
+    KeepFirst,
+    /// Its last tokens are kept.
+    KeepLast,
+}
+
+impl AppState {
+    /// Embed every prompt: validate them all (on a validation worker), then run them side
+    /// by side through the engine.
+    pub async fn embed_all(
+        self: &Arc<Self>,
+        prompts: Vec<Prompt>,
+        cut: Cut,
+    ) -> Result<Vec<Hidden>, InferError> {
+        let arrived = Instant::now();
+        let ids = self
+            .on_validation_worker(move |infer| {
+                let max = infer.limits.max_input_tokens;
+                prompts
+                    .into_iter()
+                    .map(|prompt| {
+                        let ids = match (cut, prompt) {
+                            (Cut::KeepFirst, Prompt::Text { text, add_special_tokens }) => {
+                                let encoding = infer
+                                    .tokenizer
+                                    .encode(text.as_str(), add_special_tokens)
+                                    .map_err(|e| ValidationError::Tokenizer(e.to_string()))?;
+                                let mut ids = encoding.get_ids().to_vec();
+                                ids.truncate(max);
+                                infer.prepare_embedding(Prompt::Tokens(ids), None)
+                            }
+                            (Cut::KeepFirst, Prompt::Tokens(mut ids)) => {
+                                ids.truncate(max);
+                                infer.prepare_embedding(Prompt::Tokens(ids), None)
+                            }
+                            (Cut::KeepLast, prompt) => infer.prepare_embedding(prompt, Some(max)),
+                            (Cut::Refuse, prompt) => infer.prepare_embedding(prompt, None),
+                        };
+                        Ok::<_, InferError>(ids?)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        let infer = self.infer()?;
+        futures::future::try_join_all(ids.into_iter().map(|p| infer.embed(p, arrived))).await
+    }
+}
+
 /// The OpenAPI document of every route (served at `/api-doc/openapi.json`, browsable
 /// at `/docs`): each family's paths and schemas, plus the shared routes.
 #[derive(Debug, OpenApi)]
@@ -102,6 +190,7 @@ impl AppState {
     tags(
         (name = "Text Generation Inference", description = "TGI-compatible text generation"),
         (name = "OpenAI", description = "OpenAI-compatible chat and text completions"),
+        (name = "Inference API", description = "Hugging Face Inference API tasks"),
     ),
     info(title = "Rill", description = "A streaming text-generation server with TGI's and OpenAI's APIs", license(name = "Apache-2.0"))
 )]
@@ -112,6 +201,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(tgi::TgiApi::openapi());
     doc.merge(openai::OpenAiApi::openapi());
+    doc.merge(hf::HfApi::openapi());
     doc
 }
 
@@ -120,17 +210,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub struct ServerConfig {
     /// Largest request body in bytes (413 beyond).
     pub payload_limit: usize,
-    /// When set, generation routes need `Authorization: Bearer <key>` (401 otherwise).
-    pub api_key: Option<String>,
+    /// When set, inference routes need `Authorization: Bearer <key>` of one of these keys
+    /// (401 otherwise), scoped to this model (403 otherwise).
+    pub api_keys: Option<Arc<ApiKeys>>,
     /// Origins allowed to call from a browser; none = no CORS headers.
     pub cors_allow_origin: Vec<String>,
 }
 
-/// A family's generation routes, and what it answers a request without the key.
+/// A family's inference routes, and how it refuses a request without a valid key.
 #[derive(Debug)]
 pub struct Guarded {
     pub routes: Router<Arc<AppState>>,
-    pub unauthorized: fn() -> Response,
+    pub refuse: Refuse,
 }
 
 pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
@@ -140,10 +231,15 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
         .route("/metrics", get(render_metrics))
         .merge(tgi::open_routes())
         .merge(openai::open_routes());
-    for family in [tgi::generation_routes(), openai::generation_routes()] {
+    let served: Arc<[String]> = state.served_model_names.clone().into();
+    for family in [tgi::generation_routes(), openai::generation_routes(), hf::generation_routes()] {
         let mut routes = family.routes;
-        if let Some(key) = &config.api_key {
-            let guard = ApiKey { key: key.as_str().into(), unauthorized: family.unauthorized };
+        if let Some(keys) = &config.api_keys {
+            let guard = KeyGuard {
+                keys: Arc::clone(keys),
+                served: Arc::clone(&served),
+                refuse: family.refuse,
+            };
             routes = routes
                 .route_layer(middleware::from_fn_with_state(Arc::new(guard), require_api_key));
         }
@@ -161,35 +257,6 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
         );
     }
     app
-}
-
-#[derive(Debug)]
-struct ApiKey {
-    key: Box<str>,
-    unauthorized: fn() -> Response,
-}
-
-/// `Authorization: Bearer <key>`, compared in constant time.
-async fn require_api_key(
-    State(guard): State<Arc<ApiKey>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let key = &guard.key;
-    let same = given.len() == key.len()
-        && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if same {
-        next.run(request).await
-    } else {
-        metrics::counter!(m::REQUEST_FAILURE, "err" => "authentication").increment(1);
-        (guard.unauthorized)()
-    }
 }
 
 /// Count a refused or failed request by its `error_type` (every family calls this

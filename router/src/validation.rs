@@ -127,6 +127,22 @@ impl ValidRequest {
     }
 }
 
+impl ValidRequest {
+    /// `n` copies of the request for `n` answers (OpenAI's `n`, the Inference API's
+    /// `num_return_sequences`): with a seed, answer i draws from seed + i, so a seeded
+    /// request repeats exactly; without one, each sampled answer draws its own.
+    pub fn choices(self, n: usize, seed: Option<u64>) -> Vec<ValidRequest> {
+        (0..n)
+            .map(|i| match (i, seed) {
+                (0, _) => self.clone(),
+                (_, Some(s)) => self.reseeded(Some(s.wrapping_add(i as u64))),
+                (_, None) if self.seed.is_none() => self.clone(),
+                (_, None) => self.reseeded(None),
+            })
+            .collect()
+    }
+}
+
 /// A seed for a request that gave none: distinct per call, unpredictable across
 /// runs (time and a counter through splitmix64).
 pub fn random_seed() -> u64 {

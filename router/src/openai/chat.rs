@@ -28,7 +28,7 @@ use super::params::{self, MAX_TOP_LOGPROBS};
 use super::tools::{self, ParserEvent, ToolCallParser, ToolChoice, ToolParseMode};
 use super::types::*;
 use super::{
-    ChunkShaper, Envelope, GenerationErrors, OpenAiError, SseEvent, Step, check_model, choices,
+    ChunkShaper, Envelope, GenerationErrors, OpenAiError, SseEvent, Step, check_model,
     finish_reason, merged_steps, parse_body, shaped_stream, start,
 };
 use crate::chat_template::ChatInput;
@@ -270,7 +270,7 @@ pub async fn chat_completions(
     let request: ChatCompletionRequest = parse_body(body)?;
     let model = check_model(&state, request.model.as_deref())?;
     let p = prepare(&state, request).await?;
-    let requests = choices(p.valid, p.n, p.seed);
+    let requests = p.valid.choices(p.n, p.seed);
     let generations =
         start(&state, requests, arrived).map_err(|e| OpenAiError::from_infer(e, "messages"))?;
     let envelope = Envelope::new("chatcmpl", model);

@@ -18,7 +18,7 @@ use rill_proto::api::Token;
 use super::params::{self, MAX_COMPLETION_LOGPROBS};
 use super::types::*;
 use super::{
-    ChunkShaper, Envelope, GenerationErrors, OpenAiError, SseEvent, Step, check_model, choices,
+    ChunkShaper, Envelope, GenerationErrors, OpenAiError, SseEvent, Step, check_model,
     finish_reason, merged_steps, parse_body, shaped_stream, start,
 };
 use crate::infer::{TokenBytes, TokenEvent};
@@ -28,7 +28,8 @@ use crate::validation::Prompt;
 /// OpenAI's default `max_tokens` for completions.
 const DEFAULT_MAX_TOKENS: u32 = 16;
 
-fn prompts(input: PromptInput) -> Result<Vec<Prompt>, OpenAiError> {
+/// The prompts `input` holds (also `/v1/embeddings`' `input`); `param` names the field.
+pub(super) fn prompts(input: PromptInput, param: &str) -> Result<Vec<Prompt>, OpenAiError> {
     let text = |text| Prompt::Text { text, add_special_tokens: true };
     let prompts: Vec<Prompt> = match input {
         PromptInput::Text(s) => vec![text(s)],
@@ -37,7 +38,7 @@ fn prompts(input: PromptInput) -> Result<Vec<Prompt>, OpenAiError> {
         PromptInput::TokenLists(v) => v.into_iter().map(Prompt::Tokens).collect(),
     };
     if prompts.is_empty() {
-        return Err(OpenAiError::invalid("prompt", "`prompt` must not be empty"));
+        return Err(OpenAiError::invalid(param, format!("`{param}` must not be empty")));
     }
     Ok(prompts)
 }
@@ -75,7 +76,7 @@ pub async fn completions(
     if request.best_of.is_some_and(|b| b != n) {
         return Err(OpenAiError::invalid("best_of", "only `best_of` equal to `n` is supported"));
     }
-    let prompts = prompts(request.prompt)?;
+    let prompts = prompts(request.prompt, "prompt")?;
     let limits = state.infer().map_err(|e| OpenAiError::from_infer(e, "prompt"))?.limits.clone();
     let max_tokens = Some(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
     let mut requests = Vec::new();
@@ -87,7 +88,7 @@ pub async fn completions(
         let seed = s.spec.seed;
         let valid =
             state.prepare(s.spec).await.map_err(|e| OpenAiError::from_infer(e, "prompt"))?;
-        requests.extend(choices(valid, s.n, seed));
+        requests.extend(valid.choices(s.n, seed));
     }
     let prompt_tokens: usize = requests.iter().step_by(per_prompt).map(|r| r.prompt.len()).sum();
     let generations =

@@ -14,6 +14,7 @@
 
 mod chat;
 mod completions;
+mod embeddings;
 mod params;
 pub mod tools;
 mod types;
@@ -43,7 +44,14 @@ pub use types::*;
 /// OpenAI's paths and schemas in the OpenAPI document.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    paths(chat::chat_completions, chat::chat_tokenize, completions::completions, models, model),
+    paths(
+        chat::chat_completions,
+        chat::chat_tokenize,
+        completions::completions,
+        embeddings::embeddings,
+        models,
+        model
+    ),
     components(schemas(
         ChatCompletionRequest,
         ChatMessage,
@@ -74,7 +82,12 @@ pub use types::*;
         ModelList,
         ErrorBody,
         ErrorDetail,
-        ChatTokenizeResponse
+        ChatTokenizeResponse,
+        embeddings::EmbeddingRequest,
+        embeddings::EncodingFormat,
+        embeddings::EmbeddingList,
+        embeddings::Embedding,
+        embeddings::EmbeddingUsage
     ))
 )]
 pub struct OpenAiApi;
@@ -91,14 +104,17 @@ pub fn open_routes() -> Router<Arc<AppState>> {
 pub fn generation_routes() -> Guarded {
     let routes = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(completions::completions));
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings));
     Guarded {
         routes,
-        unauthorized: || {
-            OpenAiError::new(StatusCode::UNAUTHORIZED, "Invalid or missing API key.")
-                .kind("authentication_error")
-                .code("invalid_api_key")
-                .into_response()
+        refuse: |status, message| {
+            let error = OpenAiError::new(status, message);
+            match status {
+                StatusCode::FORBIDDEN => error.kind("permission_error").code("model_not_allowed"),
+                _ => error.kind("authentication_error").code("invalid_api_key"),
+            }
+            .into_response()
         },
     }
 }
@@ -322,19 +338,6 @@ fn finish_reason(reason: FinishReason) -> &'static str {
         FinishReason::Length => "length",
         FinishReason::EosToken | FinishReason::StopSequence => "stop",
     }
-}
-
-/// `n` copies of `valid` for the choices: with a seed, choice i draws from seed + i, so
-/// a seeded request repeats exactly; without one, each draws its own.
-fn choices(valid: ValidRequest, n: usize, seed: Option<u64>) -> Vec<ValidRequest> {
-    (0..n)
-        .map(|i| match (i, seed) {
-            (0, _) => valid.clone(),
-            (_, Some(s)) => valid.reseeded(Some(s.wrapping_add(i as u64))),
-            (_, None) if valid.seed.is_none() => valid.clone(),
-            (_, None) => valid.reseeded(None),
-        })
-        .collect()
 }
 
 /// Start every choice's generation.

@@ -31,7 +31,7 @@ use crate::infer::{Finished, Generation, InferError, TokenEvent};
 use crate::server::{AppState, Guarded, record_failure, sse, sse_json, tgi_error};
 use crate::validation::ValidationError;
 
-pub use params::{Options, check_parameters};
+pub use params::{Options, check_parameters, to_spec};
 
 /// TGI's paths and schemas in the OpenAPI document.
 #[derive(Debug, OpenApi)]
@@ -83,7 +83,13 @@ pub fn generation_routes() -> Guarded {
         .route("/", post(compat_generate))
         .route("/generate", post(generate))
         .route("/generate_stream", post(generate_stream));
-    Guarded { routes, unauthorized: || TgiError::Unauthorized.into_response() }
+    Guarded {
+        routes,
+        refuse: |status, message| {
+            record_failure("authentication");
+            tgi_error(status, message, "authentication")
+        },
+    }
 }
 
 /// One `/tokenize` entry.
@@ -97,12 +103,10 @@ pub struct SimpleToken {
 
 /// Every way a TGI request can fail.
 #[derive(Debug)]
-enum TgiError {
+pub(crate) enum TgiError {
     Infer(InferError),
     /// The body could not be read as the route's JSON.
     Body(JsonRejection),
-    /// Missing or wrong API key.
-    Unauthorized,
 }
 
 impl From<InferError> for TgiError {
@@ -123,7 +127,6 @@ impl IntoResponse for TgiError {
         let kind = match &self {
             TgiError::Infer(e) => e.error_type(),
             TgiError::Body(_) => "validation",
-            TgiError::Unauthorized => "authentication",
         };
         record_failure(kind);
         match self {
@@ -154,9 +157,6 @@ impl IntoResponse for TgiError {
                 }
                 other => tgi_error(StatusCode::BAD_REQUEST, other.body_text(), "malformed_json"),
             },
-            TgiError::Unauthorized => {
-                tgi_error(StatusCode::UNAUTHORIZED, "Unauthorized", "authentication")
-            }
         }
     }
 }
@@ -214,16 +214,21 @@ async fn generate_response(
             .collect()
     });
     let generated_text = text(&chosen);
-    let details = options.details.then(|| Details {
-        finish_reason: chosen.finish_reason.as_str().into(),
-        generated_tokens: chosen.tokens.len() as u32,
-        seed: chosen.seed,
-        prefill: chosen.prefill,
-        tokens: chosen.tokens,
-        top_tokens: chosen.top_tokens,
-        best_of_sequences: others,
-    });
+    let details = options.details.then(|| details(chosen, others));
     Ok(GenerateResponse { generated_text, details })
+}
+
+/// TGI's `details` of a finished generation.
+pub(crate) fn details(f: Finished, best_of_sequences: Option<Vec<BestOfSequence>>) -> Details {
+    Details {
+        finish_reason: f.finish_reason.as_str().into(),
+        generated_tokens: f.tokens.len() as u32,
+        seed: f.seed,
+        prefill: f.prefill,
+        tokens: f.tokens,
+        top_tokens: f.top_tokens,
+        best_of_sequences,
+    }
 }
 
 /// Generate tokens.
@@ -279,7 +284,8 @@ fn stream_event(generation: &Generation, event: TokenEvent, options: Options) ->
     }
 }
 
-async fn stream_response(
+/// `/generate_stream`'s answer (also the Inference API's `stream: true`).
+pub(crate) async fn stream_response(
     state: &Arc<AppState>,
     request: GenerateRequest,
 ) -> Result<Response, TgiError> {
