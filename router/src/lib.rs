@@ -6,9 +6,10 @@
 //! thread ([`engine`]). Above it, one generation core for every API family:
 //! [`validation`] turns a request in neutral terms into what the engine runs, and
 //! [`infer`] streams its tokens back with text, stop strings handled. On top, one
-//! module per API family with its own wire types and error shape — [`tgi`] and
-//! [`openai`] — mounted on one port by [`server`]; [`chat_template`] renders chat
-//! prompts as transformers does.
+//! module per API family with its own wire types and error shape — [`tgi`],
+//! [`openai`], [`hf`] (the Hugging Face Inference API) and [`kserve`] (the Open
+//! Inference Protocol) — mounted on one port by [`server`], behind [`auth`]'s keys;
+//! [`chat_template`] renders chat prompts as transformers does.
 
 pub mod auth;
 pub mod block_manager;
@@ -18,6 +19,7 @@ pub mod embeddings;
 pub mod engine;
 pub mod hf;
 pub mod infer;
+pub mod kserve;
 pub mod metrics;
 pub mod openai;
 pub mod response_cache;

@@ -4,13 +4,14 @@
 //! document.
 //!
 //! Each family is a module with its own wire types and error shape over the one
-//! generation core (`infer.rs`): TGI's routes in `tgi/`, OpenAI's in `openai/`.
+//! generation core (`infer.rs`): TGI's routes in `tgi/`, OpenAI's in `openai/`, the
+//! Hugging Face Inference API's in `hf/`, the Open Inference Protocol's in `kserve/`.
 //! The port opens before the model is loaded; until [`AppState::ready`] is set,
 //! `/health` answers 503 and generation routes answer 503 `loading`.
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -19,7 +20,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures::stream::Stream;
+use futures::stream::{self, Stream, StreamExt};
 use rill_proto::api::{ErrorResponse, Info};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
@@ -28,11 +29,11 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::{ApiKeys, KeyGuard, Refuse, require_api_key};
 use crate::chat_template::ChatTemplates;
 use crate::embeddings::PoolingConfig;
-use crate::infer::{Hidden, Infer, InferError};
+use crate::infer::{Finished, Generation, Hidden, Infer, InferError, TokenEvent};
 use crate::metrics as m;
 use crate::response_cache::ResponseCache;
 use crate::validation::{GenerationSpec, Prompt, ValidRequest, ValidationError};
-use crate::{hf, openai, tgi};
+use crate::{hf, kserve, openai, tgi};
 
 /// Shared by every handler.
 #[derive(Debug)]
@@ -129,6 +130,55 @@ impl AppState {
     }
 }
 
+/// One prompt of a batch ([`AppState::generate_all`]).
+#[derive(Clone, Debug)]
+pub struct Ask {
+    pub spec: GenerationSpec,
+    /// Answers wanted: n samples seeded `seed`, `seed + 1`, ... when a seed is given
+    /// ([`ValidRequest::choices`]).
+    pub n: usize,
+    /// A soft limit: generation stops with what it has ([`Generation::finish_by`]).
+    pub max_time: Option<Duration>,
+}
+
+/// One prompt's answers, with its text (for `return_full_text`).
+#[derive(Debug)]
+pub struct Answers {
+    pub inputs: String,
+    pub finished: Vec<Finished>,
+}
+
+impl AppState {
+    /// Answer every prompt of a batch: validate each, start all their generations at
+    /// once (a full server refuses the whole batch with 429, nothing half-run), and run
+    /// them side by side to the end or their `max_time`.
+    pub async fn generate_all(
+        self: &Arc<Self>,
+        asks: Vec<Ask>,
+    ) -> Result<Vec<Answers>, InferError> {
+        let arrived = Instant::now();
+        let mut valid = Vec::new();
+        let mut shapes = Vec::with_capacity(asks.len());
+        for ask in asks {
+            let deadline = ask.max_time.map(|t| tokio::time::Instant::from_std(arrived + t));
+            let seed = ask.spec.seed;
+            let request = self.prepare(ask.spec).await?;
+            shapes.push((ask.n, deadline, request.inputs.clone()));
+            valid.extend(request.choices(ask.n, seed));
+        }
+        let mut generations = self.infer()?.start_all(valid, arrived)?.into_iter();
+        let mut runs = Vec::new();
+        for (n, deadline, _) in &shapes {
+            runs.extend(generations.by_ref().take(*n).map(|g| g.finish_by(*deadline)));
+        }
+        let mut done = futures::future::try_join_all(runs).await?.into_iter();
+        Ok(shapes
+            .into_iter()
+            .map(|(n, _, inputs)| Answers { inputs, finished: done.by_ref().take(n).collect() })
+            .collect())
+    }
+}
+
 /// How an embedding prompt longer than `max_input_tokens` is cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cut {
@@ -191,8 +241,9 @@ impl AppState {
         (name = "Text Generation Inference", description = "TGI-compatible text generation"),
         (name = "OpenAI", description = "OpenAI-compatible chat and text completions"),
         (name = "Inference API", description = "Hugging Face Inference API tasks"),
+        (name = "KServe v2", description = "The Open Inference Protocol (KServe, MLServer, Triton)"),
     ),
-    info(title = "Rill", description = "A streaming text-generation server with TGI's and OpenAI's APIs", license(name = "Apache-2.0"))
+    info(title = "Rill", description = "A streaming text-generation server with TGI's, OpenAI's, the Hugging Face Inference API and the Open Inference Protocol (KServe v2)", license(name = "Apache-2.0"))
 )]
 pub struct ApiDoc;
 
@@ -202,6 +253,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(tgi::TgiApi::openapi());
     doc.merge(openai::OpenAiApi::openapi());
     doc.merge(hf::HfApi::openapi());
+    doc.merge(kserve::KServeApi::openapi());
     doc
 }
 
@@ -230,9 +282,15 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .merge(tgi::open_routes())
-        .merge(openai::open_routes());
+        .merge(openai::open_routes())
+        .merge(kserve::open_routes());
     let served: Arc<[String]> = state.served_model_names.clone().into();
-    for family in [tgi::generation_routes(), openai::generation_routes(), hf::generation_routes()] {
+    for family in [
+        tgi::generation_routes(),
+        openai::generation_routes(),
+        hf::generation_routes(),
+        kserve::generation_routes(),
+    ] {
         let mut routes = family.routes;
         if let Some(keys) = &config.api_keys {
             let guard = KeyGuard {
@@ -273,8 +331,47 @@ pub fn tgi_error(status: StatusCode, message: impl Into<String>, error_type: &st
 
 /// One SSE `data:` event holding `value` as JSON.
 pub fn sse_json<T: serde::Serialize>(value: &T) -> Result<Event, Infallible> {
+    Ok(json_event(value))
+}
+
+/// An SSE `data:` event holding `value` as JSON.
+pub fn json_event<T: serde::Serialize>(value: &T) -> Event {
     // Serializing our own plain structs cannot fail.
-    Ok(Event::default().data(serde_json::to_string(value).unwrap_or_default()))
+    Event::default().data(serde_json::to_string(value).unwrap_or_default())
+}
+
+/// One generation's tokens as an SSE response, an `event` per token. It waits for the
+/// first token, so that a failure before it is answered with its real status (`Err`);
+/// a failure after it ends the stream with `error`'s event (and is counted).
+pub async fn stream_tokens<F, G>(
+    mut generation: Generation,
+    mut event: F,
+    error: G,
+) -> Result<Response, InferError>
+where
+    F: FnMut(&Generation, TokenEvent) -> Event + Send + 'static,
+    G: Fn(&InferError) -> Event + Send + 'static,
+{
+    let first = match generation.next().await {
+        Some(token) => event(&generation, token?),
+        None => return Err(InferError::Generation("no token generated".into())),
+    };
+    let first = stream::once(async move { Ok(first) });
+    let rest = stream::unfold(Some((generation, event, error)), |state| async move {
+        let (mut generation, mut event, error) = state?;
+        match generation.next().await? {
+            Ok(token) => {
+                let e = event(&generation, token);
+                Some((Ok(e), Some((generation, event, error))))
+            }
+            Err(e) => {
+                tracing::warn!(request_id = generation.id.0, error = %e, "stream failed");
+                record_failure(e.error_type());
+                Some((Ok(error(&e)), None))
+            }
+        }
+    });
+    Ok(sse(first.chain(rest)))
 }
 
 /// An SSE response that proxies must not buffer.

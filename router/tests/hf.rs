@@ -1,6 +1,7 @@
 //! The Hugging Face Inference API end to end: tasks, parameters, errors, the response
 //! cache, waiting for the model, embeddings against the transformers /
-//! sentence-transformers oracle; and the API-key matrix on every route family.
+//! sentence-transformers oracle; and the API-key matrix on every route family (KServe's
+//! included).
 
 mod common;
 
@@ -350,7 +351,8 @@ async fn embeddings_over_http_equal_the_oracle() {
     server.wait_idle().await;
 }
 
-/// While the model loads: 503 with an estimate at once, or held until it is ready.
+/// While the model loads: 503 with an estimate at once, or held until it is ready (and
+/// KServe's liveness 200, readiness 503).
 #[tokio::test]
 async fn loading_is_503_unless_the_request_waits_for_the_model() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/models/llama-1.1b");
@@ -369,6 +371,17 @@ async fn loading_is_503_unless_the_request_waits_for_the_model() {
     assert_eq!(status, 503, "{err}");
     assert_eq!(err["error"], "Model big is currently loading");
     assert!(err["estimated_time"].as_f64().is_some_and(|t| t > 0.0), "{err}");
+    // KServe's view meanwhile: live, not ready, and `infer` is 503 in its shape.
+    let status = |path: &str| {
+        let url = format!("{}{path}", server.base);
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("/v2/health/live").await, 200);
+    assert_eq!(status("/v2/health/ready").await, 503);
+    assert_eq!(status("/v2/models/big/ready").await, 503);
+    let infer = json!({"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["Hi"]}]});
+    let (status, _, err) = post(&server, "/v2/models/big/infer", infer, &[]).await;
+    assert_eq!((status, err), (503, json!({"error": "Model big is loading"})));
     let mut waiting = body.clone();
     waiting["options"] = json!({"wait_for_model": true});
     let by_option = post(&server, "/models/big", waiting, &[]);
@@ -413,6 +426,12 @@ async fn api_keys_and_scopes_guard_every_family() {
         ("/v1/embeddings", json!({"input": "Hi"})),
         ("/models/tiny", json!({"inputs": "Hi", "parameters": {"max_new_tokens": 1}})),
         ("/pipeline/feature-extraction", json!({"inputs": "Hi"})),
+        (
+            "/v2/models/tiny/infer",
+            json!({"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["Hi"]}],
+                "parameters": {"max_tokens": 1}}),
+        ),
+        ("/v2/models/tiny/generate", json!({"text_input": "Hi", "parameters": {"max_tokens": 1}})),
     ];
     for (path, body) in &routes {
         let url = format!("{}{path}", server.base);
@@ -439,7 +458,17 @@ async fn api_keys_and_scopes_guard_every_family() {
             }
         }
     }
-    for path in ["/health", "/info", "/metrics", "/v1/models"] {
+    for path in [
+        "/health",
+        "/info",
+        "/metrics",
+        "/v1/models",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/tiny",
+        "/v2/models/tiny/ready",
+    ] {
         let r = reqwest::get(format!("{}{path}", server.base)).await.unwrap();
         assert_eq!(r.status(), 200, "{path} stays open");
     }

@@ -293,7 +293,19 @@ async fn openapi_document_and_swagger_ui_are_served_offline() {
         .unwrap();
     let paths = ["/", "/generate", "/generate_stream", "/tokenize", "/health", "/info", "/metrics"];
     let openai = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/chat_tokenize"];
-    for path in paths.into_iter().chain(openai) {
+    let hf = ["/models/{model_id}", "/models/{model_id}/{task}", "/pipeline/{task}"];
+    let kserve = [
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{model_name}",
+        "/v2/models/{model_name}/ready",
+        "/v2/models/{model_name}/infer",
+        "/v2/models/{model_name}/versions/{model_version}/infer",
+        "/v2/models/{model_name}/generate",
+        "/v2/models/{model_name}/generate_stream",
+    ];
+    for path in paths.into_iter().chain(openai).chain(hf).chain(kserve) {
         assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
     let params = &doc["components"]["schemas"]["GenerateParameters"]["properties"];
@@ -305,6 +317,8 @@ async fn openapi_document_and_swagger_ui_are_served_offline() {
     assert_eq!(chat[0]["$ref"], "#/components/schemas/SamplingFields");
     let sampling = &doc["components"]["schemas"]["SamplingFields"]["properties"];
     assert!(sampling["temperature"].is_object() && sampling["logit_bias"].is_object());
+    let tensor = &doc["components"]["schemas"]["InputTensor"]["properties"];
+    assert!(tensor["datatype"].is_object() && tensor["shape"].is_object(), "{tensor}");
     let page = reqwest::get(format!("{}/docs/", server.base)).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("Swagger UI"));

@@ -19,10 +19,10 @@
 
 mod embeddings;
 mod params;
+mod text;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -31,19 +31,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use rill_proto::api::{GenerateParameters, GenerateRequest};
+use rill_proto::api::GenerateParameters;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::chat_template::ChatInput;
 use crate::infer::{Infer, InferError};
 use crate::server::{AppState, Guarded, record_failure};
-use crate::tgi::{self, TgiError};
 use crate::validation::ValidationError;
 
 pub use params::TextGenerationParameters;
-use params::TextRequest;
 
 /// The Inference API's paths and schemas in the OpenAPI document.
 #[derive(Debug, OpenApi)]
@@ -53,9 +50,9 @@ use params::TextRequest;
         InferenceRequest,
         InferenceOptions,
         TextGenerationParameters,
-        Conversation,
-        GeneratedText,
-        ConversationalAnswer,
+        text::Conversation,
+        text::GeneratedText,
+        text::ConversationalAnswer,
         embeddings::EmbeddingParameters,
         embeddings::Direction,
         embeddings::SimilarityInputs,
@@ -237,34 +234,6 @@ pub struct InferenceRequest {
     pub stream: bool,
 }
 
-/// One answer of `text-generation`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct GeneratedText {
-    generated_text: String,
-    /// TGI's details, when `details` was asked.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<rill_proto::api::Details>)]
-    details: Option<rill_proto::api::Details>,
-}
-
-/// `conversational`'s inputs: the turns so far and the new user text.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
-pub struct Conversation {
-    #[serde(default)]
-    pub past_user_inputs: Vec<String>,
-    #[serde(default)]
-    pub generated_responses: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-}
-
-/// `conversational`'s answer: the reply and the conversation with it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ConversationalAnswer {
-    generated_text: String,
-    conversation: Conversation,
-}
-
 /// What the request's options and headers ask for.
 #[derive(Clone, Copy, Debug)]
 struct Wanted {
@@ -350,7 +319,7 @@ fn resolve(state: &AppState, path: &str) -> Result<(String, Option<String>), HfE
     params(("model_id" = String, Path, description = "A served model name (may contain `/`)")),
     request_body = InferenceRequest,
     responses(
-        (status = 200, description = "The task's answer: `text-generation` answers a list of `GeneratedText` (a list of lists for a list of inputs)", body = Vec<GeneratedText>),
+        (status = 200, description = "The task's answer: `text-generation` answers a list of `GeneratedText` (a list of lists for a list of inputs)", body = Vec<text::GeneratedText>),
         (status = 400, description = "Bad input or an unserved task", body = HfErrorBody),
         (status = 401, description = "Missing or unknown API key", body = HfErrorBody),
         (status = 403, description = "The API key is not scoped to this model", body = HfErrorBody),
@@ -433,8 +402,8 @@ async fn dispatch(
         ctx.infer()?;
     }
     match task {
-        "text-generation" => text_generation(ctx, request, wanted).await,
-        "conversational" => conversational(ctx, request, wanted).await,
+        "text-generation" => text::text_generation(ctx, request, wanted).await,
+        "conversational" => text::conversational(ctx, request, wanted).await,
         "feature-extraction" => embeddings::feature_extraction(ctx, request, wanted).await,
         _ => embeddings::sentence_similarity(ctx, request, wanted).await,
     }
@@ -491,160 +460,5 @@ fn texts(inputs: &Value) -> Result<(Vec<String>, bool), HfError> {
             Ok((texts.collect::<Result<_, _>>()?, true))
         }
         _ => Err(bad()),
-    }
-}
-
-/// Run every request's `n` answers, all started together (a full server refuses the
-/// whole request), each until it ends or its `max_time` passes.
-async fn generate(
-    ctx: &Ctx,
-    requests: Vec<TextRequest>,
-) -> Result<Vec<Vec<GeneratedText>>, HfError> {
-    let arrived = Instant::now();
-    let deadline =
-        |r: &TextRequest| r.max_time.map(|t| tokio::time::Instant::from_std(arrived + t));
-    let mut valid = Vec::new();
-    let mut shapes = Vec::with_capacity(requests.len());
-    for r in &requests {
-        let v = ctx.state.prepare(r.spec.clone()).await.map_err(|e| ctx.err(e))?;
-        let inputs = v.inputs.clone();
-        valid.extend(v.choices(r.n, r.spec.seed));
-        shapes.push((r.n, deadline(r), r.options, inputs));
-    }
-    let infer = ctx.infer()?;
-    let mut generations = infer.start_all(valid, arrived).map_err(|e| ctx.err(e))?.into_iter();
-    let mut runs = Vec::new();
-    for (n, deadline, options, inputs) in &shapes {
-        for g in generations.by_ref().take(*n) {
-            let inputs = inputs.clone();
-            let (options, deadline) = (*options, *deadline);
-            runs.push(async move {
-                let f = g.finish_by(deadline).await?;
-                let generated_text = if options.return_full_text {
-                    format!("{inputs}{}", f.text)
-                } else {
-                    f.text.clone()
-                };
-                let details = options.details.then(|| tgi::details(f, None));
-                Ok::<_, InferError>(GeneratedText { generated_text, details })
-            });
-        }
-    }
-    let mut done = futures::future::try_join_all(runs).await.map_err(|e| ctx.err(e))?.into_iter();
-    Ok(shapes.iter().map(|(n, ..)| done.by_ref().take(*n).collect()).collect())
-}
-
-async fn text_generation(
-    ctx: Ctx,
-    request: InferenceRequest,
-    wanted: Wanted,
-) -> Result<Response, HfError> {
-    let params: TextGenerationParameters = task_parameters(request.parameters)?;
-    let (inputs, listed) = texts(&request.inputs)?;
-    let limits = ctx.infer()?.limits.clone();
-    if request.stream {
-        if listed {
-            return Err(HfError::bad_request("a list of `inputs` cannot be streamed"));
-        }
-        params.text_request(inputs[0].clone(), true, true, &limits)?;
-        let (parameters, _) = params.to_tgi(&limits)?;
-        let inner = GenerateRequest { inputs: inputs[0].clone(), parameters: Some(parameters) };
-        return tgi::stream_response(&ctx.state, inner).await.map_err(|e| match e {
-            TgiError::Infer(e) => ctx.err(e),
-            TgiError::Body(r) => HfError::bad_request(r.body_text()),
-        });
-    }
-    let requests = inputs
-        .into_iter()
-        .map(|text| params.text_request(text, true, false, &limits))
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = requests.iter().all(|r| r.deterministic).then(|| {
-        let normalised = (params.to_tgi(&limits).ok(), &params.max_time);
-        cache_key(&ctx.model, "text-generation", &request.inputs, &normalised)
-    });
-    answer(&ctx, key, wanted, async {
-        let mut answers = generate(&ctx, requests).await?;
-        let value = if listed { json!(answers) } else { json!(answers.remove(0)) };
-        Ok(value)
-    })
-    .await
-}
-
-async fn conversational(
-    ctx: Ctx,
-    request: InferenceRequest,
-    wanted: Wanted,
-) -> Result<Response, HfError> {
-    let params: TextGenerationParameters = task_parameters(request.parameters)?;
-    let conversation: Conversation = match &request.inputs {
-        Value::String(s) => Conversation { text: Some(s.clone()), ..Default::default() },
-        v => serde_json::from_value(v.clone()).map_err(|e| {
-            HfError::bad_request(format!(
-                "`inputs` must be {{\"past_user_inputs\", \"generated_responses\", \"text\"}}: {e}"
-            ))
-        })?,
-    };
-    let Some(text) = conversation.text.clone().filter(|t| !t.is_empty()) else {
-        return Err(HfError::bad_request("`inputs.text` is required"));
-    };
-    if conversation.past_user_inputs.len() != conversation.generated_responses.len() {
-        return Err(HfError::bad_request(
-            "`past_user_inputs` and `generated_responses` must have the same length",
-        ));
-    }
-    if params.num_return_sequences.is_some_and(|n| n != 1) {
-        return Err(HfError::bad_request("`conversational` answers one reply"));
-    }
-    let templates = ctx.state.chat_templates.clone().ok_or_else(|| {
-        HfError::bad_request("This model has no chat template: give one with --chat-template")
-    })?;
-    let mut messages = Vec::new();
-    for (user, assistant) in
-        conversation.past_user_inputs.iter().zip(&conversation.generated_responses)
-    {
-        messages.push(json!({"role": "user", "content": user}));
-        messages.push(json!({"role": "assistant", "content": assistant}));
-    }
-    messages.push(json!({"role": "user", "content": text}));
-    let prompt = ctx
-        .state
-        .on_validation_worker(move |_| {
-            templates
-                .render(&ChatInput::new(&messages))
-                .map_err(|e| Rendered::Template(HfError::bad_request(e.to_string())))
-        })
-        .await
-        .map_err(|e| match e {
-            Rendered::Core(e) => ctx.err(e),
-            Rendered::Template(e) => e,
-        })?;
-    let limits = ctx.infer()?.limits.clone();
-    let mut params = params;
-    params.tgi.return_full_text = Some(false);
-    params.tgi.details = false;
-    let request_text = params.text_request(prompt, false, false, &limits)?;
-    let key = request_text.deterministic.then(|| {
-        cache_key(&ctx.model, "conversational", &request.inputs, &params.to_tgi(&limits).ok())
-    });
-    answer(&ctx, key, wanted, async {
-        let reply = generate(&ctx, vec![request_text]).await?.remove(0).remove(0).generated_text;
-        let mut conversation = conversation;
-        conversation.past_user_inputs.push(text);
-        conversation.generated_responses.push(reply.clone());
-        conversation.text = None;
-        Ok(json!(ConversationalAnswer { generated_text: reply, conversation }))
-    })
-    .await
-}
-
-/// A template failure or the core's, from a validation worker.
-enum Rendered {
-    Core(InferError),
-    Template(HfError),
-}
-
-impl From<InferError> for Rendered {
-    fn from(e: InferError) -> Self {
-        Rendered::Core(e)
     }
 }

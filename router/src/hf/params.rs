@@ -7,8 +7,9 @@
 use rill_proto::api::{GenerateParameters, GenerateRequest};
 use serde::{Deserialize, Serialize};
 
+use crate::server::Ask;
 use crate::tgi::{self, Options};
-use crate::validation::{GenerationSpec, Limits, Prompt};
+use crate::validation::{Limits, Prompt};
 
 use super::HfError;
 
@@ -30,10 +31,9 @@ pub struct TextGenerationParameters {
 /// A checked request in the core's terms, and how to answer it.
 #[derive(Clone, Debug)]
 pub struct TextRequest {
-    pub spec: GenerationSpec,
+    /// The prompt, its `num_return_sequences` and `max_time`.
+    pub ask: Ask,
     pub options: Options,
-    pub n: usize,
-    pub max_time: Option<std::time::Duration>,
     /// The same answer every time: greedy, or sampled with a seed, and no time limit.
     pub deterministic: bool,
 }
@@ -54,12 +54,7 @@ impl TextGenerationParameters {
         if !in_range(p.repetition_penalty) {
             return Err(bad("`repetition_penalty` must be >= 0.0 and <= 100.0"));
         }
-        if p.temperature == Some(0.0) {
-            // Greedy: nothing else may make it sample.
-            p.temperature = None;
-            p.do_sample = false;
-            (p.top_k, p.top_p, p.typical_p) = (None, None, None);
-        }
+        tgi::zero_temperature_is_greedy(&mut p);
         if p.return_full_text.is_none() {
             p.return_full_text = Some(true);
         }
@@ -105,7 +100,7 @@ impl TextGenerationParameters {
         let deterministic = max_time.is_none()
             && (spec.seed.is_some() || !spec.sampling.samples())
             && options.best_of == 1;
-        Ok(TextRequest { spec, options, n, max_time, deterministic })
+        Ok(TextRequest { ask: Ask { spec, n, max_time }, options, deterministic })
     }
 }
 
@@ -124,14 +119,14 @@ mod tests {
     #[test]
     fn temperature_zero_is_greedy_and_full_text_is_the_default() {
         let r = request(json!({"temperature": 0.0, "top_k": 5})).unwrap();
-        assert!(!r.spec.sampling.samples() && r.deterministic);
+        assert!(!r.ask.spec.sampling.samples() && r.deterministic);
         assert!(r.options.return_full_text);
         let r = request(json!({"return_full_text": false, "temperature": 0.5})).unwrap();
-        assert!(!r.options.return_full_text && r.spec.sampling.samples() && !r.deterministic);
+        assert!(!r.options.return_full_text && r.ask.spec.sampling.samples() && !r.deterministic);
         let r = request(json!({"do_sample": true, "seed": 3})).unwrap();
         assert!(r.deterministic, "seeded sampling repeats");
         let r = request(json!({"max_time": 1.5})).unwrap();
-        assert!(!r.deterministic && r.max_time.is_some());
+        assert!(!r.deterministic && r.ask.max_time.is_some());
     }
 
     #[test]

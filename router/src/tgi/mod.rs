@@ -19,7 +19,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::stream::{self, StreamExt};
 use rill_proto::api::{
     BestOfSequence, CompatGenerateRequest, Details, ErrorResponse, GenerateParameters,
     GenerateRequest, GenerateResponse, Info, PrefillToken, StreamDetails, StreamResponse, Token,
@@ -28,10 +27,10 @@ use serde_json::json;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::infer::{Finished, Generation, InferError, TokenEvent};
-use crate::server::{AppState, Guarded, record_failure, sse, sse_json, tgi_error};
+use crate::server::{AppState, Guarded, json_event, record_failure, stream_tokens, tgi_error};
 use crate::validation::ValidationError;
 
-pub use params::{Options, check_parameters, to_spec};
+pub use params::{Options, check_parameters, to_spec, zero_temperature_is_greedy};
 
 /// TGI's paths and schemas in the OpenAPI document.
 #[derive(Debug, OpenApi)]
@@ -290,30 +289,11 @@ pub(crate) async fn stream_response(
     request: GenerateRequest,
 ) -> Result<Response, TgiError> {
     let (mut generations, options) = start(state, request, true).await?;
-    let mut generation = generations.remove(0);
-    // Wait for the first token so that an early failure gets its real status.
-    let first = match generation.next().await {
-        Some(event) => stream_event(&generation, event?, options),
-        None => return Err(InferError::Generation("no token generated".into()).into()),
+    let event = move |g: &Generation, token| json_event(&stream_event(g, token, options));
+    let error = |e: &InferError| {
+        json_event(&ErrorResponse { error: e.to_string(), error_type: e.error_type().into() })
     };
-    let first = stream::once(async move { sse_json(&first) });
-    let rest = stream::unfold(Some(generation), move |state| async move {
-        let mut generation = state?;
-        match generation.next().await? {
-            Ok(event) => {
-                let event = sse_json(&stream_event(&generation, event, options));
-                Some((event, Some(generation)))
-            }
-            Err(e) => {
-                tracing::warn!(request_id = generation.id.0, error = %e, "stream failed");
-                record_failure(e.error_type());
-                let body =
-                    ErrorResponse { error: e.to_string(), error_type: e.error_type().into() };
-                Some((sse_json(&body), None))
-            }
-        }
-    });
-    Ok(sse(first.chain(rest)))
+    Ok(stream_tokens(generations.remove(0), event, error).await?)
 }
 
 /// Generate tokens if `stream == false` (answering a list), or a stream of tokens.

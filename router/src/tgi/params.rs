@@ -85,6 +85,16 @@ pub fn check_parameters(
     Ok(())
 }
 
+/// A temperature of 0 means greedy (the Inference API's and KServe's rule; TGI's own
+/// route refuses it): nothing else may then make it sample.
+pub fn zero_temperature_is_greedy(p: &mut GenerateParameters) {
+    if p.temperature == Some(0.0) {
+        p.temperature = None;
+        p.do_sample = false;
+        (p.top_k, p.top_p, p.typical_p) = (None, None, None);
+    }
+}
+
 /// A checked TGI request in the core's terms.
 pub fn to_spec(
     request: GenerateRequest,
