@@ -266,7 +266,7 @@ fn binary_bytes(name: &str, mut raw: &[u8]) -> Result<Elements, String> {
 
 fn binary_scalars(name: &str, datatype: &str, raw: &[u8]) -> Result<Elements, String> {
     let size = scalar_size(datatype).unwrap_or(1);
-    if raw.len() % size != 0 {
+    if !raw.len().is_multiple_of(size) {
         return Err(format!(
             "input `{name}`: {} bytes is not a whole number of {datatype}",
             raw.len()
