@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Real Python clients against the real `rill` binary: huggingface_hub's
-# InferenceClient (TGI routes and chat_completion), TGI's own `text-generation`
-# client, which pins huggingface_hub < 1.0 and so gets a virtualenv of its own, and
-# the official `openai` SDK. The virtualenvs are
+# InferenceClient (TGI routes, the Inference API, chat_completion), `requests` as the
+# Inference API documentation writes it, Triton's `tritonclient[http]`, TGI's own
+# `text-generation` client, which pins huggingface_hub < 1.0 and so gets a virtualenv
+# of its own, and the official `openai` SDK. The virtualenvs are
 # made here (from PyPI) on first use and reused after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,6 @@ run() { # venv, packages...
     "$venv/bin/pytest" -q -W ignore::DeprecationWarning integration-tests/python
 }
 
-run .venv-client-hub "huggingface_hub>=1.0,<3" "jsonschema>=4,<5"
+run .venv-client-hub "huggingface_hub>=1.0,<3" "jsonschema>=4,<5" "requests>=2.31,<3" "tritonclient[http]>=2.40,<3"
 run .venv-client-tgi "text-generation==0.7.0"
 run .venv-client-openai "openai>=1.60,<3" "jsonschema>=4,<5"
