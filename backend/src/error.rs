@@ -74,6 +74,8 @@ pub enum StepError {
     TooLong { seq: rill_proto::SeqId, end: usize, max: usize },
     #[error("{seq}: {targets} logprob targets for {tokens} tokens")]
     TooManyTargets { seq: rill_proto::SeqId, targets: usize, tokens: usize },
+    #[error("{seq}: a prefix of {len} tokens for a step at position {start_pos}")]
+    PrefixLength { seq: rill_proto::SeqId, len: usize, start_pos: usize },
     #[error(
         "{seq}: a step that returns hidden states cannot sample, return prompt logprobs or carry sampling parameters"
     )]

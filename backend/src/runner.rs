@@ -332,6 +332,13 @@ impl<D: Device> Runner<D> {
             if s.hidden && (s.sample || !s.logprob_targets.is_empty() || s.sampling.is_some()) {
                 return Err(StepError::HiddenWithSampling { seq });
             }
+            if !s.prefix.is_empty() && (s.prefix.len() != s.start_pos || s.sampling.is_none()) {
+                return Err(StepError::PrefixLength {
+                    seq,
+                    len: s.prefix.len(),
+                    start_pos: s.start_pos,
+                });
+            }
             if s.logprob_targets.len() > s.tokens.len() {
                 return Err(StepError::TooManyTargets {
                     seq,
@@ -339,8 +346,12 @@ impl<D: Device> Runner<D> {
                     tokens: s.tokens.len(),
                 });
             }
-            if let Some(&TokenId(token)) =
-                s.tokens.iter().chain(&s.logprob_targets).find(|t| t.index() >= vocab)
+            if let Some(&TokenId(token)) = s
+                .tokens
+                .iter()
+                .chain(&s.logprob_targets)
+                .chain(&s.prefix)
+                .find(|t| t.index() >= vocab)
             {
                 return Err(StepError::TokenOutOfRange { seq, token, vocab });
             }

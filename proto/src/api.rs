@@ -48,6 +48,10 @@ pub struct GenerateParameters {
     /// Rill extension for benchmarks: generate exactly `max_new_tokens`, ignoring EOS.
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Rill extension (vLLM's `cache_salt`): prefix-cached KV blocks are shared only
+    /// among requests that give the same salt.
+    #[serde(default)]
+    pub cache_salt: Option<String>,
 }
 
 /// TGI's `grammar` parameter.
@@ -118,6 +122,9 @@ pub struct Details {
     /// With `best_of` > 1: the sequences that were not chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_of_sequences: Option<Vec<BestOfSequence>>,
+    /// Rill extension: prompt tokens whose K/V the prefix cache supplied.
+    #[serde(default)]
+    pub cached_tokens: u32,
 }
 
 /// One of the other `best_of` candidates.

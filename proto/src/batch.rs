@@ -1,4 +1,8 @@
 //! One engine step: what to run ([`ForwardBatch`]) and what came out ([`StepOutput`]).
+//!
+//! Within a step, each layer writes the K/V of every sequence's new tokens before any
+//! sequence's attention reads that layer: a sequence may attend to positions that
+//! another sequence of the same step writes (blocks shared through the prefix cache).
 
 use crate::{BlockId, SamplingParams, SeqId, TokenId};
 
@@ -26,6 +30,11 @@ pub struct SeqStep {
     /// keeps it (and the state it implies) until the sequence is released. A
     /// sequence the runner has never seen parameters for is greedy.
     pub sampling: Option<Box<SamplingParams>>,
+    /// With `sampling`, on a first step that starts after a prefix whose K/V another
+    /// sequence computed (the prefix cache): the tokens at positions `0..start_pos`, when
+    /// the parameters count prompt tokens ([`SamplingParams::counts_prompt_tokens`]), so the
+    /// sampler counts them as if it had seen them run. Empty otherwise.
+    pub prefix: Vec<TokenId>,
     /// Return the final-norm hidden states of every row of `tokens` in
     /// [`StepOutput::hidden`] (an embedding request: every chunk of its prompt sets it).
     /// Such a step never samples: `sample` is false, and it has no `logprob_targets` and

@@ -88,6 +88,12 @@ impl SamplingParams {
             && !self.watermark
             && self.grammar.is_none()
     }
+
+    /// Whether a processor counts the prompt's tokens (TGI's repetition and frequency
+    /// penalties), so the sampler must see every one of them.
+    pub fn counts_prompt_tokens(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.frequency_penalty != 0.0
+    }
 }
 
 /// A compiled grammar, shared by every sequence that uses it.

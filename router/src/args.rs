@@ -68,6 +68,11 @@ pub struct Args {
     /// Sequences one engine step may hold (default: max concurrent requests).
     #[arg(long, env = "MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
+    /// Keep the KV blocks of finished requests and reuse them for later requests whose
+    /// prompt starts with the same tokens (automatic prefix caching; outputs are the same
+    /// to the bit either way).
+    #[arg(long, env = "PREFIX_CACHING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prefix_caching: bool,
     /// Where to run the model.
     #[arg(long, env = "DEVICE", value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,

@@ -37,6 +37,8 @@ pub struct GenerationRequest {
     /// Report the prompt tokens' logprobs (`decoder_input_details`).
     pub prompt_logprobs: bool,
     pub sampling: SamplingParams,
+    /// Share prefix-cached blocks only with requests of the same salt (`cache_salt`).
+    pub cache_salt: Option<String>,
 }
 
 /// What the engine says about a request, in order.
@@ -49,8 +51,9 @@ pub enum EngineEvent {
         top: Vec<(TokenId, f32)>,
         finish: Option<FinishReason>,
     },
-    /// Logprobs of prompt tokens 1.. (when asked), just before the first token.
-    Prefill(Vec<f32>),
+    /// Just before the first token: the logprobs of prompt tokens 1.. (when asked), and
+    /// how many prompt tokens the prefix cache supplied.
+    Prefill { logprobs: Option<Vec<f32>>, cached_tokens: usize },
     /// An embedding request's answer, its only event: the final-norm hidden states of
     /// every prompt token, `[prompt_len, dim]` row-major.
     Hidden { states: Vec<f32>, dim: usize },
@@ -149,7 +152,9 @@ where
     std::thread::Builder::new()
         .name("rill-engine".into())
         .spawn(move || {
-            let scheduler = Scheduler::new(config, runner.num_blocks());
+            // Everything besides the tokens that decides what a block's K/V is.
+            let model = format!("{:?} on {}", runner.config(), runner.device_name());
+            let scheduler = Scheduler::for_model(config, runner.num_blocks(), &model);
             let replies = HashMap::new();
             EngineLoop { runner, scheduler, rx, replies, eos_token_ids, stats: published }.run()
         })
@@ -246,7 +251,8 @@ impl<D: Device> EngineLoop<D> {
                 let prompt = request.prompt.into_iter().map(TokenId).collect();
                 let seq = Sequence::new(s.id, prompt, stop)
                     .with_top_n(request.top_n_tokens)
-                    .with_sampling(request.sampling);
+                    .with_sampling(request.sampling)
+                    .with_cache_salt(request.cache_salt);
                 if request.prompt_logprobs { seq.with_prompt_logprobs() } else { seq }
             }
             // `Sequence` requires a prompt; the async side validates, this guards.
@@ -286,8 +292,9 @@ impl<D: Device> EngineLoop<D> {
             self.replies.remove(&id);
         }
         for u in updates {
-            if let Some(lps) = u.prompt_logprobs {
-                self.reply(u.id, EngineEvent::Prefill(lps));
+            if let Some(cached_tokens) = u.cached_prompt_tokens {
+                let logprobs = u.prompt_logprobs;
+                self.reply(u.id, EngineEvent::Prefill { logprobs, cached_tokens });
             }
             // Forced tokens had no choice: probability 1 under the grammar.
             let n = 1 + u.forced.len();
@@ -322,5 +329,10 @@ impl<D: Device> EngineLoop<D> {
         metrics::gauge!(m::KV_BLOCKS_USED).set(blocks.num_used() as f64);
         metrics::gauge!(m::KV_BLOCKS_TOTAL).set(blocks.num_blocks() as f64);
         metrics::counter!(m::PREEMPTIONS).absolute(self.scheduler.preemptions());
+        let cache = blocks.stats();
+        metrics::gauge!(m::KV_BLOCKS_CACHED).set(blocks.num_cached() as f64);
+        metrics::counter!(m::PREFIX_CACHE_QUERIES).absolute(cache.queried_tokens);
+        metrics::counter!(m::PREFIX_CACHE_HITS).absolute(cache.hit_tokens);
+        metrics::counter!(m::PREFIX_CACHE_EVICTIONS).absolute(cache.evictions);
     }
 }

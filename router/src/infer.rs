@@ -128,6 +128,8 @@ pub struct Finished {
     /// Per token, its alternatives (empty lists when not asked).
     pub top_tokens: Vec<Vec<Token>>,
     pub prompt_tokens: usize,
+    /// Of the prompt's tokens, those whose K/V the prefix cache supplied.
+    pub cached_tokens: usize,
 }
 
 /// One request's output so far.
@@ -140,6 +142,7 @@ struct Progress {
     tokens: Vec<Token>,
     top_tokens: Vec<Vec<Token>>,
     prefill: Vec<PrefillToken>,
+    cached_tokens: usize,
     finish: Option<FinishReason>,
 }
 
@@ -211,6 +214,7 @@ impl Infer {
             top_n_tokens: request.top_n_tokens,
             prompt_logprobs: request.prompt_logprobs,
             sampling: request.sampling.clone(),
+            cache_salt: request.cache_salt.clone(),
         });
         let prompt_len = request.prompt.len();
         let now = Instant::now();
@@ -236,6 +240,7 @@ impl Infer {
                 tokens: Vec::new(),
                 top_tokens: Vec::new(),
                 prefill: Vec::new(),
+                cached_tokens: 0,
                 finish: None,
             },
             request,
@@ -278,6 +283,11 @@ impl Generation {
         self.progress.tokens.len()
     }
 
+    /// Prompt tokens the prefix cache supplied (known from the first token on).
+    pub fn cached_tokens(&self) -> usize {
+        self.progress.cached_tokens
+    }
+
     /// Why it ended so far (`Length` until it has).
     pub fn finish_reason(&self) -> FinishReason {
         self.progress.finish.unwrap_or(FinishReason::Length)
@@ -303,17 +313,20 @@ impl Generation {
             return None;
         }
         let mut event = self.events.recv().await;
-        if let Some(EngineEvent::Prefill(lps)) = &event {
-            let prompt = &self.request.prompt;
-            let token = |id: u32, logprob| PrefillToken {
-                id,
-                text: self.tokenizer.decode(&[id], false).unwrap_or_default(),
-                logprob,
-            };
-            // TGI's shape: the first prompt token has no logprob.
-            self.progress.prefill = std::iter::once(token(prompt[0], None))
-                .chain(prompt[1..].iter().zip(lps).map(|(&id, &lp)| token(id, Some(lp))))
-                .collect();
+        if let Some(EngineEvent::Prefill { logprobs, cached_tokens }) = &event {
+            self.progress.cached_tokens = *cached_tokens;
+            if let Some(lps) = logprobs {
+                let prompt = &self.request.prompt;
+                let token = |id: u32, logprob| PrefillToken {
+                    id,
+                    text: self.tokenizer.decode(&[id], false).unwrap_or_default(),
+                    logprob,
+                };
+                // TGI's shape: the first prompt token has no logprob.
+                self.progress.prefill = std::iter::once(token(prompt[0], None))
+                    .chain(prompt[1..].iter().zip(lps).map(|(&id, &lp)| token(id, Some(lp))))
+                    .collect();
+            }
             event = self.events.recv().await;
         }
         let event = match event {
@@ -329,7 +342,7 @@ impl Generation {
                 (token.0, logprob, top, finish)
             }
             EngineEvent::Error(e) => return Some(Err(InferError::Generation(e))),
-            EngineEvent::Prefill(_) => {
+            EngineEvent::Prefill { .. } => {
                 return Some(Err(InferError::Generation("prompt logprobs sent twice".into())));
             }
             EngineEvent::Hidden { .. } => {
@@ -450,6 +463,7 @@ impl Generation {
             tokens: p.tokens,
             top_tokens,
             prompt_tokens: self.request.prompt.len(),
+            cached_tokens: p.cached_tokens,
         })
     }
 }

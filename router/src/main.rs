@@ -228,7 +228,11 @@ where
         load_ms = t.elapsed().as_millis() as u64,
         "model loaded"
     );
-    let config = SchedulerConfig { max_batch_tokens: max_batch_prefill_tokens, max_batch_size };
+    let config = SchedulerConfig {
+        max_batch_tokens: max_batch_prefill_tokens,
+        max_batch_size,
+        prefix_caching: args.prefix_caching,
+    };
     let engine = engine::spawn(runner, config, model.eos_token_ids.clone());
     let limits = Limits {
         max_input_tokens: max_input,

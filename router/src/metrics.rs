@@ -35,6 +35,13 @@ pub const BATCH_INFERENCE_FAILURE: &str = "rill_batch_inference_failure";
 pub const KV_BLOCKS_USED: &str = "rill_kv_blocks_used";
 pub const KV_BLOCKS_TOTAL: &str = "rill_kv_blocks_total";
 pub const PREEMPTIONS: &str = "rill_preemptions";
+/// Blocks that hold no request but keep a prefix's K/V for later ones (evictable).
+pub const KV_BLOCKS_CACHED: &str = "rill_kv_blocks_cached";
+/// Prefix caching, in tokens: looked up (each admission of a sequence that may use the
+/// cache) and found cached; and cached blocks evicted to make room.
+pub const PREFIX_CACHE_QUERIES: &str = "rill_prefix_cache_queries";
+pub const PREFIX_CACHE_HITS: &str = "rill_prefix_cache_hits";
+pub const PREFIX_CACHE_EVICTIONS: &str = "rill_prefix_cache_evictions";
 /// The Inference API's response cache: lookups answered from it, lookups that were not,
 /// and what it holds.
 pub const RESPONSE_CACHE_HITS: &str = "rill_response_cache_hits";

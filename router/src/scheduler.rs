@@ -1,6 +1,12 @@
 //! [`Scheduler`]: continuous batching with chunked prefill and recompute preemption
 //! (vLLM's design: one token budget per step, decodes first, prefill chunks after).
 //!
+//! With prefix caching on, a sequence being admitted first takes the blocks the
+//! [`BlockManager`] holds for the longest run of its full blocks (matched by hash,
+//! shared, never its last token's block), and only the tokens after them are scheduled
+//! and counted in the budget; every block a step fills is registered under its hash as
+//! the step is scheduled, so later sequences — of the same step too — can share it.
+//!
 //! Each [`Scheduler::schedule`] builds one [`ForwardBatch`]:
 //! 1. every running sequence that is decoding gets its next token, in admission
 //!    order; when its next token needs a block and none is free, the most recently
@@ -24,9 +30,9 @@
 
 use std::collections::VecDeque;
 
-use rill_proto::{BLOCK_SIZE, ForwardBatch, SeqId, SeqStep, StepOutput, TokenId};
+use rill_proto::{BLOCK_SIZE, BlockId, ForwardBatch, SeqId, SeqStep, StepOutput, TokenId};
 
-use crate::block_manager::BlockManager;
+use crate::block_manager::{self, BlockManager};
 use crate::sequence::{FinishReason, Sequence};
 
 #[derive(Clone, Debug)]
@@ -36,6 +42,9 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Sequences one step may hold (`--max-batch-size`).
     pub max_batch_size: usize,
+    /// Keep the blocks of finished sequences for later ones with the same prefix
+    /// (`--prefix-caching`).
+    pub prefix_caching: bool,
 }
 
 /// What a step did to one sequence.
@@ -54,6 +63,8 @@ pub struct Update {
     pub prompt_logprobs: Option<Vec<f32>>,
     /// Set when this token ended the sequence (its blocks are already free).
     pub finish: Option<FinishReason>,
+    /// With the first generated token: how many prompt tokens the prefix cache supplied.
+    pub cached_prompt_tokens: Option<usize>,
 }
 
 /// Why a sequence cannot be queued.
@@ -82,11 +93,23 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// A scheduler for a cache of `num_blocks` blocks.
     pub fn new(config: SchedulerConfig, num_blocks: usize) -> Self {
+        Scheduler::for_model(config, num_blocks, "")
+    }
+
+    /// A scheduler whose prefix cache (when on) is keyed by `model` too: a description of
+    /// everything besides the tokens that changes K/V (the model, its dtype, the device).
+    pub fn for_model(config: SchedulerConfig, num_blocks: usize, model: &str) -> Self {
         assert!(config.max_batch_tokens > 0 && config.max_batch_size > 0, "empty step budget");
+        let blocks = if config.prefix_caching {
+            BlockManager::with_prefix_caching(num_blocks, block_manager::random_key(), model)
+        } else {
+            BlockManager::new(num_blocks)
+        };
         Scheduler {
             config,
-            blocks: BlockManager::new(num_blocks),
+            blocks,
             waiting: VecDeque::new(),
             running: Vec::new(),
             released: Vec::new(),
@@ -184,14 +207,17 @@ impl Scheduler {
             };
             self.running.push(seq);
             let i = self.running.len() - 1;
+            self.match_cached_prefix(i);
             match self.reserve_chunk(i, budget) {
                 Some(chunk) => {
                     self.push_step(&mut batch, i, chunk);
                     budget -= chunk;
                 }
                 None => {
-                    // Head-of-line: it waits (in front) until blocks free up.
-                    let seq = self.running.pop().expect("just pushed");
+                    // Head-of-line: it waits (in front) until blocks free up; the cached
+                    // blocks it matched go back (still cached).
+                    let mut seq = self.running.pop().expect("just pushed");
+                    self.blocks.free(seq.take_blocks().into_iter().rev());
                     self.waiting.push_front(seq);
                     break;
                 }
@@ -264,6 +290,8 @@ impl Scheduler {
                     .then(|| seq.prompt_logprobs().map(<[f32]>::to_vec))
                     .flatten(),
                 finish,
+                cached_prompt_tokens: (seq.generated().len() == 1)
+                    .then(|| seq.cached_prompt_tokens()),
             });
             if finish.is_some() {
                 self.remove(id);
@@ -285,6 +313,13 @@ impl Scheduler {
         let ids: Vec<SeqId> =
             std::mem::take(&mut self.in_flight).into_iter().map(|(id, _)| id).collect();
         for id in &ids {
+            // The blocks this step was to fill were registered when it was scheduled; what
+            // they hold now is not what their hashes say.
+            if let Some(seq) = self.running.iter().find(|s| s.id == *id) {
+                for &b in &seq.blocks()[seq.num_computed() / BLOCK_SIZE..] {
+                    self.blocks.forget(b);
+                }
+            }
             self.remove(*id);
         }
         ids
@@ -299,7 +334,7 @@ impl Scheduler {
             let i = self.waiting.iter().position(|s| s.id == id)?;
             self.waiting.remove(i).expect("index from position")
         };
-        self.blocks.free(seq.take_blocks());
+        self.blocks.free(seq.take_blocks().into_iter().rev());
         self.in_flight.retain(|(f, _)| *f != id);
         self.released.push(id);
         Some(seq)
@@ -324,23 +359,54 @@ impl Scheduler {
     fn preempt_youngest(&mut self) {
         let mut seq = self.running.pop().expect("something to preempt");
         self.in_flight.retain(|(id, _)| *id != seq.id);
-        self.blocks.free(seq.take_blocks());
+        // Tail first, so a prefix other sequences share is evicted last; its hashed
+        // blocks stay cached, so its recompute finds them.
+        self.blocks.free(seq.take_blocks().into_iter().rev());
         self.waiting.push_front(seq);
         self.preemptions += 1;
     }
 
+    /// Running sequence `i`, just admitted with no blocks: take the cached blocks of
+    /// the longest run of its full blocks, up to but never including the block of its
+    /// last token (which must be computed for its logits). Sequences that need every
+    /// prompt row computed take none.
+    fn match_cached_prefix(&mut self, i: usize) {
+        let seq = &mut self.running[i];
+        if !self.blocks.caching() || !seq.may_use_cached_prefix() {
+            return;
+        }
+        let full = (seq.len() - 1) / BLOCK_SIZE;
+        let tokens = seq.len();
+        let matched = self.blocks.match_prefix(seq.block_hashes(full, &self.blocks), tokens);
+        seq.add_cached_blocks(matched);
+    }
+
+    /// Register the blocks that running sequence `i`'s step over `start..start + n`
+    /// fills, under their hashes (a no-op without prefix caching).
+    fn register_filled_blocks(&mut self, i: usize, start: usize, n: usize) {
+        let (first, full) = (start / BLOCK_SIZE, (start + n) / BLOCK_SIZE);
+        if !self.blocks.caching() || full <= first {
+            return;
+        }
+        let seq = &mut self.running[i];
+        let hashes = seq.block_hashes(full, &self.blocks)[first..].to_vec();
+        for (&b, hash) in seq.blocks()[first..full].iter().zip(hashes) {
+            self.blocks.register(b, hash);
+        }
+    }
+
     /// Blocks for the next chunk of running sequence `i` (at most `budget` tokens,
-    /// fewer if fewer blocks are free); the chunk size, or `None` if nothing fits.
+    /// fewer if fewer blocks are available); the chunk size, or `None` if nothing fits.
     fn reserve_chunk(&mut self, i: usize, budget: usize) -> Option<usize> {
         let seq = &self.running[i];
         let start = seq.num_computed();
-        let room = (seq.blocks().len() + self.blocks.num_free()) * BLOCK_SIZE - start;
+        let room = (seq.blocks().len() + self.blocks.num_available()) * BLOCK_SIZE - start;
         let chunk = seq.num_uncomputed().min(budget).min(room);
         if chunk == 0 {
             return None;
         }
         let need = seq.blocks_needed(start + chunk);
-        let blocks = self.blocks.allocate(need).expect("room was counted from free blocks");
+        let blocks = self.blocks.allocate(need).expect("room was counted from available blocks");
         self.running[i].add_blocks(blocks);
         Some(chunk)
     }
@@ -350,6 +416,11 @@ impl Scheduler {
         let start = seq.num_computed();
         let sampling = seq.take_sampling();
         let hidden = seq.is_embedding();
+        // A first step after a cached prefix: the sampler's penalties count those tokens.
+        let prefix = match &sampling {
+            Some(p) if start > 0 && p.counts_prompt_tokens() => seq.tokens()[..start].to_vec(),
+            _ => Vec::new(),
+        };
         batch.seqs.push(SeqStep {
             id: seq.id,
             tokens: seq.tokens()[start..start + n].to_vec(),
@@ -359,16 +430,19 @@ impl Scheduler {
             top_n: seq.top_n,
             logprob_targets: seq.logprob_targets(start, n),
             sampling,
+            prefix,
             hidden,
         });
         self.in_flight.push((seq.id, n));
+        self.register_filled_blocks(i, start, n);
     }
 
-    /// Every block is owned once: by exactly one sequence or by the free list, and
-    /// every sequence holds the blocks its cached tokens need.
+    /// The block manager's invariants hold; each block's reference count is the number
+    /// of sequences holding it, a block more than one holds is a registered full block,
+    /// and every sequence holds the blocks its cached tokens need.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.blocks.check_invariants()?;
-        let mut owner = vec![None; self.blocks.num_blocks()];
+        let mut holders = vec![Vec::new(); self.blocks.num_blocks()];
         for seq in self.running.iter().chain(&self.waiting) {
             if seq.blocks().len() * BLOCK_SIZE < seq.num_computed() {
                 return Err(format!(
@@ -379,17 +453,23 @@ impl Scheduler {
                 ));
             }
             for b in seq.blocks() {
-                if let Some(other) = owner[b.index()].replace(seq.id) {
-                    return Err(format!("{b:?} is held by {other} and {}", seq.id));
+                if holders[b.index()].contains(&seq.id) {
+                    return Err(format!("{} holds {b:?} twice", seq.id));
                 }
+                holders[b.index()].push(seq.id);
             }
         }
-        let held = owner.iter().filter(|o| o.is_some()).count();
-        if held != self.blocks.num_used() {
-            return Err(format!(
-                "sequences hold {held} blocks, the manager counts {} used",
-                self.blocks.num_used()
-            ));
+        for (i, ids) in holders.iter().enumerate() {
+            let b = BlockId(i as u32);
+            if ids.len() != self.blocks.ref_count(b) as usize {
+                return Err(format!(
+                    "{b:?} is held by {ids:?} but counts {} owners",
+                    self.blocks.ref_count(b)
+                ));
+            }
+            if ids.len() > 1 && !self.blocks.is_registered(b) {
+                return Err(format!("{b:?} is shared by {ids:?} but is not a cached block"));
+            }
         }
         if let Some(seq) = self.waiting.iter().find(|s| !s.blocks().is_empty()) {
             return Err(format!("{} waits while holding blocks", seq.id));

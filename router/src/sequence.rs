@@ -13,6 +13,8 @@
 
 use rill_proto::{BLOCK_SIZE, BlockId, SamplingParams, SeqId, TokenId, blocks_for};
 
+use crate::block_manager::{BlockHash, BlockManager};
+
 /// Why a sequence stopped (TGI's `finish_reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
@@ -61,6 +63,12 @@ pub struct Sequence {
     /// An embedding request: the hidden states of its prompt's computed rows,
     /// `[num_computed, hidden]` row-major, once each chunk's step is applied.
     hidden: Option<Vec<f32>>,
+    /// Prefix caching: the request's `cache_salt` (only requests with the same salt
+    /// share blocks), and the hashes of its full blocks so far, first block first.
+    cache_salt: Option<String>,
+    block_hashes: Vec<BlockHash>,
+    /// Prompt tokens whose K/V the prefix cache supplied when it was first admitted.
+    cached_prompt_tokens: Option<usize>,
 }
 
 impl Sequence {
@@ -78,6 +86,9 @@ impl Sequence {
             prompt_logprobs: None,
             sampling: None,
             hidden: None,
+            cache_salt: None,
+            block_hashes: Vec::new(),
+            cached_prompt_tokens: None,
         }
     }
 
@@ -142,6 +153,52 @@ impl Sequence {
         if let Some(v) = &mut self.prompt_logprobs {
             v.extend_from_slice(lps);
         }
+    }
+
+    /// Share cached blocks only with requests that give the same `salt` (vLLM's
+    /// `cache_salt`: a tenant's prefixes stay its own).
+    pub fn with_cache_salt(mut self, salt: Option<String>) -> Self {
+        self.cache_salt = salt.filter(|s| !s.is_empty());
+        self
+    }
+
+    /// Whether the prefix cache may supply this sequence's first tokens: not when every
+    /// prompt row must be computed for what it returns (an embedding's hidden states,
+    /// prompt logprobs not yet complete).
+    pub fn may_use_cached_prefix(&self) -> bool {
+        !self.is_embedding()
+            && self.prompt_logprobs.as_ref().is_none_or(|v| v.len() + 1 >= self.prompt_len)
+    }
+
+    /// The hashes of the first `n` full blocks of its tokens (`n * BLOCK_SIZE <= len`),
+    /// chained by `blocks` and computed once.
+    pub(crate) fn block_hashes(&mut self, n: usize, blocks: &BlockManager) -> &[BlockHash] {
+        debug_assert!(n * BLOCK_SIZE <= self.len());
+        while self.block_hashes.len() < n {
+            let i = self.block_hashes.len();
+            let parent = match i {
+                0 => blocks.root(self.cache_salt.as_deref()),
+                _ => self.block_hashes[i - 1],
+            };
+            let tokens = &self.tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
+            self.block_hashes.push(blocks.chain(&parent, tokens));
+        }
+        &self.block_hashes[..n]
+    }
+
+    /// Take `blocks`, matched in the prefix cache, as its first blocks: their tokens count
+    /// as computed. The first time, they are the cached prompt tokens it reports.
+    pub(crate) fn add_cached_blocks(&mut self, blocks: Vec<BlockId>) {
+        debug_assert!(self.blocks.is_empty() && self.num_computed == 0);
+        self.num_computed = blocks.len() * BLOCK_SIZE;
+        debug_assert!(self.num_computed < self.len());
+        self.cached_prompt_tokens.get_or_insert(self.num_computed.min(self.prompt_len));
+        self.blocks = blocks;
+    }
+
+    /// Prompt tokens the prefix cache supplied when it was first admitted (0 before).
+    pub fn cached_prompt_tokens(&self) -> usize {
+        self.cached_prompt_tokens.unwrap_or(0)
     }
 
     /// Report the `n` most likely alternatives with each token.

@@ -75,6 +75,8 @@ pub struct GenerationSpec {
     pub grammar: Option<GrammarSpec>,
     /// Every processor's parameters (`seed` and `grammar` are filled in here).
     pub sampling: SamplingParams,
+    /// Prefix-cached blocks are shared only among requests with the same salt.
+    pub cache_salt: Option<String>,
 }
 
 impl GenerationSpec {
@@ -93,6 +95,7 @@ impl GenerationSpec {
             seed: None,
             grammar: None,
             sampling: SamplingParams::default(),
+            cache_salt: None,
         }
     }
 }
@@ -114,6 +117,7 @@ pub struct ValidRequest {
     pub seed: Option<u64>,
     pub top_n_tokens: u32,
     pub sampling: SamplingParams,
+    pub cache_salt: Option<String>,
 }
 
 impl ValidRequest {
@@ -252,6 +256,7 @@ pub fn prepare(
         seed,
         top_n_tokens: spec.top_n_tokens,
         sampling,
+        cache_salt: spec.cache_salt,
     })
 }
 

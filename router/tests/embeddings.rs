@@ -28,7 +28,7 @@ fn serve(name: &str, max_batch_tokens: usize, max_concurrent: usize) -> Infer {
     let model = ModelDir::open(&dir).unwrap_or_else(|e| panic!("{e}"));
     let opts = RunnerOptions { kv_cache_bytes: 8 << 20, ..Default::default() };
     let runner = Runner::load(&dir, &model.config, Cpu::with_threads(2), &opts).unwrap();
-    let config = SchedulerConfig { max_batch_tokens, max_batch_size: 32 };
+    let config = SchedulerConfig { max_batch_tokens, max_batch_size: 32, prefix_caching: true };
     let engine = engine::spawn(runner, config, model.eos_token_ids.clone());
     let limits = Limits {
         max_input_tokens: MAX_INPUT,

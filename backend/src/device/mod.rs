@@ -358,6 +358,7 @@ mod tests {
             top_n: 0,
             logprob_targets: vec![TokenId(0); targets],
             sampling: None,
+            prefix: Vec::new(),
             hidden: false,
         }
     }

@@ -51,6 +51,7 @@ fn step(id: u64, prompt: &[u32], start: usize, end: usize, hidden: bool) -> SeqS
         top_n: 0,
         logprob_targets: Vec::new(),
         sampling: None,
+        prefix: Vec::new(),
         hidden,
     }
 }

@@ -89,6 +89,17 @@ impl SeqState {
         self.last = step.tokens.last().copied();
     }
 
+    /// Count the tokens before a first step's `start_pos` that the step does not run
+    /// (a cached prefix: [`SeqStep::prefix`]).
+    fn observe_prefix(&mut self, prefix: &[TokenId]) {
+        if let Some(counts) = &mut self.counts {
+            for t in prefix {
+                *counts.entry(t.0).or_default() += 1;
+            }
+        }
+        self.seen = self.seen.max(prefix.len());
+    }
+
     fn record_output(&mut self, tokens: impl IntoIterator<Item = TokenId>) {
         if let Some(g) = &mut self.generated {
             for t in tokens {
@@ -158,7 +169,9 @@ impl Sampler {
                 && !self.states.contains_key(&step.id)
                 && !params.is_greedy()
             {
-                self.states.insert(step.id, SeqState::new((**params).clone()));
+                let mut state = SeqState::new((**params).clone());
+                state.observe_prefix(&step.prefix);
+                self.states.insert(step.id, state);
             }
             if let Some(state) = self.states.get_mut(&step.id) {
                 state.observe(step);

@@ -17,6 +17,7 @@ fn step(id: u64, tokens: &[u32], start_pos: usize, p: Option<SamplingParams>) ->
         top_n: 0,
         logprob_targets: Vec::new(),
         sampling: p.map(Box::new),
+        prefix: Vec::new(),
         hidden: false,
     }
 }
@@ -473,4 +474,32 @@ fn a_mixed_batch_gives_each_row_what_it_gets_alone() {
     }
     // Only the rows that need state keep it.
     assert_eq!(s.num_sequences(), 3);
+}
+
+/// A sequence whose first step starts after a cached prefix (prefix caching) gets the
+/// choice it gets when it runs the whole prompt: the penalties count the prefix's tokens
+/// (and the frequency penalty its length), sent once as `prefix`.
+#[test]
+fn penalties_count_a_cached_prefix_as_if_it_had_run() {
+    let vocab = 64;
+    let row: Vec<f32> = (0..vocab).map(|t| (uniform(3, t) * 4.0 - 2.0) as f32).collect();
+    // The prompt's tokens are among the likeliest, so penalising them changes the choice.
+    let mut by_logit: Vec<u32> = (0..vocab as u32).collect();
+    by_logit.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+    let prompt: Vec<u32> = [0, 1, 2, 0, 1, 2, 0, 1, 2, 4].iter().map(|&i| by_logit[i]).collect();
+    for p in [
+        SamplingParams { repetition_penalty: 3.0, ..params() },
+        SamplingParams { frequency_penalty: 1.5, ..params() },
+        SamplingParams { repetition_penalty: 1.4, do_sample: true, seed: 11, ..params() },
+    ] {
+        let whole = choose_once(p.clone(), &prompt, &row);
+        let mut s = Sampler::new(vocab);
+        let mut cached = step(0, &prompt[8..], 8, Some(p.clone()));
+        cached.prefix = prompt[..8].iter().copied().map(TokenId).collect();
+        assert_eq!(run(&mut s, &cached, &row).unwrap(), whole, "{p:?}");
+        // Without the prefix the prompt's repeats go uncounted: another answer.
+        let mut s = Sampler::new(vocab);
+        let blind = run(&mut s, &step(0, &prompt[8..], 8, Some(p.clone())), &row).unwrap();
+        assert_ne!((blind.token, blind.logprob), (whole.token, whole.logprob), "{p:?}");
+    }
 }

@@ -89,6 +89,7 @@ where
             top_n: 0,
             logprob_targets: Vec::new(),
             sampling: None,
+            prefix: Vec::new(),
             hidden: false,
         }
     }

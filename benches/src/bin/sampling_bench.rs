@@ -142,6 +142,7 @@ fn main() -> Result<()> {
                 top_n: c.top_n,
                 logprob_targets: Vec::new(),
                 sampling: Some(Box::new(SamplingParams { seed: i as u64, ..c.params.clone() })),
+                prefix: Vec::new(),
                 hidden: false,
             })
             .collect();
@@ -156,6 +157,7 @@ fn main() -> Result<()> {
                     tokens: vec![TokenId((step * 31 % vocab) as u32)],
                     start_pos: args.history + step,
                     sampling: None,
+                    prefix: Vec::new(),
                     ..s.clone()
                 })
                 .collect();

@@ -59,7 +59,8 @@ fn preempted_and_chunked_sequences_generate_what_they_generate_alone() {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let config = SchedulerConfig { max_batch_tokens: 256, max_batch_size: 1 };
+            let config =
+                SchedulerConfig { max_batch_tokens: 256, max_batch_size: 1, prefix_caching: false };
             let (mut out, _) = generate(&mut roomy, config, std::slice::from_ref(p), new);
             (SeqId(i as u64), out.remove(&SeqId(0)).unwrap())
         })
@@ -68,7 +69,7 @@ fn preempted_and_chunked_sequences_generate_what_they_generate_alone() {
     // 6 sequences of up to 74 tokens in 10 blocks (160 tokens), 16-token steps.
     let mut tight = runner(&model, 10);
     assert_eq!(tight.num_blocks() * BLOCK_SIZE, 160);
-    let config = SchedulerConfig { max_batch_tokens: 16, max_batch_size: 8 };
+    let config = SchedulerConfig { max_batch_tokens: 16, max_batch_size: 8, prefix_caching: true };
     let (together, preemptions) = generate(&mut tight, config, &prompts, new);
     assert!(preemptions > 0, "the cache was meant to run out");
     assert_eq!(together, alone);

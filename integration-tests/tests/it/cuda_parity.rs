@@ -185,6 +185,7 @@ fn batch(seqs: &[(usize, usize)], tables: &[Vec<u32>]) -> ForwardBatch {
             top_n: 0,
             logprob_targets: Vec::new(),
             sampling: None,
+            prefix: Vec::new(),
             hidden: false,
         })
         .collect();
@@ -385,6 +386,7 @@ where
                 top_n: 0,
                 logprob_targets: Vec::new(),
                 sampling: None,
+                prefix: Vec::new(),
                 hidden: false,
             });
         }
@@ -400,6 +402,7 @@ where
                 top_n: 0,
                 logprob_targets: Vec::new(),
                 sampling: None,
+                prefix: Vec::new(),
                 hidden: true,
             });
         }

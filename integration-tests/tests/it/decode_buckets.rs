@@ -48,6 +48,7 @@ where
                 top_n: 2,
                 logprob_targets: Vec::new(),
                 sampling: None,
+                prefix: Vec::new(),
                 hidden: false,
             });
         }

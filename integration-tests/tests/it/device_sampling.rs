@@ -61,6 +61,7 @@ fn run(on_device: bool, steps: usize) -> Vec<Vec<Answer>> {
                 top_n: if i == 1 { 3 } else { 0 },
                 logprob_targets: Vec::new(),
                 sampling: (step == 0).then(|| Box::new(params[i].clone())),
+                prefix: Vec::new(),
                 hidden: false,
             })
             .collect::<Vec<_>>();

@@ -109,6 +109,7 @@ pub fn run(runner: &mut Runner<Cpu>, jobs: &[Job]) -> Vec<Outcome> {
                 top_n: 0,
                 logprob_targets: Vec::new(),
                 sampling: None,
+                prefix: Vec::new(),
                 hidden: false,
             });
             l.cached = end;

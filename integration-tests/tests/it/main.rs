@@ -7,6 +7,9 @@
 //!   the unpadded steps' results.
 //! - `oracle`: the CPU engine against Hugging Face transformers on the fixture models
 //!   (logits, greedy continuations, chunking and batching invariance, 16-bit weights).
+//! - `prefix_cache`: prefix-cached blocks change nothing, to the bit, on every fixture
+//!   (finished, disconnected, preempted, same-step and evicted prefixes; chunked prefill;
+//!   seeded sampling with penalties).
 //! - `loading`: broken model directories give errors that name the file and field.
 //! - `step_errors`: bad batches are refused whole and change nothing; device faults
 //!   fail a step, not the runner.
@@ -20,5 +23,6 @@ mod device_sampling;
 mod harness;
 mod loading;
 mod oracle;
+mod prefix_cache;
 mod step_errors;
 mod wrapped;

@@ -196,6 +196,7 @@ fn prompt_logprobs_match_transformers_and_chunking() {
             .map(TokenId)
             .collect(),
         sampling: None,
+        prefix: Vec::new(),
         hidden: false,
     };
     let run = |runner: &mut rill_backend::Runner<rill_backend::Cpu>, chunks: &[usize]| {

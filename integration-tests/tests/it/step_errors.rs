@@ -19,7 +19,18 @@ fn seq(id: u64, tokens: &[u32], start_pos: usize, blocks: &[u32]) -> SeqStep {
         top_n: 0,
         logprob_targets: Vec::new(),
         sampling: None,
+        prefix: Vec::new(),
         hidden: false,
+    }
+}
+
+/// `s` as the first step after a cached prefix, with penalties that count it.
+fn with_prefix(s: SeqStep, prefix: &[u32]) -> SeqStep {
+    let sampling = rill_proto::SamplingParams { repetition_penalty: 1.2, ..Default::default() };
+    SeqStep {
+        sampling: Some(Box::new(sampling)),
+        prefix: prefix.iter().copied().map(TokenId).collect(),
+        ..s
     }
 }
 
@@ -44,6 +55,16 @@ fn each_bad_batch_is_refused_with_its_reason() {
             matches!(e, StepError::TooLong { end: 257, max: 256, .. })
         }),
         (seq(1, &[1], 0, &[1]), |e| matches!(e, StepError::DuplicateSequence { .. })),
+        // A cached prefix's tokens are sent with the sampling parameters, all of them.
+        (with_prefix(seq(2, &[1], 3, &[1]), &[5, 6]), |e| {
+            matches!(e, StepError::PrefixLength { len: 2, start_pos: 3, .. })
+        }),
+        (SeqStep { sampling: None, ..with_prefix(seq(2, &[1], 2, &[1]), &[5, 6]) }, |e| {
+            matches!(e, StepError::PrefixLength { .. })
+        }),
+        (with_prefix(seq(2, &[1], 2, &[1]), &[5, 400]), |e| {
+            matches!(e, StepError::TokenOutOfRange { token: 400, .. })
+        }),
     ];
     for (bad, expected) in cases {
         let batch = ForwardBatch { seqs: vec![good.clone(), bad.clone()], ..Default::default() };

@@ -299,6 +299,10 @@ pub async fn chat_completions(
         .map(|(index, f)| {
             usage.prompt_tokens = f.prompt_tokens as u32;
             usage.completion_tokens += f.tokens.len() as u32;
+            // The prompt is counted once: as the first choice read it.
+            if index == 0 {
+                usage.prompt_tokens_details.cached_tokens = f.cached_tokens as u32;
+            }
             chat_choice(bytes, index as u32, f, p.logprobs, p.tool_mode)
         })
         .collect();
@@ -503,6 +507,9 @@ impl ChunkShaper for ChatStream {
         if let Some(reason) = event.finish {
             self.usage.prompt_tokens = step.prompt_tokens as u32;
             self.usage.completion_tokens += step.generated as u32;
+            if i == 0 {
+                self.usage.prompt_tokens_details.cached_tokens = step.cached_tokens as u32;
+            }
             let reason = match reason {
                 FinishReason::Length => "length",
                 _ if self.called[i] => "tool_calls",

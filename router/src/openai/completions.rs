@@ -103,6 +103,7 @@ pub async fn completions(
             logprobs: logprobs.is_some(),
             include_usage,
             offsets: Vec::new(),
+            per_prompt,
             usage: Usage { prompt_tokens: prompt_tokens as u32, ..Default::default() },
         };
         return Ok(sse(shaped_stream(steps, s)));
@@ -117,6 +118,10 @@ pub async fn completions(
         .enumerate()
         .map(|(index, f)| {
             usage.completion_tokens += f.tokens.len() as u32;
+            // Each prompt is counted once: as its first choice read it.
+            if index % per_prompt == 0 {
+                usage.prompt_tokens_details.cached_tokens += f.cached_tokens as u32;
+            }
             let logprobs = logprobs.map(|_| {
                 let mut lp = CompletionLogprobs::default();
                 let mut offset = 0;
@@ -173,6 +178,8 @@ struct CompletionStream {
     include_usage: bool,
     /// Per choice, the text offset of its next token.
     offsets: Vec<u32>,
+    /// Choices per prompt (`n`).
+    per_prompt: usize,
     usage: Usage,
 }
 
@@ -209,6 +216,9 @@ impl ChunkShaper for CompletionStream {
         });
         if event.finish.is_some() {
             self.usage.completion_tokens += step.generated as u32;
+            if step.index.is_multiple_of(self.per_prompt) {
+                self.usage.prompt_tokens_details.cached_tokens += step.cached_tokens as u32;
+            }
         }
         let choice = CompletionChoice {
             index: step.index as u32,

@@ -354,6 +354,8 @@ struct Step {
     index: usize,
     event: Result<TokenEvent, InferError>,
     prompt_tokens: usize,
+    /// Of those, supplied by the prefix cache.
+    cached_tokens: usize,
     generated: usize,
 }
 
@@ -379,6 +381,7 @@ async fn merged_steps(
             let step = Step {
                 index,
                 prompt_tokens: g.request().prompt.len(),
+                cached_tokens: g.cached_tokens(),
                 generated: g.generated_tokens(),
                 event,
             };

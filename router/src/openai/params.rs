@@ -132,6 +132,7 @@ pub fn sampling(
         // OpenAI's seeds are signed 64-bit; keep their bits.
         seed: f.seed.map(|s| s as u64),
         sampling,
+        cache_salt: f.cache_salt,
         ..GenerationSpec::new(prompt)
     };
     let stream = f.stream.unwrap_or(false);

@@ -58,6 +58,10 @@ pub struct SamplingFields {
     pub logit_bias: Option<BTreeMap<String, f32>>,
     #[serde(default)]
     pub stream: Option<bool>,
+    /// vLLM's extension: prefix-cached KV blocks are shared only among requests that
+    /// give the same salt (one per tenant).
+    #[serde(default)]
+    pub cache_salt: Option<String>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
     /// Ignored (OpenAI's end-user id).
@@ -215,7 +219,7 @@ pub struct CompletionRequest {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, ToSchema)]
 pub struct PromptTokensDetails {
-    /// Prompt tokens served from the prefix cache (0 until prefix caching lands).
+    /// Prompt tokens whose K/V the prefix cache supplied (not computed again).
     pub cached_tokens: u32,
 }
 

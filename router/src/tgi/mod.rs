@@ -227,6 +227,7 @@ pub(crate) fn details(f: Finished, best_of_sequences: Option<Vec<BestOfSequence>
         tokens: f.tokens,
         top_tokens: f.top_tokens,
         best_of_sequences,
+        cached_tokens: f.cached_tokens as u32,
     }
 }
 

@@ -122,6 +122,7 @@ pub fn to_spec(
         ignore_eos: p.ignore_eos,
         seed: p.seed,
         grammar,
+        cache_salt: p.cache_salt,
         sampling: SamplingParams {
             do_sample: p.do_sample,
             temperature: p.temperature.unwrap_or(1.0),

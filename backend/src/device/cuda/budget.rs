@@ -114,6 +114,7 @@ impl Cuda {
             top_n: 0,
             logprob_targets: vec![TokenId(0); rows - 1],
             sampling: None,
+            prefix: Vec::new(),
             hidden: false,
         };
         let host = StepPlan::new(

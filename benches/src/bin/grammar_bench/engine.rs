@@ -65,6 +65,7 @@ pub fn overlap(
                             ..Default::default()
                         })
                     }),
+                    prefix: Vec::new(),
                     hidden: false,
                 }
             })
