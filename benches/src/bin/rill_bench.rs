@@ -5,8 +5,15 @@
 //! last one ends) or open loop (`--rate R`: Poisson arrivals at R requests/s).
 //! Every request streams from `/generate_stream` with `ignore_eos` so it generates
 //! exactly `--max-new-tokens`. Reports requests/s, generated tokens/s, time to first
-//! token and inter-token latency (p50/p90/p99), end-to-end latency and errors;
-//! `--json` writes the same for scripts.
+//! token and inter-token latency (p50/p90/p99), end-to-end latency, errors and (from the
+//! server's `/metrics`, where it has them) the prefix cache's hit rate; `--json` writes
+//! the same for scripts.
+//!
+//! `--workload` chooses the prompts: each request its own (`unique`, the default), one
+//! shared system prompt before each request's own question (`shared-prefix`), or
+//! conversations that resend everything so far every turn (`multi-turn`). With
+//! `--baseline-url` the same workload then runs against a second server (say, the same
+//! model with `--prefix-caching false`) and the report gives the ratios.
 //!
 //! ```text
 //! cargo run --release -p rill-benches --bin rill-bench -- --url http://127.0.0.1:3000 --clients 8
@@ -21,11 +28,36 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+/// What the prompts look like.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    /// Every request a prompt of its own, of about --prompt-tokens.
+    Unique,
+    /// One system prompt of about --prefix-tokens shared by every request, then a
+    /// question of its own of about --prompt-tokens.
+    SharedPrefix,
+    /// Each client holds a conversation of --turns turns; every turn resends the whole
+    /// conversation (earlier questions and the server's answers) and a new question of
+    /// about --prompt-tokens. --requests is ignored.
+    MultiTurn,
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(name = "rill-bench", about = "Load generator for Rill (and any TGI-compatible server)")]
 struct Args {
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     url: String,
+    /// Run the same workload against this server too, after --url, and compare.
+    #[arg(long)]
+    baseline_url: Option<String>,
+    #[arg(long, value_enum, default_value_t = Workload::Unique)]
+    workload: Workload,
+    /// The shared system prompt's length (`shared-prefix`).
+    #[arg(long, default_value_t = 1500)]
+    prefix_tokens: usize,
+    /// Turns per conversation (`multi-turn`).
+    #[arg(long, default_value_t = 4)]
+    turns: usize,
     /// Concurrent clients (closed loop).
     #[arg(long, default_value_t = 1)]
     clients: usize,
@@ -53,24 +85,25 @@ struct Sample {
     itls: Vec<Duration>,
     latency: Duration,
     tokens: usize,
+    /// The generated text (the stream's last event).
+    text: String,
     error: Option<String>,
 }
 
-async fn one_request(client: &reqwest::Client, args: &Args, prompt: &str) -> Sample {
+async fn one_request(client: &reqwest::Client, url: &str, args: &Args, prompt: &str) -> Sample {
     let body = json!({
         "inputs": prompt,
         "parameters": {"max_new_tokens": args.max_new_tokens, "ignore_eos": true},
     });
     let start = Instant::now();
     let mut sample = Sample::default();
-    let response =
-        match client.post(format!("{}/generate_stream", args.url)).json(&body).send().await {
-            Ok(r) => r,
-            Err(e) => {
-                sample.error = Some(e.to_string());
-                return sample;
-            }
-        };
+    let response = match client.post(format!("{url}/generate_stream")).json(&body).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            sample.error = Some(e.to_string());
+            return sample;
+        }
+    };
     if !response.status().is_success() {
         sample.error = Some(format!("HTTP {}", response.status()));
         sample.latency = start.elapsed();
@@ -101,6 +134,9 @@ async fn one_request(client: &reqwest::Client, args: &Args, prompt: &str) -> Sam
                 None => sample.ttft = Some(now - start),
                 Some(_) => sample.itls.push(now - last),
             }
+            if let Some(text) = parsed["generated_text"].as_str() {
+                sample.text = text.to_string();
+            }
             last = now;
             sample.tokens += 1;
         }
@@ -117,58 +153,114 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-/// A prompt of about `tokens` tokens on this server's tokenizer.
-async fn make_prompt(
-    client: &reqwest::Client,
-    url: &str,
-    tokens: usize,
-) -> Result<(String, usize)> {
-    let words = |n: usize| {
-        "the river sang to the stones "
-            .repeat(n.div_ceil(6))
-            .split(' ')
-            .take(n)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let count = |text: String| async move {
-        let r: Value = client
-            .post(format!("{url}/tokenize"))
-            .json(&json!({"inputs": text}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok::<usize, anyhow::Error>(r.as_array().context("/tokenize did not answer a list")?.len())
-    };
-    let per_word = count(words(200)).await? as f64 / 200.0;
-    let text = words(((tokens as f64 / per_word).round() as usize).max(1));
-    let actual = count(text.clone()).await?;
-    Ok((text, actual))
+/// Text of about `tokens` tokens on this server's tokenizer, measured through its
+/// `/tokenize`; and the tokens it has.
+struct Words {
+    per_word: f64,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-    if args.clients == 0 || args.max_new_tokens == 0 {
-        bail!("--clients and --max-new-tokens must be positive");
+impl Words {
+    async fn measure(client: &reqwest::Client, url: &str) -> Result<Words> {
+        let n = count(client, url, &text(200)).await?;
+        Ok(Words { per_word: n as f64 / 200.0 })
     }
-    let client = reqwest::Client::new();
-    let (prompt, input_tokens) = make_prompt(&client, &args.url, args.prompt_tokens).await?;
+
+    fn about(&self, tokens: usize) -> String {
+        text(((tokens as f64 / self.per_word).round() as usize).max(1))
+    }
+}
+
+fn text(words: usize) -> String {
+    let text = "the river sang to the stones ".repeat(words.div_ceil(6));
+    text.split(' ').take(words).collect::<Vec<_>>().join(" ")
+}
+
+async fn count(client: &reqwest::Client, url: &str, text: &str) -> Result<usize> {
+    let r: Value = client
+        .post(format!("{url}/tokenize"))
+        .json(&json!({"inputs": text}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(r.as_array().context("/tokenize did not answer a list")?.len())
+}
+
+/// One server's run of the workload.
+struct Report {
+    url: String,
+    elapsed: f64,
+    samples: Vec<Sample>,
+    /// The server's prefix-cache counters over the run (tokens queried, hit).
+    cache: Option<(f64, f64)>,
+}
+
+/// The prefix cache's token counters, if the server exports them.
+async fn cache_counters(client: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
+    let text = client.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    Some((value("rill_prefix_cache_queries")?, value("rill_prefix_cache_hits")?))
+}
+
+/// The prompt of request `i` (unique and shared-prefix workloads).
+fn prompt_for(args: &Args, words: &Words, i: usize) -> String {
+    match args.workload {
+        // A number first: no two prompts share even their first block.
+        Workload::Unique => format!("{i}: {}", words.about(args.prompt_tokens)),
+        Workload::SharedPrefix => format!(
+            "System: {}\nQuestion {i}: {}",
+            words.about(args.prefix_tokens),
+            words.about(args.prompt_tokens)
+        ),
+        Workload::MultiTurn => unreachable!("conversations build their own prompts"),
+    }
+}
+
+async fn run(client: &reqwest::Client, url: &str, args: &Args) -> Result<Report> {
+    let words = Arc::new(Words::measure(client, url).await?);
     let total = args.requests.unwrap_or(if args.rate.is_some() { 32 } else { 4 * args.clients });
-    let prompt = Arc::new(prompt);
     let samples = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let before = cache_counters(client, url).await;
     let started = Instant::now();
 
-    if let Some(rate) = args.rate {
+    if args.workload == Workload::MultiTurn {
+        let tasks: Vec<_> = (0..args.clients)
+            .map(|c| {
+                let (client, url, args, words, samples) = (
+                    client.clone(),
+                    url.to_string(),
+                    args.clone(),
+                    Arc::clone(&words),
+                    Arc::clone(&samples),
+                );
+                tokio::spawn(async move {
+                    let mut conversation = format!("Conversation {c}.\n");
+                    for turn in 0..args.turns {
+                        conversation.push_str(&format!(
+                            "User {turn}: {}\nAssistant:",
+                            words.about(args.prompt_tokens)
+                        ));
+                        let s = one_request(&client, &url, &args, &conversation).await;
+                        conversation.push_str(&s.text);
+                        conversation.push('\n');
+                        samples.lock().await.push(s);
+                    }
+                })
+            })
+            .collect();
+        futures::future::join_all(tasks).await;
+    } else if let Some(rate) = args.rate {
         // Open loop: exponential gaps, every request on its own task.
         let mut tasks = Vec::with_capacity(total);
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        for _ in 0..total {
-            let (client, args, prompt, samples) =
-                (client.clone(), args.clone(), Arc::clone(&prompt), Arc::clone(&samples));
+        for i in 0..total {
+            let prompt = prompt_for(args, &words, i);
+            let (client, url, args, samples) =
+                (client.clone(), url.to_string(), args.clone(), Arc::clone(&samples));
             tasks.push(tokio::spawn(async move {
-                let s = one_request(&client, &args, &prompt).await;
+                let s = one_request(&client, &url, &args, &prompt).await;
                 samples.lock().await.push(s);
             }));
             seed ^= seed << 13;
@@ -182,16 +274,22 @@ async fn main() -> Result<()> {
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let tasks: Vec<_> = (0..args.clients)
             .map(|_| {
-                let (client, args, prompt, samples, next) = (
+                let (client, url, args, words, samples, next) = (
                     client.clone(),
+                    url.to_string(),
                     args.clone(),
-                    Arc::clone(&prompt),
+                    Arc::clone(&words),
                     Arc::clone(&samples),
                     Arc::clone(&next),
                 );
                 tokio::spawn(async move {
-                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                        let s = one_request(&client, &args, &prompt).await;
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= total {
+                            break;
+                        }
+                        let prompt = prompt_for(&args, &words, i);
+                        let s = one_request(&client, &url, &args, &prompt).await;
                         samples.lock().await.push(s);
                     }
                 })
@@ -200,67 +298,158 @@ async fn main() -> Result<()> {
         futures::future::join_all(tasks).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let after = cache_counters(client, url).await;
+    let cache = before.zip(after).map(|((q0, h0), (q1, h1))| (q1 - q0, h1 - h0));
+    let samples = std::mem::take(&mut *samples.lock().await);
+    Ok(Report { url: url.to_string(), elapsed, samples, cache })
+}
 
-    let samples = samples.lock().await;
-    let ok: Vec<&Sample> = samples.iter().filter(|s| s.error.is_none()).collect();
-    let errors = samples.len() - ok.len();
-    let tokens: usize = ok.iter().map(|s| s.tokens).sum();
-    let mut ttft: Vec<Duration> = ok.iter().filter_map(|s| s.ttft).collect();
-    let mut itl: Vec<Duration> = ok.iter().flat_map(|s| s.itls.iter().copied()).collect();
-    let mut latency: Vec<Duration> = ok.iter().map(|s| s.latency).collect();
-    ttft.sort();
-    itl.sort();
-    latency.sort();
-    let mode = match args.rate {
-        Some(r) => format!("open loop, {r} req/s"),
-        None => format!("closed loop, {} clients", args.clients),
-    };
-    println!(
-        "{mode}: {} requests, {input_tokens} prompt tokens, {} new tokens each",
-        samples.len(),
-        args.max_new_tokens
-    );
-    println!(
-        "  throughput  {:.2} req/s, {:.1} generated tok/s ({elapsed:.1} s)",
-        ok.len() as f64 / elapsed,
-        tokens as f64 / elapsed
-    );
-    let line = |name: &str, v: &[Duration]| {
-        println!(
-            "  {name:<11} p50 {:8.1} ms   p90 {:8.1} ms   p99 {:8.1} ms",
-            percentile(v, 0.5),
-            percentile(v, 0.9),
-            percentile(v, 0.99)
-        )
-    };
-    line("TTFT", &ttft);
-    line("ITL", &itl);
-    line("latency", &latency);
-    println!("  errors      {errors}");
-    if let Some(first) = samples.iter().find_map(|s| s.error.as_ref()) {
-        println!("  first error: {first}");
+/// A report's figures.
+struct Figures {
+    ok: usize,
+    errors: usize,
+    tokens: usize,
+    ttft: Vec<Duration>,
+    itl: Vec<Duration>,
+    latency: Vec<Duration>,
+}
+
+impl Report {
+    fn figures(&self) -> Figures {
+        let ok: Vec<&Sample> = self.samples.iter().filter(|s| s.error.is_none()).collect();
+        let mut f = Figures {
+            ok: ok.len(),
+            errors: self.samples.len() - ok.len(),
+            tokens: ok.iter().map(|s| s.tokens).sum(),
+            ttft: ok.iter().filter_map(|s| s.ttft).collect(),
+            itl: ok.iter().flat_map(|s| s.itls.iter().copied()).collect(),
+            latency: ok.iter().map(|s| s.latency).collect(),
+        };
+        f.ttft.sort();
+        f.itl.sort();
+        f.latency.sort();
+        f
     }
-    if let Some(path) = &args.json {
+
+    fn tokens_per_s(&self) -> f64 {
+        self.figures().tokens as f64 / self.elapsed
+    }
+
+    fn print(&self, args: &Args) {
+        let f = self.figures();
+        let mode = match (args.workload, args.rate) {
+            (Workload::MultiTurn, _) => {
+                format!("{} conversations of {} turns", args.clients, args.turns)
+            }
+            (_, Some(r)) => format!("open loop, {r} req/s"),
+            (_, None) => format!("closed loop, {} clients", args.clients),
+        };
+        println!(
+            "{}: {:?} workload, {mode}: {} requests, {} new tokens each",
+            self.url,
+            args.workload,
+            self.samples.len(),
+            args.max_new_tokens
+        );
+        println!(
+            "  throughput  {:.2} req/s, {:.1} generated tok/s ({:.1} s)",
+            f.ok as f64 / self.elapsed,
+            f.tokens as f64 / self.elapsed,
+            self.elapsed
+        );
+        let line = |name: &str, v: &[Duration]| {
+            println!(
+                "  {name:<11} p50 {:8.1} ms   p90 {:8.1} ms   p99 {:8.1} ms",
+                percentile(v, 0.5),
+                percentile(v, 0.9),
+                percentile(v, 0.99)
+            )
+        };
+        line("TTFT", &f.ttft);
+        line("ITL", &f.itl);
+        line("latency", &f.latency);
+        if let Some((queried, hit)) = self.cache {
+            println!(
+                "  prefix cache {hit:.0} of {queried:.0} looked-up tokens hit ({:.0}%)",
+                100.0 * hit / queried.max(1.0)
+            );
+        }
+        println!("  errors      {}", f.errors);
+        if let Some(first) = self.samples.iter().find_map(|s| s.error.as_ref()) {
+            println!("  first error: {first}");
+        }
+    }
+
+    fn json(&self, args: &Args) -> Value {
+        let f = self.figures();
         let pct = |v: &[Duration]| json!({"p50_ms": percentile(v, 0.5), "p90_ms": percentile(v, 0.9), "p99_ms": percentile(v, 0.99)});
-        let report = json!({
-            "url": args.url,
+        json!({
+            "url": self.url,
+            "workload": format!("{:?}", args.workload),
             "clients": args.clients,
             "rate": args.rate,
-            "requests": samples.len(),
-            "errors": errors,
-            "input_tokens": input_tokens,
+            "turns": (args.workload == Workload::MultiTurn).then_some(args.turns),
+            "prefix_tokens": (args.workload == Workload::SharedPrefix).then_some(args.prefix_tokens),
+            "prompt_tokens": args.prompt_tokens,
+            "requests": self.samples.len(),
+            "errors": f.errors,
             "max_new_tokens": args.max_new_tokens,
-            "elapsed_s": elapsed,
-            "requests_per_s": ok.len() as f64 / elapsed,
-            "generated_tokens_per_s": tokens as f64 / elapsed,
-            "ttft": pct(&ttft),
-            "itl": pct(&itl),
-            "latency": pct(&latency),
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            "elapsed_s": self.elapsed,
+            "requests_per_s": f.ok as f64 / self.elapsed,
+            "generated_tokens_per_s": f.tokens as f64 / self.elapsed,
+            "ttft": pct(&f.ttft),
+            "itl": pct(&f.itl),
+            "latency": pct(&f.latency),
+            "prefix_cache": self.cache.map(|(q, h)| json!({"queried_tokens": q, "hit_tokens": h})),
+        })
     }
-    if errors > 0 && ok.is_empty() {
-        bail!("every request failed");
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.clients == 0 || args.max_new_tokens == 0 || args.turns == 0 {
+        bail!("--clients, --turns and --max-new-tokens must be positive");
+    }
+    let client = reqwest::Client::new();
+    let report = run(&client, &args.url, &args).await?;
+    report.print(&args);
+    let baseline = match &args.baseline_url {
+        Some(url) => {
+            let b = run(&client, url, &args).await?;
+            b.print(&args);
+            Some(b)
+        }
+        None => None,
+    };
+    let mut comparison = Value::Null;
+    if let Some(b) = &baseline {
+        let (f, g) = (report.figures(), b.figures());
+        let ratio = |p: f64| percentile(&g.ttft, p) / percentile(&f.ttft, p);
+        let speedup = report.tokens_per_s() / b.tokens_per_s();
+        println!(
+            "{} vs {}: TTFT p50 {:.1}× lower, p90 {:.1}× lower; throughput {:.2}×",
+            report.url,
+            b.url,
+            ratio(0.5),
+            ratio(0.9),
+            speedup
+        );
+        comparison = json!({"ttft_p50_ratio": ratio(0.5), "ttft_p90_ratio": ratio(0.9),
+                            "throughput_ratio": speedup});
+    }
+    if let Some(path) = &args.json {
+        let out = match &baseline {
+            None => report.json(&args),
+            Some(b) => json!({"run": report.json(&args), "baseline": b.json(&args),
+                              "comparison": comparison}),
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
+    }
+    for r in std::iter::once(&report).chain(&baseline) {
+        if r.figures().ok == 0 {
+            bail!("every request to {} failed", r.url);
+        }
     }
     Ok(())
 }
