@@ -154,15 +154,18 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// Text of about `tokens` tokens on this server's tokenizer, measured through its
-/// `/tokenize`; and the tokens it has.
+/// `/tokenize`; and this run's tag, which opens every prompt so that no prompt of an
+/// earlier run (kept in a server's prefix cache) shares even its first block.
 struct Words {
     per_word: f64,
+    run: String,
 }
 
 impl Words {
     async fn measure(client: &reqwest::Client, url: &str) -> Result<Words> {
         let n = count(client, url, &text(200)).await?;
-        Ok(Words { per_word: n as f64 / 200.0 })
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        Ok(Words { per_word: n as f64 / 200.0, run: format!("Run {:x}.", nanos.as_nanos()) })
     }
 
     fn about(&self, tokens: usize) -> String {
@@ -207,10 +210,11 @@ async fn cache_counters(client: &reqwest::Client, url: &str) -> Option<(f64, f64
 /// The prompt of request `i` (unique and shared-prefix workloads).
 fn prompt_for(args: &Args, words: &Words, i: usize) -> String {
     match args.workload {
-        // A number first: no two prompts share even their first block.
-        Workload::Unique => format!("{i}: {}", words.about(args.prompt_tokens)),
+        // The run tag and a number first: no two prompts share even their first block.
+        Workload::Unique => format!("{} {i}: {}", words.run, words.about(args.prompt_tokens)),
         Workload::SharedPrefix => format!(
-            "System: {}\nQuestion {i}: {}",
+            "{} System: {}\nQuestion {i}: {}",
+            words.run,
             words.about(args.prefix_tokens),
             words.about(args.prompt_tokens)
         ),
@@ -236,7 +240,7 @@ async fn run(client: &reqwest::Client, url: &str, args: &Args) -> Result<Report>
                     Arc::clone(&samples),
                 );
                 tokio::spawn(async move {
-                    let mut conversation = format!("Conversation {c}.\n");
+                    let mut conversation = format!("{} Conversation {c}.\n", words.run);
                     for turn in 0..args.turns {
                         conversation.push_str(&format!(
                             "User {turn}: {}\nAssistant:",
