@@ -281,7 +281,7 @@ impl<D: Device> EngineLoop<D> {
         // the client hears of it, so /metrics read after a response agrees.
         self.publish_stats();
         for (id, e) in &output.failed {
-            tracing::warn!(request_id = id.0, error = %e, "sampling failed");
+            tracing::warn!(seq_id = id.0, error = %e, "sampling failed");
             self.reply(*id, EngineEvent::Error(format!("generation failed: {e}")));
             self.replies.remove(id);
         }
@@ -328,6 +328,8 @@ impl<D: Device> EngineLoop<D> {
         metrics::gauge!(m::BATCH_CURRENT_SIZE).set(self.scheduler.num_running() as f64);
         metrics::gauge!(m::KV_BLOCKS_USED).set(blocks.num_used() as f64);
         metrics::gauge!(m::KV_BLOCKS_TOTAL).set(blocks.num_blocks() as f64);
+        let usage = blocks.num_used() as f64 / blocks.num_blocks().max(1) as f64;
+        metrics::gauge!(m::KV_CACHE_USAGE).set(usage);
         metrics::counter!(m::PREEMPTIONS).absolute(self.scheduler.preemptions());
         let cache = blocks.stats();
         metrics::gauge!(m::KV_BLOCKS_CACHED).set(blocks.num_cached() as f64);

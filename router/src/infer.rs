@@ -149,8 +149,11 @@ struct Progress {
 /// A generation in flight: the engine's events and the permit that counts it.
 #[derive(Debug)]
 pub struct Generation {
-    /// The engine's id for this request, used as the request id in logs.
+    /// The engine's id for this request (`seq_id` in logs).
     pub id: SeqId,
+    /// The request's span (its `x-request-id`), which the lines logged after the
+    /// handler returned (a stream's end) belong to.
+    pub span: tracing::Span,
     arrived: Instant,
     submitted: Instant,
     last_token: Option<Instant>,
@@ -222,13 +225,14 @@ impl Infer {
         metrics::histogram!(m::REQUEST_INPUT_LENGTH).record(prompt_len as f64);
         metrics::histogram!(m::REQUEST_MAX_NEW_TOKENS).record(request.max_new_tokens as f64);
         tracing::debug!(
-            request_id = id.0,
+            seq_id = id.0,
             prompt_tokens = prompt_len,
             max_new_tokens = request.max_new_tokens,
             "queued"
         );
         Ok(Generation {
             id,
+            span: tracing::Span::current(),
             arrived,
             submitted: now,
             last_token: None,
@@ -410,7 +414,8 @@ impl Generation {
         let per_token = inference / generated.max(1) as u32;
         metrics::histogram!(m::REQUEST_MEAN_TIME_PER_TOKEN_DURATION).record(per_token);
         tracing::info!(
-            request_id = self.id.0,
+            parent: &self.span,
+            seq_id = self.id.0,
             prompt_tokens = self.request.prompt.len(),
             generated_tokens = generated,
             finish_reason = self.finish_reason().as_str(),
@@ -532,7 +537,7 @@ impl Infer {
         let submitted = Instant::now();
         metrics::histogram!(m::REQUEST_VALIDATION_DURATION).record(submitted - arrived);
         metrics::histogram!(m::REQUEST_INPUT_LENGTH).record(tokens as f64);
-        tracing::debug!(request_id = id.0, prompt_tokens = tokens, "embedding queued");
+        tracing::debug!(seq_id = id.0, prompt_tokens = tokens, "embedding queued");
         let (states, dim) = match events.recv().await {
             Some(EngineEvent::Hidden { states, dim }) => (states, dim),
             Some(EngineEvent::Error(e)) => return Err(InferError::Generation(e)),
@@ -554,7 +559,7 @@ impl Infer {
         metrics::histogram!(m::REQUEST_DURATION).record(now - arrived);
         metrics::histogram!(m::REQUEST_INFERENCE_DURATION).record(now - submitted);
         tracing::info!(
-            request_id = id.0,
+            seq_id = id.0,
             prompt_tokens = tokens,
             total_ms = (now - arrived).as_millis() as u64,
             inference_ms = (now - submitted).as_millis() as u64,

@@ -22,6 +22,7 @@ pub mod infer;
 pub mod kserve;
 pub mod metrics;
 pub mod openai;
+pub mod request_id;
 pub mod response_cache;
 pub mod scheduler;
 pub mod sequence;

@@ -34,6 +34,9 @@ pub const BATCH_INFERENCE_COUNT: &str = "rill_batch_inference_count";
 pub const BATCH_INFERENCE_FAILURE: &str = "rill_batch_inference_failure";
 pub const KV_BLOCKS_USED: &str = "rill_kv_blocks_used";
 pub const KV_BLOCKS_TOTAL: &str = "rill_kv_blocks_total";
+/// `rill_kv_blocks_used / rill_kv_blocks_total` (0–1), what load-aware routers scrape
+/// (vLLM's `kv_cache_usage_perc`).
+pub const KV_CACHE_USAGE: &str = "rill_kv_cache_usage";
 pub const PREEMPTIONS: &str = "rill_preemptions";
 /// Blocks that hold no request but keep a prefix's K/V for later ones (evictable).
 pub const KV_BLOCKS_CACHED: &str = "rill_kv_blocks_cached";
@@ -49,6 +52,98 @@ pub const RESPONSE_CACHE_MISSES: &str = "rill_response_cache_misses";
 pub const RESPONSE_CACHE_ENTRIES: &str = "rill_response_cache_entries";
 pub const RESPONSE_CACHE_BYTES: &str = "rill_response_cache_bytes";
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every series Rill exports, its kind and its HELP text (registered by [`install`],
+/// so `/metrics` describes each; the README's metrics table says the same).
+pub const SERIES: &[(&str, Kind, &str)] = &[
+    (
+        REQUEST_COUNT,
+        Kind::Counter,
+        "Generation and embedding requests received, on every route family",
+    ),
+    (REQUEST_SUCCESS, Kind::Counter, "Requests that finished successfully"),
+    (REQUEST_FAILURE, Kind::Counter, "Requests that failed, by error type (label err)"),
+    (REQUEST_DURATION, Kind::Histogram, "Seconds from a request's arrival to its last token"),
+    (
+        REQUEST_VALIDATION_DURATION,
+        Kind::Histogram,
+        "Seconds spent parsing, validating and tokenizing a request",
+    ),
+    (
+        REQUEST_QUEUE_DURATION,
+        Kind::Histogram,
+        "Seconds from submission to the first engine step that runs the request",
+    ),
+    (REQUEST_INFERENCE_DURATION, Kind::Histogram, "Seconds from submission to the last token"),
+    (
+        REQUEST_MEAN_TIME_PER_TOKEN_DURATION,
+        Kind::Histogram,
+        "Inference seconds per generated token, per request",
+    ),
+    (
+        REQUEST_TIME_TO_FIRST_TOKEN_DURATION,
+        Kind::Histogram,
+        "Seconds from a request's arrival to its first token",
+    ),
+    (
+        REQUEST_INTER_TOKEN_LATENCY_DURATION,
+        Kind::Histogram,
+        "Seconds between consecutive tokens of a request",
+    ),
+    (REQUEST_INPUT_LENGTH, Kind::Histogram, "Prompt tokens per request"),
+    (REQUEST_GENERATED_TOKENS, Kind::Histogram, "Tokens generated per finished request"),
+    (REQUEST_MAX_NEW_TOKENS, Kind::Histogram, "max_new_tokens asked for per request"),
+    (REQUEST_EMBEDDING_SUCCESS, Kind::Counter, "Embedding (prefill-only) requests answered"),
+    (QUEUE_SIZE, Kind::Gauge, "Requests waiting for admission"),
+    (BATCH_CURRENT_SIZE, Kind::Gauge, "Requests admitted and running"),
+    (BATCH_NEXT_SIZE, Kind::Histogram, "Sequences per engine step"),
+    (BATCH_NEXT_TOKENS, Kind::Histogram, "Tokens per engine step"),
+    (
+        BATCH_FORWARD_DURATION,
+        Kind::Histogram,
+        "Seconds per engine step, by method (prefill if it ran any prefill chunk, else decode)",
+    ),
+    (BATCH_INFERENCE_COUNT, Kind::Counter, "Engine steps, by method"),
+    (BATCH_INFERENCE_FAILURE, Kind::Counter, "Engine steps that failed, by method"),
+    (KV_BLOCKS_USED, Kind::Gauge, "KV-cache blocks held by requests"),
+    (KV_BLOCKS_TOTAL, Kind::Gauge, "KV-cache blocks in all"),
+    (KV_CACHE_USAGE, Kind::Gauge, "Fraction of the KV cache held by requests (0-1)"),
+    (
+        KV_BLOCKS_CACHED,
+        Kind::Gauge,
+        "KV-cache blocks no request holds that keep a prefix for later requests (evictable)",
+    ),
+    (PREEMPTIONS, Kind::Counter, "Sequences preempted for KV memory and recomputed"),
+    (PREFIX_CACHE_QUERIES, Kind::Counter, "Prompt tokens looked up in the prefix cache"),
+    (PREFIX_CACHE_HITS, Kind::Counter, "Prompt tokens found in the prefix cache"),
+    (PREFIX_CACHE_EVICTIONS, Kind::Counter, "Cached KV blocks evicted to make room"),
+    (RESPONSE_CACHE_HITS, Kind::Counter, "Inference API requests answered from the response cache"),
+    (
+        RESPONSE_CACHE_MISSES,
+        Kind::Counter,
+        "Cacheable Inference API requests not found in the response cache",
+    ),
+    (RESPONSE_CACHE_ENTRIES, Kind::Gauge, "Answers held by the response cache"),
+    (RESPONSE_CACHE_BYTES, Kind::Gauge, "Bytes held by the response cache"),
+];
+
+/// Register every series' HELP text with the installed recorder.
+fn describe() {
+    for &(name, kind, help) in SERIES {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
     0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0,
@@ -62,12 +157,31 @@ fn powers_of_two(max: f64) -> Vec<f64> {
 /// Install the process-wide recorder; render its text with [`PrometheusHandle::render`].
 pub fn install() -> Result<PrometheusHandle, BuildError> {
     let tokens = powers_of_two(262_144.0);
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_duration".into()), SECONDS)?
         .set_buckets_for_metric(Matcher::Full(REQUEST_INPUT_LENGTH.into()), &tokens)?
         .set_buckets_for_metric(Matcher::Full(REQUEST_GENERATED_TOKENS.into()), &tokens)?
         .set_buckets_for_metric(Matcher::Full(REQUEST_MAX_NEW_TOKENS.into()), &tokens)?
         .set_buckets_for_metric(Matcher::Full(BATCH_NEXT_SIZE.into()), &powers_of_two(4096.0))?
         .set_buckets_for_metric(Matcher::Full(BATCH_NEXT_TOKENS.into()), &tokens)?
-        .install_recorder()
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's metrics table names every series, and none twice here.
+    #[test]
+    fn every_series_is_documented_once() {
+        let readme = include_str!("../../README.md");
+        let mut seen = std::collections::HashSet::new();
+        for &(name, _, help) in SERIES {
+            assert!(seen.insert(name), "{name} listed twice");
+            assert!(!help.is_empty());
+            assert!(readme.contains(&format!("`{name}")), "README does not document {name}");
+        }
+    }
 }

@@ -303,14 +303,22 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
         }
         app = app.merge(routes);
     }
-    let mut app = app.layer(DefaultBodyLimit::max(config.payload_limit)).with_state(state);
+    let mut app = app
+        .layer(DefaultBodyLimit::max(config.payload_limit))
+        .layer(middleware::from_fn(crate::request_id::layer))
+        .with_state(state);
     if !config.cors_allow_origin.is_empty() {
         let origins: Vec<HeaderValue> =
             config.cors_allow_origin.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
         app = app.layer(
             CorsLayer::new()
                 .allow_methods([Method::GET, Method::POST])
-                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+                .allow_headers([
+                    header::CONTENT_TYPE,
+                    header::AUTHORIZATION,
+                    crate::request_id::HEADER,
+                ])
+                .expose_headers([crate::request_id::HEADER])
                 .allow_origin(AllowOrigin::list(origins)),
         );
     }
@@ -365,7 +373,7 @@ where
                 Some((Ok(e), Some((generation, event, error))))
             }
             Err(e) => {
-                tracing::warn!(request_id = generation.id.0, error = %e, "stream failed");
+                tracing::warn!(parent: &generation.span, seq_id = generation.id.0, error = %e, "stream failed");
                 record_failure(e.error_type());
                 Some((Ok(error(&e)), None))
             }

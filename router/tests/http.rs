@@ -1,4 +1,4 @@
-//! The real `rill` binary on the bundled fixture model, over HTTP.
+//! The real `rill` binary on the tiny `llama` fixture model, over HTTP.
 
 mod common;
 
@@ -247,6 +247,13 @@ async fn metrics_cover_tgi_set_and_kv_blocks() {
     }
     assert_eq!(metric(&server, "rill_kv_blocks_used").await, Some(0.0));
     assert!(metric(&server, "rill_kv_blocks_total").await.unwrap() > 0.0);
+    assert_eq!(metric(&server, "rill_kv_cache_usage").await, Some(0.0));
+    // Every exported series says what it is.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        let help = format!("# HELP {name} ");
+        assert!(text.lines().any(|l| l.starts_with(&help)), "{name} has no HELP text:\n{text}");
+    }
 }
 
 /// Start 64 streams, drop half of them after a few tokens: every block comes

@@ -1,4 +1,4 @@
-//! The OpenAI routes of the real binary on the bundled fixture model: shapes,
+//! The OpenAI routes of the real binary on the tiny `llama` fixture model: shapes,
 //! streams, choices, logprobs, stop strings, structured output, tools, and every
 //! refusal in OpenAI's error shape. (The real SDKs run in
 //! integration-tests/python/test_openai.py.)
@@ -639,4 +639,39 @@ async fn clients_leaving_openai_streams_leak_no_blocks() {
     drop(streams);
     server.wait_idle().await;
     server.assert_answers().await;
+}
+
+/// `x-request-id` is echoed (or generated) on every route and names the OpenAI response.
+#[tokio::test]
+async fn request_ids_are_echoed_and_name_openai_responses() {
+    let server = Server::start(&[], &[]).await;
+    let client = reqwest::Client::new();
+    let send = |path: &str, body: Value, id: Option<&str>| {
+        let mut r = client.post(format!("{}{path}", server.base)).json(&body);
+        if let Some(id) = id {
+            r = r.header("x-request-id", id);
+        }
+        r.send()
+    };
+    let r = send("/v1/chat/completions", chat(json!({})), Some("req-42.a")).await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-42.a");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["id"], "chatcmpl-req-42.a", "{body}");
+    let r = send("/v1/completions", json!({"prompt": "Hi", "max_tokens": 2}), Some("c-1"))
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], "cmpl-c-1");
+
+    // Generated when absent or not a plain token; on errors and other families too.
+    let tgi = json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}});
+    for id in [None, Some("has space")] {
+        let r = send("/generate", tgi.clone(), id).await.unwrap();
+        let echoed = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert!(echoed.len() == 32 && echoed.bytes().all(|b| b.is_ascii_hexdigit()), "{echoed}");
+    }
+    let r = send("/generate", json!({"inputs": ""}), Some("bad-1")).await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), &r.headers()["x-request-id"]),
+        (422, &"bad-1".parse().unwrap())
+    );
 }

@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, StreamExt};
 use rill_backend::grammar::GrammarSpec;
@@ -33,6 +33,7 @@ use super::{
 };
 use crate::chat_template::ChatInput;
 use crate::infer::{Finished, TokenBytes, TokenEvent};
+use crate::request_id::RequestId;
 use crate::sequence::FinishReason;
 use crate::server::{AppState, sse, sse_json};
 use crate::validation::{Prompt, ValidRequest};
@@ -264,6 +265,7 @@ async fn prepare(
     ))]
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    Extension(request_id): Extension<RequestId>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
     let arrived = Instant::now();
@@ -273,7 +275,7 @@ pub async fn chat_completions(
     let requests = p.valid.choices(p.n, p.seed);
     let generations =
         start(&state, requests, arrived).map_err(|e| OpenAiError::from_infer(e, "messages"))?;
-    let envelope = Envelope::new("chatcmpl", model);
+    let envelope = Envelope::new("chatcmpl", &request_id, model);
     if p.stream {
         let steps =
             merged_steps(generations).await.map_err(|e| OpenAiError::from_infer(e, "messages"))?;

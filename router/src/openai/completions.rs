@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use rill_proto::api::Token;
 
@@ -22,6 +22,7 @@ use super::{
     finish_reason, merged_steps, parse_body, shaped_stream, start,
 };
 use crate::infer::{TokenBytes, TokenEvent};
+use crate::request_id::RequestId;
 use crate::server::{AppState, sse, sse_json};
 use crate::validation::Prompt;
 
@@ -52,6 +53,7 @@ pub(super) fn prompts(input: PromptInput, param: &str) -> Result<Vec<Prompt>, Op
     ))]
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    Extension(request_id): Extension<RequestId>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
     let arrived = Instant::now();
@@ -93,7 +95,7 @@ pub async fn completions(
     let prompt_tokens: usize = requests.iter().step_by(per_prompt).map(|r| r.prompt.len()).sum();
     let generations =
         start(&state, requests, arrived).map_err(|e| OpenAiError::from_infer(e, "prompt"))?;
-    let envelope = Envelope::new("cmpl", model);
+    let envelope = Envelope::new("cmpl", &request_id, model);
     if stream {
         let steps =
             merged_steps(generations).await.map_err(|e| OpenAiError::from_infer(e, "prompt"))?;

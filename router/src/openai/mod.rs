@@ -35,9 +35,10 @@ use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
 use crate::infer::{Generation, InferError, TokenEvent};
+use crate::request_id::RequestId;
 use crate::sequence::FinishReason;
 use crate::server::{AppState, Guarded, record_failure, sse_json};
-use crate::validation::{ValidRequest, ValidationError, random_seed};
+use crate::validation::{ValidRequest, ValidationError};
 
 pub use types::*;
 
@@ -318,9 +319,10 @@ struct Envelope {
 }
 
 impl Envelope {
-    fn new(prefix: &str, model: String) -> Self {
+    /// The response id is `{prefix}-{x-request-id}` (vLLM's rule).
+    fn new(prefix: &str, request_id: &RequestId, model: String) -> Self {
         Envelope {
-            id: format!("{prefix}-{:016x}{:08x}", random_seed(), random_seed() as u32),
+            id: format!("{prefix}-{}", request_id.as_str()),
             created: unix_now(),
             model,
             system_fingerprint: format!("fp_rill_{}", env!("CARGO_PKG_VERSION")),
