@@ -127,12 +127,12 @@ def write_tokenizer_files(directory: str, tok: Tokenizer, max_len: int) -> None:
         )
 
 
-def record_reference(directory: str, model, tok: Tokenizer, compute_dtype: torch.dtype) -> None:
+def record_reference(directory: str, model, tok: Tokenizer, compute_dtype: torch.dtype, prompts=PROMPTS) -> None:
     """Prompt logits and a greedy continuation from transformers, in float32."""
     model = model.to(compute_dtype).eval()
     tensors = {}
-    prompts = []
-    for i, text in enumerate(PROMPTS):
+    records = []
+    for i, text in enumerate(prompts):
         ids = tok.encode(text).ids
         input_ids = torch.tensor([ids])
         with torch.no_grad():
@@ -146,7 +146,7 @@ def record_reference(directory: str, model, tok: Tokenizer, compute_dtype: torch
                 pad_token_id=0,
             )
         tensors[f"prompt{i}.logits"] = logits.contiguous()
-        prompts.append({"text": text, "ids": ids, "greedy": out[0, len(ids):].tolist()})
+        records.append({"text": text, "ids": ids, "greedy": out[0, len(ids):].tolist()})
     save_file(tensors, os.path.join(directory, "reference.safetensors"))
     with open(os.path.join(directory, "reference.json"), "w") as f:
         json.dump(
@@ -154,7 +154,7 @@ def record_reference(directory: str, model, tok: Tokenizer, compute_dtype: torch
                 "transformers": transformers.__version__,
                 "torch": torch.__version__,
                 "compute_dtype": str(compute_dtype).removeprefix("torch."),
-                "prompts": prompts,
+                "prompts": records,
             },
             f,
             indent=1,

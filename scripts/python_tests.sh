@@ -13,6 +13,16 @@ cd "$(dirname "$0")/.."
 cargo test --locked -q -p rill-router --no-run
 export RILL_BIN="$PWD/target/debug/rill"
 
+# The demo model's word-list test reads SCOWL's American English list (Debian's
+# `wamerican`); install it where it is missing.
+if [ ! -r /usr/share/dict/american-english ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -q wamerican >/dev/null 2>&1 ||
+        { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q wamerican >/dev/null; }
+fi
+
 run() { # venv, packages...
     local venv=$1
     shift

@@ -10,15 +10,19 @@ import urllib.request
 import pytest
 
 
-def _serve(*extra):
-    """Start the binary on the bundled model (served as `tiny-llama` and `llama` too)
-    with `extra` flags; yield its URL; stop it with SIGTERM, which must exit 0."""
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "models", "llama")
+
+
+def _serve(*extra, model=("--model-id", FIXTURE, "--served-model-name", "tiny-llama", "--served-model-name", "llama")):
+    """Start the binary on the tiny `llama` fixture (served as `tiny-llama` and `llama`;
+    `model=()` serves the bundled demo model) with `extra` flags; yield its URL; stop it
+    with SIGTERM, which must exit 0."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [os.environ["RILL_BIN"], "--hostname", "127.0.0.1", "--port", str(port), "--kv-cache-memory-mib", "16",
-         "--served-model-name", "tiny-llama", "--served-model-name", "llama", *extra],
+         *model, *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if k != "MODEL_ID"},
@@ -41,7 +45,7 @@ def _serve(*extra):
 
 @pytest.fixture(scope="module")
 def base_url():
-    """A fresh server on the bundled model."""
+    """A fresh server on the tiny `llama` fixture."""
     yield from _serve()
 
 
@@ -51,3 +55,9 @@ def keyed_server():
     key = "hf_test_key"
     for url in _serve("--api-key", key):
         yield url, key
+
+
+@pytest.fixture(scope="module")
+def demo_url():
+    """A fresh server on the bundled demo model (no `--model-id`)."""
+    yield from _serve(model=())

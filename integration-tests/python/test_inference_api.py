@@ -1,6 +1,6 @@
 """The Hugging Face Inference API routes as their users call them: `requests` exactly
 as the API documentation writes it (`query(payload)` with a bearer token), and
-huggingface_hub's InferenceClient pointed at the server's model URL. The bundled model
+huggingface_hub's InferenceClient pointed at the server's model URL. The tiny fixture model
 has random weights, so the checks are shapes, defaults and repeatability, never what
 the text says. Each test skips when its client is not installed.
 """

@@ -1,7 +1,7 @@
 """The official `openai` SDK and huggingface_hub's `chat_completion` against the real
 `rill` binary's OpenAI routes (the server comes from conftest.py).
 
-The bundled model has random weights, so these tests check shapes and behaviour
+The tiny fixture model has random weights, so these tests check shapes and behaviour
 (greedy stream = non-stream, seeds repeat, schemas hold, tool calls parse), never
 what the text says. Each test skips when its client is not installed in the
 running virtualenv.

@@ -22,10 +22,12 @@ pub enum LoadFormatArg {
 #[command(name = "rill", version, about = "Rill: a streaming text-generation server")]
 pub struct Args {
     /// A model directory, or a Hugging Face id found in the local hub cache.
-    /// Default: the small model bundled with the repository.
+    /// Default: the small demo model bundled with the repository (`models/demo`).
     #[arg(long, env = "MODEL_ID")]
     pub model_id: Option<String>,
-    #[arg(long, env = "HOSTNAME", default_value = "0.0.0.0")]
+    /// Address to listen on. Not read from `HOSTNAME`, as TGI does: Kubernetes sets that
+    /// to the pod's name, which is no address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
     pub hostname: String,
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,

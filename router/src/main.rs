@@ -40,9 +40,10 @@ use rill_router::validation::Limits;
 
 use crate::args::{Args, DeviceArg, LoadFormatArg};
 
+/// The demo model the repository ships (`models/demo`, trained by
+/// `scripts/make_demo_model.py`), served when no `--model-id` is given.
 fn bundled_model() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../integration-tests/fixtures/models/llama");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/demo");
     std::fs::canonicalize(&dir).unwrap_or(dir)
 }
 

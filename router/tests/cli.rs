@@ -57,9 +57,10 @@ fn inconsistent_limits_say_what_to_change() {
         ),
         "{stderr}"
     );
-    let out = rill(&["--max-total-tokens", "300"]);
+    // The bundled demo model's context is 1024.
+    let out = rill(&["--max-total-tokens", "2000"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("exceeds the model's max_position_embeddings (256)"), "{stderr}");
+    assert!(stderr.contains("exceeds the model's max_position_embeddings (1024)"), "{stderr}");
 }
 
 #[test]
@@ -92,4 +93,41 @@ fn a_bad_cuda_graphs_list_is_refused_before_anything_loads() {
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--cuda-graphs") && stderr.contains("`many`"), "{stderr}");
+}
+
+/// Kubernetes sets `HOSTNAME` to the pod's name; TGI binds it and fails. Rill listens on
+/// 0.0.0.0 whatever `HOSTNAME` says.
+#[test]
+fn the_hostname_environment_variable_is_not_the_bind_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let fixture =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../integration-tests/fixtures/models/llama");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rill"))
+        .args(["--model-id", fixture, "--port", &port.to_string(), "--kv-cache-memory-mib", "16"])
+        .env("HOSTNAME", "rill-5f7c9d-x2q4z")
+        .env_remove("MODEL_ID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run rill");
+    let start = Instant::now();
+    let healthy = loop {
+        let answer = std::net::TcpStream::connect(("127.0.0.1", port)).ok().and_then(|mut s| {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            Some(text)
+        });
+        if answer.is_some_and(|a| a.starts_with("HTTP/1.0 200") || a.starts_with("HTTP/1.1 200")) {
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() || start.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(healthy, "rill did not serve on 0.0.0.0 with HOSTNAME set to a pod name");
 }

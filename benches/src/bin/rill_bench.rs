@@ -210,8 +210,8 @@ async fn cache_counters(client: &reqwest::Client, url: &str) -> Option<(f64, f64
 /// The prompt of request `i` (unique and shared-prefix workloads).
 fn prompt_for(args: &Args, words: &Words, i: usize) -> String {
     match args.workload {
-        // The run tag and a number first: no two prompts share even their first block.
-        Workload::Unique => format!("{} {i}: {}", words.run, words.about(args.prompt_tokens)),
+        // A number first: no two prompts share even their first block.
+        Workload::Unique => format!("{i}: {} {}", words.run, words.about(args.prompt_tokens)),
         Workload::SharedPrefix => format!(
             "{} System: {}\nQuestion {i}: {}",
             words.run,
@@ -240,7 +240,7 @@ async fn run(client: &reqwest::Client, url: &str, args: &Args) -> Result<Report>
                     Arc::clone(&samples),
                 );
                 tokio::spawn(async move {
-                    let mut conversation = format!("{} Conversation {c}.\n", words.run);
+                    let mut conversation = format!("Conversation {c}. {}\n", words.run);
                     for turn in 0..args.turns {
                         conversation.push_str(&format!(
                             "User {turn}: {}\nAssistant:",

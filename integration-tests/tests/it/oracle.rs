@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use rill_integration_tests::fixture_model;
+use rill_integration_tests::{demo_model, demo_reference, fixture_model};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
@@ -61,8 +61,13 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Prompt logits at every position, and the greedy continuation, match transformers.
 fn matches_transformers(name: &str) {
     let dir = fixture_model(name);
-    let reference = reference(&dir);
-    let (model, mut runner) = harness::load(&dir);
+    matches_transformers_in(name, &dir, &dir);
+}
+
+/// The model in `dir` against the reference in `reference_dir`.
+fn matches_transformers_in(name: &str, dir: &Path, reference_dir: &Path) {
+    let reference = reference(reference_dir);
+    let (model, mut runner) = harness::load(dir);
     for (i, RefPrompt { text, ids: prompt, greedy, logits }) in reference.iter().enumerate() {
         // The server's own tokenization gives the ids transformers was fed.
         let encoded = model.tokenizer.encode(text.as_str(), true).unwrap();
@@ -120,6 +125,12 @@ fn bf16_weights_match_transformers_on_upcast_weights() {
 #[test]
 fn f16_weights_match_transformers_on_upcast_weights() {
     matches_transformers("llama-float16");
+}
+
+/// The bundled demo model (trained, bf16, tied embeddings, its own tokenizer).
+#[test]
+fn demo_model_matches_transformers() {
+    matches_transformers_in("demo", &demo_model(), &demo_reference());
 }
 
 /// Chunked prefill and batching change nothing, to the bit.

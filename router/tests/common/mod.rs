@@ -6,6 +6,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// The tiny random `llama` fixture the tests serve unless they name a model.
+pub const FIXTURE_LLAMA: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../integration-tests/fixtures/models/llama");
+
 /// A running `rill` on a free loopback port, killed on drop.
 pub struct Server {
     pub child: Child,
@@ -13,8 +17,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Spawn `rill` on a free port with the test defaults, without waiting for it.
+    /// Spawn `rill` on a free port with the test defaults, without waiting for it: the
+    /// tiny `llama` fixture unless `args` name a `--model-id`.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let model: &[&str] =
+            if args.contains(&"--model-id") { &[] } else { &["--model-id", FIXTURE_LLAMA] };
+        Server::spawn_exactly(&[model, args].concat(), env)
+    }
+
+    /// Spawn `rill` with only `args` beside the port and KV size (no `--model-id`
+    /// unless given: the bundled demo model).
+    pub fn spawn_exactly(args: &[&str], env: &[(&str, &str)]) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_rill"))
             .args(["--hostname", "127.0.0.1", "--port", &port.to_string()])
@@ -31,7 +44,12 @@ impl Server {
 
     /// Spawn and wait until `/health` says 200.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let server = Server::spawn(args, env);
+        Server::spawn(args, env).healthy().await
+    }
+
+    /// Wait until `/health` says 200.
+    pub async fn healthy(self) -> Server {
+        let server = self;
         let start = Instant::now();
         loop {
             if let Ok(r) = reqwest::get(format!("{}/health", server.base)).await
