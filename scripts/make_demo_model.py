@@ -40,11 +40,11 @@ import time
 
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import record_reference  # noqa: E402
+from make_fixtures import record_reference, train_bpe  # noqa: E402
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 MODEL_DIR = os.path.join(ROOT, "models", "demo")
@@ -288,21 +288,6 @@ def split(sources, held_out):
 
 
 # -------------------------------------------------------------------------- tokenizer
-
-
-def train_tokenizer(docs, vocab_size):
-    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        min_frequency=2,
-        show_progress=False,
-    )
-    tok.train_from_iterator(docs, trainer=trainer)
-    return tok
 
 
 def encode_stream(tok, docs):
@@ -589,7 +574,7 @@ def main():
     rng.shuffle(train_docs)
     sizes = {k: {"documents": len(v), "bytes": sum(len(d.encode()) for d in v)} for k, v in sources.items()}
     print("corpus:", json.dumps(sizes), flush=True)
-    tok = train_tokenizer(train_docs, args.vocab)
+    tok = train_bpe(train_docs, args.vocab, SPECIAL, min_frequency=2)
     train_ids, test_ids = encode_stream(tok, train_docs), encode_stream(tok, test_docs)
     print(f"tokens: train {len(train_ids)}, held-out {len(test_ids)} ({time.time() - t0:.0f} s)", flush=True)
 

@@ -3,7 +3,7 @@
 # scripts/make_demo_model.py. Installs the Debian packages its text comes from
 # (python3.11-doc, wordnet-base, bible-kjv, wamerican for the word-list score) and
 # reuses the fixtures' virtualenv (.venv-fixtures, torch + transformers).
-# ~35 minutes on 2 CPU cores. Tests never run this: the model is committed.
+# ~25 minutes on 2 CPU cores. Tests never run this: the model is committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(python3.11-doc wordnet-base bible-kjv bible-kjv-text wamerican)
@@ -13,10 +13,5 @@ if ! dpkg -s "${packages[@]}" >/dev/null 2>&1; then
     $sudo apt-get update -q
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${packages[@]}"
 fi
-venv=.venv-fixtures
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
-fi
-"$venv/bin/pip" install -q -r scripts/fixtures-requirements.txt
+source scripts/fixtures_venv.sh scripts/fixtures-requirements.txt
 "$venv/bin/python" scripts/make_demo_model.py "$@"

@@ -7,10 +7,5 @@
 # run this: the outputs are committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=.venv-fixtures
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
-fi
-"$venv/bin/pip" install -q -r scripts/embedding-fixtures-requirements.txt
+source scripts/fixtures_venv.sh scripts/embedding-fixtures-requirements.txt
 "$venv/bin/python" scripts/make_embedding_fixtures.py "$@"

@@ -71,17 +71,24 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(vocab_size: int) -> Tokenizer:
+def train_bpe(texts, vocab_size: int, special, min_frequency: int = 0) -> Tokenizer:
+    """A byte-level BPE tokenizer (GPT-2's pre-tokenization) trained on `texts`."""
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL,
+        special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=min_frequency,
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def train_tokenizer(vocab_size: int) -> Tokenizer:
+    tok = train_bpe(CORPUS * 4, vocab_size, SPECIAL)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
