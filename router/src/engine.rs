@@ -9,11 +9,17 @@
 //! matched) is noticed before the next step and its sequence removed, so its blocks
 //! come back within one step; queued requests whose receiver is gone are dropped
 //! before they cost anything.
+//!
+//! A panic on the engine thread (a bug, or a device fault that panics) is caught: every
+//! admitted and queued request gets an error, [`EngineHandle::failure`] says why, and
+//! [`EngineHandle::died`] wakes whoever supervises the process (the server goes
+//! unready and exits non-zero so that the orchestrator restarts it).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use rill_backend::Runner;
@@ -97,6 +103,9 @@ struct EngineStats {
     kv_blocks_used: AtomicUsize,
     running: AtomicUsize,
     waiting: AtomicUsize,
+    /// Why the engine thread died, once it has.
+    failure: OnceLock<String>,
+    died: tokio::sync::Notify,
 }
 
 impl EngineHandle {
@@ -124,6 +133,24 @@ impl EngineHandle {
     /// Sequences admitted and queued, as of the engine's last step (or idle moment).
     pub fn num_sequences(&self) -> usize {
         self.stats.running.load(Ordering::Relaxed) + self.stats.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Why the engine thread died (it panicked), or `None` while it runs.
+    pub fn failure(&self) -> Option<&str> {
+        self.stats.failure.get().map(String::as_str)
+    }
+
+    /// Wait until the engine thread dies; why.
+    pub async fn died(&self) -> String {
+        loop {
+            let died = self.stats.died.notified();
+            tokio::pin!(died);
+            died.as_mut().enable();
+            if let Some(cause) = self.failure() {
+                return cause.to_string();
+            }
+            died.await;
+        }
     }
 
     fn send(&self, work: Work) -> (SeqId, async_mpsc::UnboundedReceiver<EngineEvent>) {
@@ -156,11 +183,46 @@ where
             let model = format!("{:?} on {}", runner.config(), runner.device_name());
             let scheduler = Scheduler::for_model(config, runner.num_blocks(), &model);
             let replies = HashMap::new();
-            EngineLoop { runner, scheduler, rx, replies, eos_token_ids, stats: published }.run()
+            let stats = Arc::clone(&published);
+            let mut engine = EngineLoop {
+                runner,
+                scheduler,
+                rx,
+                replies,
+                eos_token_ids,
+                stats,
+                steps: 0,
+                panic_at_step: injected_panic_step(),
+            };
+            // The panic itself is printed by the panic hook, with its location.
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| engine.run())) {
+                let cause = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                tracing::error!(cause, "the engine thread panicked: failing every request");
+                // Dead before anyone hears of it: a client told of the failure finds the
+                // server unready.
+                let message = format!("the engine failed: {cause}");
+                let _ = published.failure.set(cause);
+                engine.fail_all(&message);
+                published.died.notify_waiters();
+            }
         })
         // Only fails if the OS cannot create a thread at start-up.
         .expect("cannot start the engine thread");
     EngineHandle { tx, next_id: AtomicU64::new(0), stats }
+}
+
+/// Fault injection for the tests, in debug builds only:
+/// `RILL_TEST_ENGINE_PANIC_AT_STEP=N` panics the engine thread at its `N`th step, as a
+/// bug would.
+fn injected_panic_step() -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var("RILL_TEST_ENGINE_PANIC_AT_STEP").ok()?.parse().ok()
 }
 
 struct EngineLoop<D: Device> {
@@ -170,15 +232,22 @@ struct EngineLoop<D: Device> {
     replies: HashMap<SeqId, Reply>,
     eos_token_ids: Vec<u32>,
     stats: Arc<EngineStats>,
+    /// Steps run so far, and the one the tests' fault injection panics at.
+    steps: u64,
+    panic_at_step: Option<u64>,
 }
 
 impl<D: Device> EngineLoop<D> {
-    fn run(mut self) {
+    fn run(&mut self) {
         while self.intake() {
             let batch = self.scheduler.schedule();
             self.publish_stats();
             if batch.seqs.is_empty() {
                 continue;
+            }
+            self.steps += 1;
+            if self.panic_at_step == Some(self.steps) {
+                panic!("injected by RILL_TEST_ENGINE_PANIC_AT_STEP at step {}", self.steps);
             }
             self.record_batch(&batch);
             let method = if batch.seqs.iter().any(|s| s.tokens.len() > 1 || !s.sample) {
@@ -204,6 +273,17 @@ impl<D: Device> EngineLoop<D> {
                     }
                 }
             }
+        }
+    }
+
+    /// After a panic: an error to every admitted request and to every submission still
+    /// queued in the channel (later ones find it closed and fail at once).
+    fn fail_all(&mut self, message: &str) {
+        for (_, reply) in self.replies.drain() {
+            let _ = reply.events.send(EngineEvent::Error(message.to_string()));
+        }
+        while let Ok(s) = self.rx.try_recv() {
+            let _ = s.events.send(EngineEvent::Error(message.to_string()));
         }
     }
 

@@ -57,7 +57,7 @@ impl InferError {
             InferError::Overloaded => "overloaded",
             InferError::Generation(_) => "generation",
             InferError::Loading { .. } => "loading",
-            InferError::Unavailable(_) => "internal",
+            InferError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -99,6 +99,8 @@ pub struct Infer {
     /// Mean duration of recent requests in seconds (an exponential moving average, as
     /// f64 bits), for the time a refused request is told to wait.
     recent_duration: Arc<AtomicU64>,
+    /// No new requests (the server is draining); those in flight go on.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// One generated token, as every family needs it.
@@ -192,15 +194,47 @@ impl Infer {
             permits: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
             recent_duration: Arc::new(AtomicU64::new(0f64.to_bits())),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Take no new requests (503); those in flight finish.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Requests holding a concurrency permit (validated and submitted, not finished).
+    pub fn in_flight(&self) -> usize {
+        self.max_concurrent - self.permits.available_permits().min(self.max_concurrent)
+    }
+
+    /// Why the engine thread died, if it has.
+    pub fn engine_failure(&self) -> Option<&str> {
+        self.engine.failure()
+    }
+
+    /// Wait until the engine thread dies; why.
+    pub async fn engine_died(&self) -> String {
+        self.engine.died().await
+    }
+
+    /// A concurrency permit for one new request: 503 when closed or the engine is dead,
+    /// 429 when the server is full.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, InferError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(InferError::Unavailable("the server is shutting down"));
+        }
+        if self.engine.failure().is_some() {
+            return Err(InferError::Unavailable("the engine has failed; the server is restarting"));
+        }
+        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| InferError::Overloaded)
     }
 
     /// Seconds until the server should take another request: with `in_flight` requests
     /// running, one ends every `mean duration / in_flight` on average. At least 0.1 s (an
     /// idle or fresh server has no history).
     pub fn estimated_wait(&self) -> f64 {
-        let in_flight =
-            self.max_concurrent - self.permits.available_permits().min(self.max_concurrent);
+        let in_flight = self.in_flight();
         let mean = f64::from_bits(self.recent_duration.load(Ordering::Relaxed));
         (mean / in_flight.max(1) as f64).max(0.1)
     }
@@ -208,8 +242,7 @@ impl Infer {
     /// Start generating (429 when the server is full). `arrived` is when the
     /// request came in (validation happened since).
     pub fn start(&self, request: ValidRequest, arrived: Instant) -> Result<Generation, InferError> {
-        let permit =
-            Arc::clone(&self.permits).try_acquire_owned().map_err(|_| InferError::Overloaded)?;
+        let permit = self.admit()?;
         let (id, events) = self.engine.submit(GenerationRequest {
             prompt: request.prompt.clone(),
             max_new_tokens: request.max_new_tokens,
@@ -530,8 +563,7 @@ impl Infer {
         if prompt.len() > limits.max_input_tokens {
             return Err(ValidationError::InputLength(limits.max_input_tokens, prompt.len()).into());
         }
-        let _permit =
-            Arc::clone(&self.permits).try_acquire_owned().map_err(|_| InferError::Overloaded)?;
+        let _permit = self.admit()?;
         let tokens = prompt.len();
         let (id, mut events) = self.engine.embed(prompt);
         let submitted = Instant::now();

@@ -294,6 +294,23 @@ fn estimate_load_secs(dir: &std::path::Path, format: LoadFormatArg) -> f64 {
     1.0 + bytes as f64 / 1e9
 }
 
+/// How long a server whose engine died keeps answering (errors, readiness 503) before
+/// it exits, so that in-flight clients hear why.
+const ENGINE_DEATH_GRACE: Duration = Duration::from_secs(2);
+
+/// Exit non-zero once the engine thread has died, for the orchestrator to restart us.
+async fn exit_when_the_engine_dies(state: Arc<AppState>) {
+    let Some(infer) = state.ready.get() else { return };
+    let cause = infer.engine_died().await;
+    tracing::error!(
+        cause,
+        "the engine is dead: exiting with status 1 in {ENGINE_DEATH_GRACE:?} so that the \
+         server is restarted"
+    );
+    tokio::time::sleep(ENGINE_DEATH_GRACE).await;
+    std::process::exit(1);
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -307,7 +324,7 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    tracing::info!("shutting down: unready, refusing new requests, finishing those in flight");
 }
 
 #[tokio::main]
@@ -400,6 +417,7 @@ async fn main() -> Result<()> {
         started: Instant::now(),
         estimated_load_secs: estimate_load_secs(&dir, args.load_format),
         validation_workers: Arc::new(tokio::sync::Semaphore::new(args.validation_workers.max(1))),
+        draining: Default::default(),
     });
     if args.max_waiting_tokens.is_some() || args.waiting_served_ratio.is_some() {
         tracing::warn!(
@@ -427,8 +445,12 @@ async fn main() -> Result<()> {
     let timeout = Duration::from_secs(args.graceful_termination_timeout);
     {
         let state = Arc::clone(&state);
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || match load(&args, &dir) {
-            Ok(infer) => state.set_ready(infer),
+            Ok(infer) => {
+                state.set_ready(infer);
+                runtime.spawn(exit_when_the_engine_dies(state));
+            }
             Err(e) => {
                 tracing::error!("cannot load the model: {e:#}");
                 std::process::exit(1);
@@ -445,9 +467,16 @@ async fn main() -> Result<()> {
             tracing::warn!("cannot set TCP_NODELAY: {e}");
         }
     });
+    let state = Arc::clone(&state);
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
+        // Unready and refusing new requests (503) at once; still accepting connections,
+        // so that probes and late clients hear it, until the in-flight requests end.
+        state.drain();
         let _ = signalled.send(true);
+        while state.ready.get().is_some_and(|infer| infer.in_flight() > 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     });
     let deadline = async move {
         let _ = on_signal.wait_for(|s| *s).await;

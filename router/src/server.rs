@@ -64,6 +64,9 @@ pub struct AppState {
     pub estimated_load_secs: f64,
     /// Bounds concurrent tokenization jobs (`--validation-workers`).
     pub validation_workers: Arc<tokio::sync::Semaphore>,
+    /// Set on SIGTERM/SIGINT: readiness answers 503 and new requests are refused while
+    /// those in flight finish ([`AppState::drain`]).
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -75,8 +78,26 @@ impl AppState {
         })
     }
 
+    /// Whether to take traffic (readiness: `/health`, `/v2/health/ready`): the model is
+    /// loaded, its engine thread alive and the server not draining.
+    pub fn serving(&self) -> bool {
+        !self.draining.load(std::sync::atomic::Ordering::Relaxed)
+            && self.ready.get().is_some_and(|infer| infer.engine_failure().is_none())
+    }
+
+    /// Stop taking requests (503) and go unready; those in flight go on.
+    pub fn drain(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(infer) = self.ready.get() {
+            infer.close();
+        }
+    }
+
     /// The model has loaded: serve it, and wake the requests waiting for it.
     pub fn set_ready(&self, infer: Infer) {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            infer.close();
+        }
         let _ = self.ready.set(infer);
         self.loaded.notify_waiters();
     }
@@ -396,9 +417,9 @@ pub fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'stati
         (status = 503, description = "Unhealthy", body = ErrorResponse),
     ))]
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    match state.ready.get() {
-        Some(_) => StatusCode::OK.into_response(),
-        None => tgi_error(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "healthcheck"),
+    match state.serving() {
+        true => StatusCode::OK.into_response(),
+        false => tgi_error(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "healthcheck"),
     }
 }
 

@@ -440,6 +440,10 @@ async fn loading_answers_503_with_an_estimate() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert_eq!(health.status(), 503);
+    // Live (the process serves HTTP) while not ready.
+    let get = |path: &'static str| reqwest::get(format!("{}{path}", server.base));
+    assert_eq!(get("/v2/health/live").await.unwrap().status(), 200);
+    assert_eq!(get("/v2/health/ready").await.unwrap().status(), 503);
     let (status, err) = server.post("/generate", json!({"inputs": "Hi"})).await;
     assert_eq!(status, 503, "{err}");
     assert_eq!(err["error_type"], "loading");

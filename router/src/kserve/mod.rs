@@ -281,7 +281,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 }
 
 fn readiness(state: &AppState, mut body: Value) -> Response {
-    let ready = state.ready.get().is_some();
+    let ready = state.serving();
     body["ready"] = json!(ready);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

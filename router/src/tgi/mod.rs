@@ -139,7 +139,7 @@ impl IntoResponse for TgiError {
                         let body = json!({"error": "Model is loading", "error_type": "loading", "estimated_time": estimated_time});
                         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
                     }
-                    InferError::Unavailable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    InferError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 tgi_error(status, e.to_string(), kind)
             }
