@@ -219,8 +219,10 @@ impl Infer {
     }
 
     /// A concurrency permit for one new request: 503 when closed or the engine is dead,
-    /// 429 when the server is full.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, InferError> {
+    /// 429 when the server is full. Validation holds one while it tokenizes and compiles
+    /// (TGI's rule: a full server refuses before doing that work), each generation one
+    /// while it runs.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, InferError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(InferError::Unavailable("the server is shutting down"));
         }

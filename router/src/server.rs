@@ -129,7 +129,8 @@ impl AppState {
         E: From<InferError> + Send + 'static,
     {
         metrics::counter!(m::REQUEST_COUNT).increment(1);
-        self.infer()?;
+        // Refused (429, 503) before any tokenizing or compiling.
+        let _admission = self.infer()?.admit()?;
         // Closed only if the server is shutting down.
         let _worker = self
             .validation_workers

@@ -483,3 +483,26 @@ async fn odd_requests_never_break_the_server() {
     server.wait_idle().await;
     server.assert_answers().await;
 }
+
+/// A full server refuses with 429 before it tokenizes or compiles anything (TGI's
+/// rule): a request whose grammar would not compile is told 429, not 422, while the
+/// only slot is taken.
+#[tokio::test]
+async fn a_full_server_refuses_before_validating() {
+    let server = Server::start(&["--max-concurrent-requests", "1"], &[]).await;
+    let long =
+        json!({"inputs": "Hello", "parameters": {"max_new_tokens": 240, "ignore_eos": true}});
+    let stream = reqwest::Client::new()
+        .post(format!("{}/generate_stream", server.base))
+        .json(&long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let bad = json!({"inputs": "Hi", "parameters": {"grammar": {"type": "regex", "value": "("}}});
+    let (status, err) = server.post("/generate", bad.clone()).await;
+    assert_eq!((status, err["error_type"].as_str()), (429, Some("overloaded")), "{err}");
+    let _ = stream.text().await.unwrap();
+    let (status, err) = server.post("/generate", bad).await;
+    assert_eq!((status, err["error_type"].as_str()), (422, Some("validation")), "{err}");
+}
