@@ -35,6 +35,7 @@ run() { # venv, packages...
     "$venv/bin/pytest" -q -W ignore::DeprecationWarning integration-tests/python
 }
 
-run .venv-client-hub "huggingface_hub>=1.0,<3" "numpy>=1.24" "jsonschema>=4,<5" "requests>=2.31,<3" "tritonclient[http]>=2.40,<3"
+run .venv-client-hub "huggingface_hub>=1.0,<3" "numpy>=1.24" "jsonschema>=4,<5" "requests>=2.31,<3" "tritonclient[http]>=2.40,<3" \
+    "kubernetes-validate==1.37.0" "pyyaml>=6,<7"
 run .venv-client-tgi "text-generation==0.7.0"
 run .venv-client-openai "openai>=1.60,<3" "jsonschema>=4,<5"
