@@ -36,6 +36,6 @@ run() { # venv, packages...
 }
 
 run .venv-client-hub "huggingface_hub>=1.0,<3" "numpy>=1.24" "jsonschema>=4,<5" "requests>=2.31,<3" "tritonclient[http]>=2.40,<3" \
-    "kubernetes-validate==1.37.0" "pyyaml>=6,<7"
+    "kubernetes-validate==1.37.0" "pyyaml>=6,<7" "pyzmq>=26,<28" "msgpack>=1,<2"
 run .venv-client-tgi "text-generation==0.7.0"
 run .venv-client-openai "openai>=1.60,<3" "jsonschema>=4,<5"

@@ -13,7 +13,8 @@ import pytest
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "models", "llama")
 
 
-def _serve(*extra, model=("--model-id", FIXTURE, "--served-model-name", "tiny-llama", "--served-model-name", "llama")):
+def _serve(*extra, model=("--model-id", FIXTURE, "--served-model-name", "tiny-llama", "--served-model-name", "llama"),
+           kv_mib="16"):
     """Start the binary on the tiny `llama` fixture (served as `tiny-llama` and `llama`;
     `model=()` serves the bundled demo model) with `extra` flags; yield its URL; stop it
     with SIGTERM, which must exit 0."""
@@ -21,7 +22,7 @@ def _serve(*extra, model=("--model-id", FIXTURE, "--served-model-name", "tiny-ll
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [os.environ["RILL_BIN"], "--hostname", "127.0.0.1", "--port", str(port), "--kv-cache-memory-mib", "16",
+        [os.environ["RILL_BIN"], "--hostname", "127.0.0.1", "--port", str(port), "--kv-cache-memory-mib", kv_mib,
          *model, *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -61,3 +62,18 @@ def keyed_server():
 def demo_url():
     """A fresh server on the bundled demo model (no `--model-id`)."""
     yield from _serve(model=())
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def kv_events_server():
+    """A server with a small KV cache (85 blocks) that publishes KV events:
+    `(url, zmq_endpoint)`."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    for url in _serve("--kv-events-endpoint", endpoint, kv_mib="1"):
+        yield url, endpoint

@@ -75,6 +75,13 @@ pub struct Args {
     /// to the bit either way).
     #[arg(long, env = "PREFIX_CACHING", default_value_t = true, action = clap::ArgAction::Set)]
     pub prefix_caching: bool,
+    /// Publish the prefix cache's changes as vLLM's KV events (msgpack over ZeroMQ PUB)
+    /// on this endpoint, e.g. `tcp://*:5557`, for prefix-aware routers. Off by default.
+    #[arg(long, env = "KV_EVENTS_ENDPOINT")]
+    pub kv_events_endpoint: Option<String>,
+    /// The topic frame of every KV-event message.
+    #[arg(long, env = "KV_EVENTS_TOPIC", default_value = "kv-events")]
+    pub kv_events_topic: String,
     /// Where to run the model.
     #[arg(long, env = "DEVICE", value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,

@@ -23,6 +23,9 @@
 //! first, so a prompt's tail goes before the prefix other prompts share).
 //! [`BlockManager::check_invariants`] verifies the three sets, the counts and the hash
 //! index agree, and runs after every mutation in debug builds.
+//!
+//! With [`BlockManager::record_events`], every change to the set of hashed blocks is
+//! also logged as a [`KvEvent`] (vLLM's KV events), for prefix-aware routers.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -39,6 +42,19 @@ struct Block {
     hash: Option<BlockHash>,
     /// When it was last released to the cached pool (its key there).
     released_at: u64,
+}
+
+/// A change to the set of hashed blocks (vLLM's `BlockStored` / `BlockRemoved` /
+/// `AllBlocksCleared`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvEvent {
+    /// A full block of `tokens` is now registered under `hash`, after the block hashed
+    /// `parent` (`None` for a sequence's first block).
+    Stored { hash: BlockHash, parent: Option<BlockHash>, tokens: Vec<u32> },
+    /// No block is registered under `hash` any more (evicted, or its step failed).
+    Removed { hash: BlockHash },
+    /// Nothing is cached (a fresh engine).
+    AllCleared,
 }
 
 /// What the prefix cache did since start-up (the metrics' counters).
@@ -67,6 +83,9 @@ pub struct BlockManager {
     namespace: BlockHash,
     clock: u64,
     stats: CacheStats,
+    /// Changes to the hashed set since the last [`BlockManager::take_events`], when
+    /// recording ([`BlockManager::record_events`]).
+    events: Option<Vec<KvEvent>>,
 }
 
 impl BlockManager {
@@ -82,6 +101,25 @@ impl BlockManager {
             namespace: [0; 32],
             clock: 0,
             stats: CacheStats::default(),
+            events: None,
+        }
+    }
+
+    /// Log every change to the set of hashed blocks from now on, starting with
+    /// [`KvEvent::AllCleared`] (nothing is cached yet, whatever a subscriber knew).
+    pub fn record_events(&mut self) {
+        self.events = Some(vec![KvEvent::AllCleared]);
+    }
+
+    /// The changes logged since the last call (empty when not recording).
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Log `event` when recording.
+    fn log(&mut self, event: KvEvent) {
+        if let Some(events) = &mut self.events {
+            events.push(event);
         }
     }
 
@@ -177,6 +215,7 @@ impl BlockManager {
             let (_, b) = self.evictable.pop_first().expect("counted as available");
             let hash = self.blocks[b.index()].hash.take().expect("cached blocks are hashed");
             self.by_hash.remove(&hash);
+            self.log(KvEvent::Removed { hash });
             self.stats.evictions += 1;
             blocks.push(b);
         }
@@ -214,8 +253,15 @@ impl BlockManager {
     /// be once the step that fills it has run: a step writes every layer's K/V before that
     /// layer's attention reads it, so a sequence of the same step may already share it).
     /// When another block already holds that content, `b` stays unregistered (it is freed,
-    /// not cached, when released). No-op without prefix caching.
-    pub fn register(&mut self, b: BlockId, hash: BlockHash) {
+    /// not cached, when released). No-op without prefix caching. `parent` and `tokens`
+    /// (the block's) are for the [`KvEvent::Stored`] it logs.
+    pub fn register(
+        &mut self,
+        b: BlockId,
+        hash: BlockHash,
+        parent: Option<BlockHash>,
+        tokens: &[TokenId],
+    ) {
         if !self.caching() || self.by_hash.contains_key(&hash) {
             return;
         }
@@ -224,6 +270,8 @@ impl BlockManager {
         if block.hash.is_none() {
             block.hash = Some(hash);
             self.by_hash.insert(hash, b);
+            let tokens = tokens.iter().map(|t| t.0).collect();
+            self.log(KvEvent::Stored { hash, parent, tokens });
         }
     }
 
@@ -237,6 +285,7 @@ impl BlockManager {
     pub fn forget(&mut self, b: BlockId) {
         if let Some(hash) = self.blocks[b.index()].hash.take() {
             self.by_hash.remove(&hash);
+            self.log(KvEvent::Removed { hash });
         }
     }
 

@@ -27,6 +27,7 @@ use rill_backend::device::Device;
 use rill_proto::{SamplingParams, SeqId, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
+use crate::block_manager::KvEvent;
 use crate::metrics as m;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::sequence::{FinishReason, Sequence, StopCriteria};
@@ -173,6 +174,20 @@ pub fn spawn<D: Device>(
 where
     Runner<D>: Send,
 {
+    spawn_with_kv_events(runner, config, eos_token_ids, None)
+}
+
+/// Start the engine thread; with `kv_events`, it sends the prefix cache's changes there
+/// once per step that made any ([`crate::kv_events`]).
+pub fn spawn_with_kv_events<D: Device>(
+    runner: Runner<D>,
+    config: SchedulerConfig,
+    eos_token_ids: Vec<u32>,
+    kv_events: Option<async_mpsc::UnboundedSender<Vec<KvEvent>>>,
+) -> EngineHandle
+where
+    Runner<D>: Send,
+{
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(EngineStats::default());
     let published = Arc::clone(&stats);
@@ -181,7 +196,10 @@ where
         .spawn(move || {
             // Everything besides the tokens that decides what a block's K/V is.
             let model = format!("{:?} on {}", runner.config(), runner.device_name());
-            let scheduler = Scheduler::for_model(config, runner.num_blocks(), &model);
+            let mut scheduler = Scheduler::for_model(config, runner.num_blocks(), &model);
+            if kv_events.is_some() {
+                scheduler.record_kv_events();
+            }
             let replies = HashMap::new();
             let stats = Arc::clone(&published);
             let mut engine = EngineLoop {
@@ -193,6 +211,7 @@ where
                 stats,
                 steps: 0,
                 panic_at_step: injected_panic_step(),
+                kv_events,
             };
             // The panic itself is printed by the panic hook, with its location.
             if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| engine.run())) {
@@ -235,6 +254,8 @@ struct EngineLoop<D: Device> {
     /// Steps run so far, and the one the tests' fault injection panics at.
     steps: u64,
     panic_at_step: Option<u64>,
+    /// Where the prefix cache's changes go (`--kv-events-endpoint`).
+    kv_events: Option<async_mpsc::UnboundedSender<Vec<KvEvent>>>,
 }
 
 impl<D: Device> EngineLoop<D> {
@@ -398,7 +419,13 @@ impl<D: Device> EngineLoop<D> {
         self.replies.get(&id).is_some_and(|r| r.events.send(event).is_ok())
     }
 
-    fn publish_stats(&self) {
+    fn publish_stats(&mut self) {
+        if let Some(tx) = &self.kv_events {
+            let events = self.scheduler.take_kv_events();
+            if !events.is_empty() {
+                let _ = tx.send(events);
+            }
+        }
         let blocks = self.scheduler.blocks();
         let s = &self.stats;
         s.kv_blocks_used.store(blocks.num_used(), Ordering::Relaxed);

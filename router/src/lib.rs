@@ -20,6 +20,7 @@ pub mod engine;
 pub mod hf;
 pub mod infer;
 pub mod kserve;
+pub mod kv_events;
 pub mod metrics;
 pub mod openai;
 pub mod request_id;

@@ -28,10 +28,12 @@ use rill_backend::{Cpu, Cuda, DType, LoadFormat, ModelConfig, ModelDir, Runner, 
 use rill_proto::BLOCK_SIZE;
 use rill_proto::api::Info;
 use rill_router::auth::ApiKeys;
+use rill_router::block_manager::KvEvent;
 use rill_router::chat_template::ChatTemplates;
 use rill_router::embeddings::PoolingConfig;
 use rill_router::engine;
 use rill_router::infer::{Infer, TokenBytes};
+use rill_router::kv_events::Publisher;
 use rill_router::openai::tools::ToolSyntax;
 use rill_router::response_cache::ResponseCache;
 use rill_router::scheduler::SchedulerConfig;
@@ -139,7 +141,11 @@ fn explicit_kv_bytes(args: &Args, c: &ModelConfig) -> Option<usize> {
 }
 
 /// Load the model and start the engine; runs on a blocking thread.
-fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
+fn load(
+    args: &Args,
+    dir: &std::path::Path,
+    kv_events: Option<tokio::sync::mpsc::UnboundedSender<Vec<KvEvent>>>,
+) -> Result<Infer> {
     let dtype = match &args.dtype {
         None => None,
         Some(d) => Some(
@@ -164,7 +170,7 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
             let opts = RunnerOptions { kv_cache_bytes, load_format };
             let detail = format!("{} threads", device.threads());
             let runner = Runner::load(dir, c, device, &opts)?;
-            start(args, dir, model, runner, &detail, max_batch_prefill_tokens, t)
+            start(args, kv_events, model, runner, &detail, max_batch_prefill_tokens, t)
         }
         Engine::Cuda(device) => {
             // TGI's default: a GPU runs 4096 prefill tokens in about the time of a decode
@@ -173,7 +179,7 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
             let (major, minor) = device.compute_capability();
             let detail = format!("{} (sm_{major}{minor})", device.gpu_name());
             let runner = load_cuda(args, dir, c, *device, load_format, max_batch_prefill_tokens)?;
-            start(args, dir, model, runner, &detail, max_batch_prefill_tokens, t)
+            start(args, kv_events, model, runner, &detail, max_batch_prefill_tokens, t)
         }
     }
 }
@@ -181,7 +187,7 @@ fn load(args: &Args, dir: &std::path::Path) -> Result<Infer> {
 /// Check the limits against the loaded model and its KV cache, and start the engine.
 fn start<D: Device>(
     args: &Args,
-    dir: &std::path::Path,
+    kv_events: Option<tokio::sync::mpsc::UnboundedSender<Vec<KvEvent>>>,
     model: ModelDir,
     runner: Runner<D>,
     device_detail: &str,
@@ -215,7 +221,7 @@ where
     }
     let max_batch_size = max_batch_size(args);
     tracing::info!(
-        model = %dir.display(),
+        model = %model.path.display(),
         architecture = c.architecture.hf_name(),
         parameters = c.num_parameters(),
         device = runner.device_name(),
@@ -234,7 +240,8 @@ where
         max_batch_size,
         prefix_caching: args.prefix_caching,
     };
-    let engine = engine::spawn(runner, config, model.eos_token_ids.clone());
+    let engine =
+        engine::spawn_with_kv_events(runner, config, model.eos_token_ids.clone(), kv_events);
     let limits = Limits {
         max_input_tokens: max_input,
         max_total_tokens: max_total,
@@ -245,7 +252,7 @@ where
         vocab_size: c.vocab_size,
     };
     let tokenizer = Arc::new(model.tokenizer);
-    let path = dir.join("tokenizer.json");
+    let path = model.path.join("tokenizer.json");
     let json: serde_json::Value = serde_json::from_slice(
         &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
     )
@@ -443,10 +450,29 @@ async fn main() -> Result<()> {
     let app = server::router(Arc::clone(&state), &server_config);
 
     let timeout = Duration::from_secs(args.graceful_termination_timeout);
+    // Bound before the model loads, so that a bad endpoint fails at once.
+    let kv_events = match &args.kv_events_endpoint {
+        None => None,
+        Some(endpoint) => {
+            let gpu = match args.device {
+                DeviceArg::Cpu => false,
+                DeviceArg::Cuda => true,
+                DeviceArg::Auto => Cuda::probe(0).is_ok(),
+            };
+            let medium = if gpu { "GPU" } else { "CPU" };
+            let publisher = Publisher::bind(endpoint, args.kv_events_topic.clone(), medium)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(endpoint, topic = args.kv_events_topic, "publishing KV events");
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(publisher.run(rx));
+            Some(tx)
+        }
+    };
     {
         let state = Arc::clone(&state);
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || match load(&args, &dir) {
+        tokio::task::spawn_blocking(move || match load(&args, &dir, kv_events) {
             Ok(infer) => {
                 state.set_ready(infer);
                 runtime.spawn(exit_when_the_engine_dies(state));

@@ -138,6 +138,16 @@ impl Scheduler {
         &self.blocks
     }
 
+    /// Log the prefix cache's changes from now on ([`BlockManager::record_events`]).
+    pub fn record_kv_events(&mut self) {
+        self.blocks.record_events();
+    }
+
+    /// The prefix cache's changes since the last call.
+    pub fn take_kv_events(&mut self) -> Vec<crate::block_manager::KvEvent> {
+        self.blocks.take_events()
+    }
+
     pub fn num_waiting(&self) -> usize {
         self.waiting.len()
     }
@@ -389,9 +399,11 @@ impl Scheduler {
             return;
         }
         let seq = &mut self.running[i];
-        let hashes = seq.block_hashes(full, &self.blocks)[first..].to_vec();
-        for (&b, hash) in seq.blocks()[first..full].iter().zip(hashes) {
-            self.blocks.register(b, hash);
+        let hashes = seq.block_hashes(full, &self.blocks).to_vec();
+        for k in first..full {
+            let parent = k.checked_sub(1).map(|p| hashes[p]);
+            let tokens = &seq.tokens()[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE];
+            self.blocks.register(seq.blocks()[k], hashes[k], parent, tokens);
         }
     }
 
