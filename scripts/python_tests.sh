@@ -3,7 +3,8 @@
 # InferenceClient (TGI routes, the Inference API, chat_completion), `requests` as the
 # Inference API documentation writes it, Triton's `tritonclient[http]`, TGI's own
 # `text-generation` client, which pins huggingface_hub < 1.0 and so gets a virtualenv
-# of its own, and the official `openai` SDK. The virtualenvs are
+# of its own, the official `openai` SDK, and schemathesis against the OpenAPI
+# document. The virtualenvs are
 # made here (from PyPI) on first use and reused after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,3 +40,4 @@ run .venv-client-hub "huggingface_hub>=1.0,<3" "numpy>=1.24" "jsonschema>=4,<5" 
     "kubernetes-validate==1.37.0" "pyyaml>=6,<7" "pyzmq>=26,<28" "msgpack>=1,<2"
 run .venv-client-tgi "text-generation==0.7.0"
 run .venv-client-openai "openai>=1.60,<3" "jsonschema>=4,<5"
+run .venv-client-schemathesis "schemathesis==4.32.5"
