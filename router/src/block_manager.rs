@@ -270,8 +270,10 @@ impl BlockManager {
         if block.hash.is_none() {
             block.hash = Some(hash);
             self.by_hash.insert(hash, b);
-            let tokens = tokens.iter().map(|t| t.0).collect();
-            self.log(KvEvent::Stored { hash, parent, tokens });
+            if self.events.is_some() {
+                let tokens = tokens.iter().map(|t| t.0).collect();
+                self.log(KvEvent::Stored { hash, parent, tokens });
+            }
         }
     }
 

@@ -99,8 +99,6 @@ pub struct Infer {
     /// Mean duration of recent requests in seconds (an exponential moving average, as
     /// f64 bits), for the time a refused request is told to wait.
     recent_duration: Arc<AtomicU64>,
-    /// No new requests (the server is draining); those in flight go on.
-    closed: std::sync::atomic::AtomicBool,
 }
 
 /// One generated token, as every family needs it.
@@ -194,13 +192,7 @@ impl Infer {
             permits: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
             recent_duration: Arc::new(AtomicU64::new(0f64.to_bits())),
-            closed: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    /// Take no new requests (503); those in flight finish.
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
     }
 
     /// Requests holding a concurrency permit (validated and submitted, not finished).
@@ -218,14 +210,11 @@ impl Infer {
         self.engine.died().await
     }
 
-    /// A concurrency permit for one new request: 503 when closed or the engine is dead,
-    /// 429 when the server is full. Validation holds one while it tokenizes and compiles
-    /// (TGI's rule: a full server refuses before doing that work), each generation one
-    /// while it runs.
+    /// A concurrency permit for one new request: 503 when the engine is dead, 429 when
+    /// the server is full. Validation holds one while it tokenizes and compiles (TGI's
+    /// rule: a full server refuses before doing that work), each generation one while it
+    /// runs.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, InferError> {
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(InferError::Unavailable("the server is shutting down"));
-        }
         if self.engine.failure().is_some() {
             return Err(InferError::Unavailable("the engine has failed; the server is restarting"));
         }

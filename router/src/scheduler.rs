@@ -399,11 +399,13 @@ impl Scheduler {
             return;
         }
         let seq = &mut self.running[i];
-        let hashes = seq.block_hashes(full, &self.blocks).to_vec();
+        // The new blocks' hashes, and their first one's parent.
+        let from = first.saturating_sub(1);
+        let hashes = seq.block_hashes(full, &self.blocks)[from..].to_vec();
         for k in first..full {
-            let parent = k.checked_sub(1).map(|p| hashes[p]);
+            let parent = k.checked_sub(1).map(|p| hashes[p - from]);
             let tokens = &seq.tokens()[k * BLOCK_SIZE..(k + 1) * BLOCK_SIZE];
-            self.blocks.register(seq.blocks()[k], hashes[k], parent, tokens);
+            self.blocks.register(seq.blocks()[k], hashes[k - from], parent, tokens);
         }
     }
 

@@ -64,8 +64,8 @@ pub struct AppState {
     pub estimated_load_secs: f64,
     /// Bounds concurrent tokenization jobs (`--validation-workers`).
     pub validation_workers: Arc<tokio::sync::Semaphore>,
-    /// Set on SIGTERM/SIGINT: readiness answers 503 and new requests are refused while
-    /// those in flight finish ([`AppState::drain`]).
+    /// Set on SIGTERM/SIGINT: readiness answers 503 and new requests are refused (at
+    /// validation, which every request passes through) while those in flight finish.
     pub draining: std::sync::atomic::AtomicBool,
 }
 
@@ -88,16 +88,10 @@ impl AppState {
     /// Stop taking requests (503) and go unready; those in flight go on.
     pub fn drain(&self) {
         self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(infer) = self.ready.get() {
-            infer.close();
-        }
     }
 
     /// The model has loaded: serve it, and wake the requests waiting for it.
     pub fn set_ready(&self, infer: Infer) {
-        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
-            infer.close();
-        }
         let _ = self.ready.set(infer);
         self.loaded.notify_waiters();
     }
@@ -129,7 +123,10 @@ impl AppState {
         E: From<InferError> + Send + 'static,
     {
         metrics::counter!(m::REQUEST_COUNT).increment(1);
-        // Refused (429, 503) before any tokenizing or compiling.
+        // Refused (503 draining or dead, 429 full) before any tokenizing or compiling.
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(InferError::Unavailable("the server is shutting down").into());
+        }
         let _admission = self.infer()?.admit()?;
         // Closed only if the server is shutting down.
         let _worker = self
