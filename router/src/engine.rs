@@ -260,6 +260,14 @@ struct EngineLoop<D: Device> {
 
 impl<D: Device> EngineLoop<D> {
     fn run(&mut self) {
+        // Constant for the process: what a prefix-aware router needs to hash prompts
+        // the way this cache does (vLLM's `cache_config_info`).
+        metrics::gauge!(
+            m::CACHE_CONFIG_INFO,
+            "block_size" => rill_proto::BLOCK_SIZE.to_string(),
+            "num_blocks" => self.scheduler.blocks().num_blocks().to_string(),
+        )
+        .set(1.0);
         while self.intake() {
             let batch = self.scheduler.schedule();
             self.publish_stats();

@@ -37,6 +37,9 @@ pub const KV_BLOCKS_TOTAL: &str = "rill_kv_blocks_total";
 /// `rill_kv_blocks_used / rill_kv_blocks_total` (0–1), what load-aware routers scrape
 /// (vLLM's `kv_cache_usage_perc`).
 pub const KV_CACHE_USAGE: &str = "rill_kv_cache_usage";
+/// Always 1; the labels `block_size` (tokens per KV block) and `num_blocks` describe
+/// the cache, for routers that read them (the inference extension's `--cache-info-metric`).
+pub const CACHE_CONFIG_INFO: &str = "rill_cache_config_info";
 pub const PREEMPTIONS: &str = "rill_preemptions";
 /// Blocks that hold no request but keep a prefix's K/V for later ones (evictable).
 pub const KV_BLOCKS_CACHED: &str = "rill_kv_blocks_cached";
@@ -114,6 +117,11 @@ pub const SERIES: &[(&str, Kind, &str)] = &[
     (KV_BLOCKS_USED, Kind::Gauge, "KV-cache blocks held by requests"),
     (KV_BLOCKS_TOTAL, Kind::Gauge, "KV-cache blocks in all"),
     (KV_CACHE_USAGE, Kind::Gauge, "Fraction of the KV cache held by requests (0-1)"),
+    (
+        CACHE_CONFIG_INFO,
+        Kind::Gauge,
+        "Always 1; labels block_size (tokens per KV block) and num_blocks describe the KV cache",
+    ),
     (
         KV_BLOCKS_CACHED,
         Kind::Gauge,
