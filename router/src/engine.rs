@@ -268,6 +268,7 @@ impl<D: Device> EngineLoop<D> {
             "num_blocks" => self.scheduler.blocks().num_blocks().to_string(),
         )
         .set(1.0);
+        metrics::counter!(m::KV_CACHE_INVARIANT_VIOLATIONS).increment(0);
         while self.intake() {
             let batch = self.scheduler.schedule();
             self.publish_stats();
@@ -331,6 +332,7 @@ impl<D: Device> EngineLoop<D> {
     /// ones whose receiver is gone. False when the engine should stop.
     fn intake(&mut self) -> bool {
         if self.scheduler.is_idle() {
+            self.check_idle();
             self.publish_stats();
             match self.rx.recv() {
                 Ok(s) => self.admit(s),
@@ -347,6 +349,21 @@ impl<D: Device> EngineLoop<D> {
             self.replies.remove(&id);
         }
         true
+    }
+
+    /// With nothing running or waiting, every block must be free or cached and the block
+    /// manager consistent; a violation (a bug) is logged and counted, never fatal. One
+    /// pass over the block table each time the engine goes idle.
+    fn check_idle(&self) {
+        let blocks = self.scheduler.blocks();
+        let held = blocks.num_used();
+        let fault = blocks.check_invariants().err().or_else(|| {
+            (held > 0).then(|| format!("{held} KV blocks held with no request running"))
+        });
+        if let Some(fault) = fault {
+            tracing::error!(%fault, "KV cache invariant violated");
+            metrics::counter!(m::KV_CACHE_INVARIANT_VIOLATIONS).increment(1);
+        }
     }
 
     fn admit(&mut self, s: Submission) {

@@ -41,6 +41,9 @@ pub const KV_CACHE_USAGE: &str = "rill_kv_cache_usage";
 /// the cache, for routers that read them (the inference extension's `--cache-info-metric`).
 pub const CACHE_CONFIG_INFO: &str = "rill_cache_config_info";
 pub const PREEMPTIONS: &str = "rill_preemptions";
+/// Times the engine, going idle, found the block manager inconsistent or a block still
+/// held with nothing running (a leak); each is logged with what was wrong. Always 0.
+pub const KV_CACHE_INVARIANT_VIOLATIONS: &str = "rill_kv_cache_invariant_violations";
 /// Blocks that hold no request but keep a prefix's K/V for later ones (evictable).
 pub const KV_BLOCKS_CACHED: &str = "rill_kv_blocks_cached";
 /// Prefix caching, in tokens: looked up (each admission of a sequence that may use the
@@ -128,6 +131,11 @@ pub const SERIES: &[(&str, Kind, &str)] = &[
         "KV-cache blocks no request holds that keep a prefix for later requests (evictable)",
     ),
     (PREEMPTIONS, Kind::Counter, "Sequences preempted for KV memory and recomputed"),
+    (
+        KV_CACHE_INVARIANT_VIOLATIONS,
+        Kind::Counter,
+        "Idle moments at which the KV block manager was inconsistent or still held blocks (a bug)",
+    ),
     (PREFIX_CACHE_QUERIES, Kind::Counter, "Prompt tokens looked up in the prefix cache"),
     (PREFIX_CACHE_HITS, Kind::Counter, "Prompt tokens found in the prefix cache"),
     (PREFIX_CACHE_EVICTIONS, Kind::Counter, "Cached KV blocks evicted to make room"),
@@ -162,8 +170,28 @@ fn powers_of_two(max: f64) -> Vec<f64> {
     std::iter::successors(Some(1.0), |x| Some(x * 2.0)).take_while(|x| *x <= max).collect()
 }
 
-/// Install the process-wide recorder; render its text with [`PrometheusHandle::render`].
-pub fn install() -> Result<PrometheusHandle, BuildError> {
+/// What `/metrics` renders: Rill's series and the process's own (`process_*`: resident
+/// and virtual memory, CPU seconds, open files, threads, start time), read at each scrape.
+#[derive(Clone, Debug)]
+pub struct Exporter {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+impl Exporter {
+    pub fn render(&self) -> String {
+        self.process.collect();
+        self.handle.render()
+    }
+
+    /// Histograms are summarised over a window; upkeep keeps that window moving.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+/// Install the process-wide recorder.
+pub fn install() -> Result<Exporter, BuildError> {
     let tokens = powers_of_two(262_144.0);
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_duration".into()), SECONDS)?
@@ -174,7 +202,9 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Full(BATCH_NEXT_TOKENS.into()), &tokens)?
         .install_recorder()?;
     describe();
-    Ok(handle)
+    let process = metrics_process::Collector::default();
+    process.describe();
+    Ok(Exporter { handle, process })
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ use crate::{hf, kserve, openai, tgi};
 #[derive(Debug)]
 pub struct AppState {
     /// Renders `/metrics` (absent in tests that install no recorder).
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub metrics: Option<m::Exporter>,
     /// `/info`'s answer; the token limits are filled in once the model is loaded.
     pub info: Info,
     /// The names a request's `model` may give (`--served-model-name`, else the

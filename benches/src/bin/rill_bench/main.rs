@@ -13,7 +13,8 @@
 //! shared system prompt before each request's own question (`shared-prefix`), or
 //! conversations that resend everything so far every turn (`multi-turn`). With
 //! `--baseline-url` the same workload then runs against a second server (say, the same
-//! model with `--prefix-caching false`) and the report gives the ratios.
+//! model with `--prefix-caching false`) and the report gives the ratios. `soak` is a
+//! bounded reliability run rather than a measurement (see `soak.rs`).
 //!
 //! ```text
 //! cargo run --release -p rill-benches --bin rill-bench -- --url http://127.0.0.1:3000 --clients 8
@@ -28,6 +29,8 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+mod soak;
+
 /// What the prompts look like.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Workload {
@@ -40,6 +43,11 @@ enum Workload {
     /// conversation (earlier questions and the server's answers) and a new question of
     /// about --prompt-tokens. --requests is ignored.
     MultiTurn,
+    /// A mixed workload for --duration-s (long prompts, dropped streams, grammars,
+    /// best_of, n, stop strings, refused requests) checking, at each idle point between
+    /// rounds, that no KV block leaked, the block manager stayed consistent and resident
+    /// memory stays flat; fails if anything does not hold.
+    Soak,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -76,6 +84,19 @@ struct Args {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// How long the soak runs, in seconds (`soak`).
+    #[arg(long, default_value_t = 60.0)]
+    duration_s: f64,
+    /// Seconds per soak round; the server is let go idle and checked after each.
+    #[arg(long, default_value_t = 5.0)]
+    round_s: f64,
+    /// The soak's long prompts, in tokens.
+    #[arg(long, default_value_t = 1000)]
+    long_prompt_tokens: usize,
+    /// How much the server's resident memory may grow over the second half of the soak
+    /// (the first is warm-up), in MiB.
+    #[arg(long, default_value_t = 64.0)]
+    max_rss_growth_mib: f64,
 }
 
 /// What one request measured.
@@ -219,6 +240,7 @@ fn prompt_for(args: &Args, words: &Words, i: usize) -> String {
             words.about(args.prompt_tokens)
         ),
         Workload::MultiTurn => unreachable!("conversations build their own prompts"),
+        Workload::Soak => unreachable!("the soak builds its own requests"),
     }
 }
 
@@ -416,6 +438,9 @@ async fn main() -> Result<()> {
         bail!("--clients, --turns and --max-new-tokens must be positive");
     }
     let client = reqwest::Client::new();
+    if args.workload == Workload::Soak {
+        return soak::run(&client, &args).await;
+    }
     let report = run(&client, &args.url, &args).await?;
     report.print(&args);
     let baseline = match &args.baseline_url {
