@@ -17,6 +17,8 @@
 //! renders the conversations that `scripts/chat_templates/render.py` rendered with transformers
 //! through real models' templates and requires the same bytes (or the same refusal).
 
+#[cfg(test)]
+mod properties;
 mod pyjson;
 mod sandbox;
 #[cfg(test)]

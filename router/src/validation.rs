@@ -318,6 +318,78 @@ pub(crate) mod tests {
         }
     }
 
+    /// Any JSON value a client could send: leaves of every type (integers near the
+    /// edges of i64/u64, floats up to 1e300, strings with markup and odd characters),
+    /// nested arrays and objects up to a few levels.
+    pub(crate) fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![Just(u64::MAX), Just(1u64 << 53), 0u64..10].prop_map(Value::from),
+            prop_oneof![-1e300f64..1e300, -3.0f64..3.0, Just(0.0), Just(1.0), Just(1e39)]
+                .prop_map(Value::from),
+            "[ -~]{0,12}|\\PC{0,8}|\\{\\{ x \\}\\}|<\\|[a-z_]{1,9}\\|>".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// The JSON type a route's parameter takes, for [`params_object`].
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) enum Kind {
+        Float,
+        Int,
+        Bool,
+        Strings,
+        /// Anything (objects such as `grammar`).
+        Any,
+    }
+
+    /// A JSON object whose keys are mostly a route's real parameter names, each usually
+    /// with a value of its type near and beyond its bounds (floats up to ±1e39, which
+    /// parse as ±infinity into an f32), sometimes anything at all, plus made-up keys —
+    /// so that validation sees both nonsense and near-misses.
+    pub(crate) fn params_object(
+        known: &'static [(&'static str, Kind)],
+    ) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::Value;
+        let typed = |kind: Kind| -> BoxedStrategy<Value> {
+            match kind {
+                Kind::Float => prop_oneof![
+                    4 => (-2.5f64..3.0).prop_map(Value::from),
+                    1 => prop_oneof![Just(0.0), Just(1.0), Just(2.0), Just(1e39), Just(-1e39), Just(1e300)]
+                        .prop_map(Value::from),
+                ]
+                .boxed(),
+                Kind::Int => prop_oneof![
+                    4 => (-2i64..45).prop_map(Value::from),
+                    1 => prop_oneof![Just(u64::MAX), Just(1u64 << 32), Just(1u64 << 53)].prop_map(Value::from),
+                ]
+                .boxed(),
+                Kind::Bool => any::<bool>().prop_map(Value::Bool).boxed(),
+                Kind::Strings => proptest::collection::vec("[a-z ]{0,4}", 0..4).prop_map(Value::from).boxed(),
+                Kind::Any => any_json().boxed(),
+            }
+        };
+        let entry = prop_oneof![
+            18 => proptest::sample::select(known)
+                .prop_flat_map(move |(k, kind)| (Just(k.to_string()), typed(kind))),
+            1 => proptest::sample::select(known).prop_flat_map(|(k, _)| (Just(k.to_string()), any_json())),
+            1 => ("[a-z_]{1,10}", any_json()),
+        ];
+        proptest::collection::vec(entry, 0..6)
+            .prop_map(|entries| Value::Object(entries.into_iter().collect()))
+    }
+
     pub(crate) fn tokenizer() -> Tokenizer {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),

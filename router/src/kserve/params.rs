@@ -96,6 +96,48 @@ mod tests {
 
     use super::*;
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::validation::tests::Kind::{self, *};
+        use crate::validation::tests::{limits, params_object};
+
+        /// The protocol's names beside TGI's.
+        const NAMES: &[(&str, Kind)] = &[
+            ("max_tokens", Int),
+            ("max_new_tokens", Int),
+            ("temperature", Float),
+            ("top_p", Float),
+            ("top_k", Int),
+            ("stop", Strings),
+            ("seed", Int),
+            ("exclude_input_in_output", Bool),
+            ("return_full_text", Bool),
+            ("best_of", Int),
+            ("repetition_penalty", Float),
+            ("do_sample", Bool),
+            ("details", Bool),
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+            /// Any parameters: never a panic; what maps onto TGI's parameters then passes
+            /// or fails TGI's own checks, and a temperature of 0 always means greedy.
+            #[test]
+            fn any_parameters_map_or_are_refused(given in params_object(NAMES)) {
+                let zero = given.get("temperature").and_then(Value::as_f64) == Some(0.0);
+                if let Ok(p) = generate_parameters(given.as_object().unwrap()) {
+                    if zero {
+                        prop_assert!(!p.do_sample && p.temperature.is_none());
+                    }
+                    let _ = tgi::check_parameters(&p, false, &limits());
+                }
+            }
+        }
+    }
+
     fn params(v: Value) -> Result<GenerateParameters, String> {
         generate_parameters(v.as_object().unwrap())
     }

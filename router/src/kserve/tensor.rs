@@ -329,6 +329,87 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::validation::tests::any_json;
+
+        fn datatype() -> impl Strategy<Value = String> {
+            prop_oneof![
+                proptest::sample::select(vec![
+                    "BOOL", "UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "FP32",
+                    "UINT64", "INT64", "FP64", "BYTES", "FP16", "BF16",
+                ])
+                .prop_map(String::from),
+                "[A-Z0-9]{0,6}",
+            ]
+        }
+
+        /// An input tensor as a client might declare it: any shape (negative, zero,
+        /// huge dimensions), any datatype, JSON data or a claim on the binary part.
+        fn tensor() -> impl Strategy<Value = InputTensor> {
+            let dim = prop_oneof![4 => 0i64..5, 1 => any::<i64>(), 1 => Just(1i64 << 32)];
+            let size = prop_oneof![4 => (0u64..64).prop_map(Value::from), 1 => any_json()];
+            (
+                "[a-z]{1,6}",
+                proptest::collection::vec(dim, 0..4),
+                datatype(),
+                proptest::option::of(size),
+                proptest::option::of(prop_oneof![Just("base64"), Just("str")]),
+                proptest::option::of(any_json()),
+            )
+                .prop_map(|(name, shape, datatype, size, content_type, data)| {
+                    let mut parameters = Map::new();
+                    if let Some(s) = size {
+                        parameters.insert("binary_data_size".into(), s);
+                    }
+                    if let Some(c) = content_type {
+                        parameters.insert("content_type".into(), Value::from(c));
+                    }
+                    InputTensor { name, shape, datatype, parameters, data }
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+            /// Untrusted declarations over untrusted bytes: never a panic (no overflow, no
+            /// huge allocation); what decodes holds exactly its shape's element count and
+            /// every binary byte was claimed by some input.
+            #[test]
+            fn any_tensors_over_any_bytes_decode_or_are_refused(
+                inputs in proptest::collection::vec(tensor(), 0..3),
+                binary in proptest::collection::vec(any::<u8>(), 0..80),
+            ) {
+                let shapes: Vec<Vec<i64>> = inputs.iter().map(|t| t.shape.clone()).collect();
+                if let Ok(tensors) = decode_inputs(inputs, &binary) {
+                    for (t, declared) in tensors.iter().zip(shapes) {
+                        // Decoding checked the product; a zero dimension makes it 0 whatever follows.
+                        let count = if declared.contains(&0) { 0 } else { declared.iter().product::<i64>() };
+                        prop_assert_eq!(t.elements.len() as i64, count);
+                    }
+                }
+            }
+
+            /// The binary extension's header length, whatever the client sends.
+            #[test]
+            fn any_header_length_splits_or_is_refused(
+                length in prop_oneof![(0usize..100).prop_map(|n| n.to_string()), "\\PC{0,12}"],
+                body in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut headers = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&length) {
+                    headers.insert(HEADER_LENGTH, v);
+                }
+                let body = Bytes::from(body);
+                if let Ok((json, rest)) = split_body(&headers, &body) {
+                    prop_assert_eq!(json.len() + rest.len(), body.len());
+                }
+            }
+        }
+    }
+
     #[test]
     fn json_data_may_be_nested_and_must_fill_the_shape() {
         let t = input(

@@ -177,6 +177,64 @@ mod tests {
         }
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::validation::tests::Kind::{self, *};
+        use crate::validation::tests::{any_json, params_object};
+
+        /// The sampling fields of OpenAI's chat and completions requests.
+        const FIELDS: &[(&str, Kind)] = &[
+            ("temperature", Float),
+            ("top_p", Float),
+            ("n", Int),
+            ("stop", Strings),
+            ("seed", Int),
+            ("presence_penalty", Float),
+            ("frequency_penalty", Float),
+            ("logit_bias", Any),
+            ("stream", Bool),
+            ("stream_options", Any),
+            ("top_k", Int),
+            ("repetition_penalty", Float),
+            ("ignore_eos", Bool),
+            ("user", Any),
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+            /// Any fields: never a panic; a refusal is a 400 naming a parameter, and what
+            /// passes is in every range (finite), within the limits.
+            #[test]
+            fn any_fields_are_refused_by_name_or_valid(
+                fields in prop_oneof![9 => params_object(FIELDS), 1 => any_json()],
+                max_tokens in proptest::option::of(0u32..50),
+            ) {
+                let Ok(f) = serde_json::from_value::<SamplingFields>(fields) else { return Ok(()) };
+                match sampling(f, Prompt::Tokens(vec![1]), max_tokens, &limits()) {
+                    Err(e) => {
+                        prop_assert_eq!(e.status, 400);
+                        prop_assert!(e.detail.param.is_some(), "{}", e.detail.message);
+                    }
+                    Ok(ok) => {
+                        let s = &ok.spec.sampling;
+                        prop_assert!((1..=limits().max_n).contains(&ok.n));
+                        prop_assert!(ok.spec.stop.len() <= limits().max_stop_sequences);
+                        prop_assert!(s.temperature.is_finite() && s.temperature > 0.0, "{s:?}");
+                        prop_assert!(s.top_p > 0.0 && s.top_p <= 1.0, "{s:?}");
+                        prop_assert!(s.repetition_penalty.is_finite() && s.repetition_penalty > 0.0);
+                        prop_assert!((-2.0..=2.0).contains(&s.presence_penalty));
+                        prop_assert!((-2.0..=2.0).contains(&s.count_penalty));
+                        prop_assert!(s.logit_bias.iter().all(|&(t, b)| (t as usize) < limits().vocab_size
+                            && (-100.0..=100.0).contains(&b)));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn temperature_zero_is_greedy_and_absent_samples() {
         let greedy = parse(json!({"temperature": 0, "top_p": 0.5, "top_k": 3})).unwrap();

@@ -24,7 +24,8 @@ pub fn check_parameters(
     limits: &Limits,
 ) -> Result<(), ValidationError> {
     use ValidationError::*;
-    let positive = |v: Option<f32>| v.is_none_or(|v| v > 0.0);
+    // Finite too: a JSON number beyond f32's range (1e39) parses as infinity.
+    let positive = |v: Option<f32>| v.is_none_or(|v| v.is_finite() && v > 0.0);
     if !positive(p.temperature) {
         return Err(Temperature);
     }
@@ -162,6 +163,9 @@ mod tests {
         let cases = [
             (json!({"temperature": 0.0}), "`temperature` must be strictly positive"),
             (json!({"repetition_penalty": -1.0}), "`repetition_penalty` must be strictly positive"),
+            // Beyond f32, so infinite (found by the property test below).
+            (json!({"temperature": 1e39}), "`temperature` must be strictly positive"),
+            (json!({"repetition_penalty": 1e39}), "`repetition_penalty` must be strictly positive"),
             (json!({"frequency_penalty": 2.5}), "`frequency_penalty` must be >= -2.0 and <= 2.0"),
             (json!({"top_p": 1.0}), "`top_p` must be > 0.0 and < 1.0"),
             (json!({"typical_p": 0.0}), "`typical_p` must be > 0.0 and < 1.0"),
@@ -202,6 +206,71 @@ mod tests {
             check(json!({"inputs": "Hi", "parameters": {"decoder_input_details": true}}), true)
                 .unwrap_err();
         assert_eq!(err, ValidationError::PrefillDetailsStream);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::validation::tests::{any_json, params_object};
+
+        use crate::validation::tests::Kind::{self, *};
+
+        /// TGI's parameters (rill_proto::api::GenerateParameters) and their types.
+        const NAMES: &[(&str, Kind)] = &[
+            ("best_of", Int),
+            ("temperature", Float),
+            ("repetition_penalty", Float),
+            ("frequency_penalty", Float),
+            ("top_k", Int),
+            ("top_p", Float),
+            ("typical_p", Float),
+            ("do_sample", Bool),
+            ("max_new_tokens", Int),
+            ("return_full_text", Bool),
+            ("stop", Strings),
+            ("truncate", Int),
+            ("watermark", Bool),
+            ("details", Bool),
+            ("decoder_input_details", Bool),
+            ("seed", Int),
+            ("top_n_tokens", Int),
+            ("grammar", Any),
+            ("ignore_eos", Bool),
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+            /// Any body a client could send: never a panic; what passes every check is a
+            /// request the engine can run as asked — within the limits, every sampling
+            /// number finite and in its range, best_of only where TGI allows it.
+            #[test]
+            fn any_request_is_refused_or_valid(
+                inputs in prop_oneof![1 => any_json(), 9 => "\\PC{0,60}".prop_map(serde_json::Value::from)],
+                parameters in prop_oneof![9 => params_object(NAMES), 1 => any_json()],
+                stream in any::<bool>(),
+            ) {
+                let body = json!({"inputs": inputs, "parameters": parameters});
+                let Ok(req) = serde_json::from_value::<GenerateRequest>(body) else { return Ok(()) };
+                let Ok((spec, options)) = to_spec(req, stream, &limits()) else { return Ok(()) };
+                let Ok(valid) = prepare(spec, &limits(), &tokenizer(), None) else { return Ok(()) };
+                let l = limits();
+                prop_assert!(valid.max_new_tokens >= 1);
+                prop_assert!(valid.prompt.len() <= l.max_input_tokens);
+                prop_assert!(valid.prompt.len() + valid.max_new_tokens <= l.max_total_tokens);
+                prop_assert!(valid.stop.len() <= l.max_stop_sequences);
+                prop_assert!(valid.top_n_tokens <= l.max_top_n_tokens);
+                prop_assert!((1..=l.max_best_of).contains(&options.best_of));
+                prop_assert!(options.best_of == 1 || (!stream && valid.sampling.samples()));
+                let s = &valid.sampling;
+                prop_assert!(s.temperature.is_finite() && s.temperature > 0.0, "{s:?}");
+                prop_assert!(s.repetition_penalty.is_finite() && s.repetition_penalty > 0.0, "{s:?}");
+                prop_assert!((-2.0..=2.0).contains(&s.frequency_penalty), "{s:?}");
+                prop_assert!(s.top_p > 0.0 && s.top_p <= 1.0, "{s:?}");
+                prop_assert!(s.typical_p > 0.0 && s.typical_p <= 1.0, "{s:?}");
+            }
+        }
     }
 
     #[test]
