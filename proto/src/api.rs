@@ -81,15 +81,31 @@ pub struct JsonSchemaConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct GenerateRequest {
     pub inputs: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub parameters: Option<GenerateParameters>,
+}
+
+/// `parameters` as a JSON object (or null): serde's derive would also take a struct from
+/// an array, field by field in order, and `[null, null]` is no set of parameters.
+fn object_or_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    match Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(map) => {
+            T::deserialize(serde_json::Value::Object(map)).map(Some).map_err(D::Error::custom)
+        }
+    }
 }
 
 /// `POST /` (TGI compat): `stream` picks `/generate_stream` or `/generate`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, ToSchema)]
 pub struct CompatGenerateRequest {
     pub inputs: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub parameters: Option<GenerateParameters>,
     #[serde(default)]
     pub stream: bool,

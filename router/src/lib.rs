@@ -11,6 +11,7 @@
 //! Inference Protocol) — mounted on one port by [`server`], behind [`auth`]'s keys;
 //! [`chat_template`] renders chat prompts as transformers does.
 
+pub mod api_doc;
 pub mod auth;
 pub mod block_manager;
 pub mod chat_template;

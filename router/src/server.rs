@@ -266,16 +266,6 @@ impl AppState {
 )]
 pub struct ApiDoc;
 
-/// The whole document: the shared routes and every family's.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    doc.merge(tgi::TgiApi::openapi());
-    doc.merge(openai::OpenAiApi::openapi());
-    doc.merge(hf::HfApi::openapi());
-    doc.merge(kserve::KServeApi::openapi());
-    doc
-}
-
 /// HTTP-level settings.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -297,7 +287,10 @@ pub struct Guarded {
 
 pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     let mut app = Router::new()
-        .merge(SwaggerUi::new("/docs").url("/api-doc/openapi.json", openapi()))
+        .merge(SwaggerUi::new("/docs").external_url_unchecked(
+            "/api-doc/openapi.json",
+            crate::api_doc::document(&state.served_model_names),
+        ))
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .merge(tgi::open_routes())

@@ -108,6 +108,10 @@ async fn bad_requests_get_the_right_status_and_error_type() {
         (json!({"inputs": ""}), 422, "validation"),
         (json!({"inputs": 5}), 422, "validation"),
         (json!({"nothing": true}), 422, "validation"),
+        // Found by schemathesis: serde would read a struct from an array, field by field.
+        (json!({"inputs": "Hi", "parameters": [null, null]}), 422, "validation"),
+        // Found by the property tests: beyond f32, so infinite.
+        (json!({"inputs": "Hi", "parameters": {"temperature": 1e39}}), 422, "validation"),
     ];
     for (body, status, error_type) in cases {
         for path in ["/generate", "/generate_stream"] {

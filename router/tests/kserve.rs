@@ -96,6 +96,18 @@ async fn metadata_health_and_readiness() {
     let (status, err) = get(&server, "/v2/models/tiny/versions/2/ready").await;
     assert_eq!(status, 404, "{err}");
     assert_eq!(err["error"], "Request for unknown model: 'tiny' version 2 is not found");
+    // Any other method: 405 with the methods that path takes (found by schemathesis: the
+    // one catch-all route made axum list GET and POST everywhere).
+    let client = reqwest::Client::new();
+    for (path, allow) in [("/v2/models/tiny", "GET,HEAD"), ("/v2/models/tiny/infer", "POST")] {
+        let r = client
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{path}");
+        assert_eq!(r.headers()["allow"], allow, "{path}");
+    }
 }
 
 #[tokio::test]

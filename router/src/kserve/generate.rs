@@ -30,18 +30,73 @@ use crate::infer::{Generation, InferError, TokenEvent};
 use crate::server::{Answers, Ask, json_event, stream_tokens};
 use crate::tgi::{self, Options};
 
+/// The errors `infer` answers (documentation only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum InferErrors {
+    /// Bad tensors or parameters, or a body that is not the protocol's JSON
+    #[response(status = 400)]
+    Bad(KsErrorBody),
+    /// Missing or unknown API key (with `--api-key`)
+    #[response(status = 401)]
+    Unauthorized(KsErrorBody),
+    /// The API key is not scoped to this model
+    #[response(status = 403)]
+    Forbidden(KsErrorBody),
+    /// Unknown model or version
+    #[response(status = 404)]
+    NotFound(KsErrorBody),
+    /// The body is larger than `--payload-limit`
+    #[response(status = 413)]
+    TooLarge(KsErrorBody),
+    /// Generation failed (the protocol's status for it)
+    #[response(status = 500)]
+    Failed(KsErrorBody),
+    /// Overloaded
+    #[response(status = 429)]
+    Overloaded(KsErrorBody),
+    /// Loading, or shutting down
+    #[response(status = 503)]
+    Unavailable(KsErrorBody),
+}
+
+/// The errors `generate` and `generate_stream` answer (documentation only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum GenerateErrors {
+    /// Missing or unknown API key (with `--api-key`)
+    #[response(status = 401)]
+    Unauthorized(KsErrorBody),
+    /// The API key is not scoped to this model
+    #[response(status = 403)]
+    Forbidden(KsErrorBody),
+    /// Unknown model or version
+    #[response(status = 404)]
+    NotFound(KsErrorBody),
+    /// The body is larger than `--payload-limit`
+    #[response(status = 413)]
+    TooLarge(KsErrorBody),
+    /// Bad input or parameters, or a body that is not JSON
+    #[response(status = 422)]
+    Invalid(KsErrorBody),
+    /// Generation failed
+    #[response(status = 424)]
+    Failed(KsErrorBody),
+    /// Overloaded
+    #[response(status = 429)]
+    Overloaded(KsErrorBody),
+    /// Loading, or shutting down
+    #[response(status = 503)]
+    Unavailable(KsErrorBody),
+}
+
 /// Run an inference request (also `/v2/models/{model_name}/versions/1/infer`).
 #[utoipa::path(post, path = "/v2/models/{model_name}/infer", tag = "KServe v2",
     params(("model_name" = String, Path, description = "A served model name (may contain `/`)")),
     request_body(content = tensor::InferRequest, description = "JSON, or Triton's binary tensor data extension: this JSON (its length in `Inference-Header-Content-Length`) followed by the tensors' bytes"),
     responses(
         (status = 200, description = "`text_output`, in the input's shape (binary outputs follow the JSON, its length in `Inference-Header-Content-Length`)", body = tensor::InferResponse),
-        (status = 400, description = "Bad tensors or parameters", body = KsErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = KsErrorBody),
-        (status = 403, description = "The API key is not scoped to this model", body = KsErrorBody),
-        (status = 404, description = "Unknown model or version", body = KsErrorBody),
-        (status = 429, description = "Overloaded", body = KsErrorBody),
-        (status = 503, description = "Loading", body = KsErrorBody),
+        InferErrors,
     ))]
 #[allow(dead_code)] // documents the `/v2/models/{*path}` route
 pub(super) async fn infer_doc() {}
@@ -55,8 +110,7 @@ pub(super) async fn infer_doc() {}
     request_body = tensor::InferRequest,
     responses(
         (status = 200, description = "`text_output`", body = tensor::InferResponse),
-        (status = 400, description = "Bad tensors or parameters", body = KsErrorBody),
-        (status = 404, description = "Unknown model or version", body = KsErrorBody),
+        InferErrors,
     ))]
 #[allow(dead_code)] // documents the `/v2/models/{*path}` route
 pub(super) async fn versioned_infer_doc() {}
@@ -67,11 +121,7 @@ pub(super) async fn versioned_infer_doc() {}
     request_body = GenerateBody,
     responses(
         (status = 200, description = "The generated text", body = GenerateAnswer),
-        (status = 404, description = "Unknown model or version", body = KsErrorBody),
-        (status = 422, description = "Bad input or parameters", body = KsErrorBody),
-        (status = 424, description = "Generation failed", body = KsErrorBody),
-        (status = 429, description = "Overloaded", body = KsErrorBody),
-        (status = 503, description = "Loading", body = KsErrorBody),
+        GenerateErrors,
     ))]
 #[allow(dead_code)] // documents the `/v2/models/{*path}` route
 pub(super) async fn generate_doc() {}
@@ -82,8 +132,7 @@ pub(super) async fn generate_doc() {}
     request_body = GenerateBody,
     responses(
         (status = 200, description = "One `data:` event per token, its `text_output` the new text; the last carries `details` when asked; a failure mid-stream is an event `{\"error\"}`", body = GenerateChunk, content_type = "text/event-stream"),
-        (status = 422, description = "Bad input or parameters", body = KsErrorBody),
-        (status = 429, description = "Overloaded", body = KsErrorBody),
+        GenerateErrors,
     ))]
 #[allow(dead_code)] // documents the `/v2/models/{*path}` route
 pub(super) async fn generate_stream_doc() {}

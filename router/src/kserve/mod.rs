@@ -20,7 +20,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -75,7 +75,7 @@ pub fn open_routes() -> Router<Arc<AppState>> {
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{*path}", get(model_get))
+        .route("/v2/models/{*path}", get(model_get).fallback(model_other_method))
 }
 
 /// Routes behind `--api-key`.
@@ -343,6 +343,19 @@ async fn model_get(
             .into_response()
         }
     })
+}
+
+/// Any method but GET, HEAD and POST on `/v2/models/...`: 405 with the methods that path
+/// takes (a single catch-all route serves them all, so axum's own `Allow` would list both).
+async fn model_other_method(Path(path): Path<String>) -> Response {
+    let post = ["infer", "generate", "generate_stream"]
+        .iter()
+        .any(|action| path.rsplit_once('/').is_some_and(|(_, last)| last == *action));
+    let allow = if post { "POST" } else { "GET,HEAD" };
+    let mut response =
+        KsError::new(StatusCode::METHOD_NOT_ALLOWED, format!("allowed: {allow}")).into_response();
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 async fn model_post(

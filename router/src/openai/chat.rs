@@ -541,6 +541,8 @@ impl ChunkShaper for ChatStream {
     responses(
         (status = 200, description = "The rendered prompt and its tokens", body = ChatTokenizeResponse),
         (status = 400, description = "Invalid request or template error", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 503, description = "Model is loading", body = ErrorBody),
     ))]
 pub async fn chat_tokenize(
     State(state): State<Arc<AppState>>,

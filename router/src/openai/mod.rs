@@ -40,6 +40,7 @@ use crate::sequence::FinishReason;
 use crate::server::{AppState, Guarded, record_failure, sse_json};
 use crate::validation::{ValidRequest, ValidationError};
 
+pub use params::{MAX_COMPLETION_LOGPROBS, MAX_TOP_LOGPROBS};
 pub use types::*;
 
 /// OpenAI's paths and schemas in the OpenAPI document.

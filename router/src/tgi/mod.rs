@@ -57,6 +57,18 @@ pub struct TgiApi;
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
 enum GenerationErrors {
+    /// Malformed body: not JSON, or sent without `Content-Type: application/json`
+    #[response(status = 400, example = json!({"error": "Expected request with `Content-Type: application/json`", "error_type": "malformed_json"}))]
+    Malformed(ErrorResponse),
+    /// Missing or unknown API key (with `--api-key`)
+    #[response(status = 401)]
+    Unauthorized(ErrorResponse),
+    /// The API key is not scoped to this model
+    #[response(status = 403)]
+    Forbidden(ErrorResponse),
+    /// The body is larger than `--payload-limit`
+    #[response(status = 413)]
+    TooLarge(ErrorResponse),
     /// Input validation error
     #[response(status = 422, example = json!({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"}))]
     Validation(ErrorResponse),
@@ -301,7 +313,11 @@ pub(crate) async fn stream_response(
 #[utoipa::path(post, path = "/", tag = "Text Generation Inference",
     request_body = CompatGenerateRequest,
     responses(
-        (status = 200, description = "Generated text", body = Vec<GenerateResponse>),
+        (status = 200, description = "Generated text; with `stream: true`, tokens as `/generate_stream` sends them",
+            content(
+                (Vec<GenerateResponse> = "application/json"),
+                (StreamResponse = "text/event-stream"),
+            )),
         GenerationErrors,
     ))]
 async fn compat_generate(
@@ -323,6 +339,8 @@ async fn compat_generate(
     request_body = GenerateRequest,
     responses(
         (status = 200, description = "Tokens with character offsets", body = Vec<SimpleToken>),
+        (status = 400, description = "Malformed body: not JSON, or without `Content-Type: application/json`", body = ErrorResponse),
+        (status = 413, description = "The body is larger than `--payload-limit`", body = ErrorResponse),
         (status = 422, description = "Tokenization error", body = ErrorResponse),
         (status = 503, description = "Model is loading", body = ErrorResponse),
     ))]
