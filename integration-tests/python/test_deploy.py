@@ -4,9 +4,10 @@ projects publish, and agree with the running server.
 - The Helm chart (deploy/helm/rill) passes `helm lint` and renders, once per values file
   in its ci/ directory; every core kind it renders validates strictly (unknown fields
   fail) against Kubernetes 1.29's schemas with `kubernetes-validate`.
-- ServiceMonitor and HTTPRoute validate against their CRDs' schemas as the
-  kubernetes-models packages compile them (integration-tests/deploy-schemas; types,
-  required fields, enums and patterns; these validators do not reject unknown fields).
+- ServiceMonitor and HTTPRoute validate against their CRDs as the kubernetes-models
+  packages publish them (integration-tests/deploy-schemas): the validators compiled from
+  the CRDs' schemas (types, required fields, enums, patterns), then the packages'
+  TypeScript interfaces, by type-checking each document (an unknown field fails).
 - KServe's ServingRuntime and InferenceService (deploy/kserve) are read through the
   KServe Python SDK's models, generated from KServe's API: every field must be one the
   model declares (unknown fields fail), of its type, and the containers validate as
@@ -141,15 +142,20 @@ def test_custom_resources_validate_against_their_crd_schemas():
         pytest.skip("node or integration-tests/deploy-schemas/node_modules is missing")
     docs = [d for values in VALUES for _, d in render(values) if d["kind"] in CRD_KINDS]
     assert {d["kind"] for d in docs} == CRD_KINDS
-    # The validator really rejects: a port number where the CRD wants a port name.
-    broken = json.loads(json.dumps(next(d for d in docs if d["kind"] == "ServiceMonitor")))
-    broken["spec"]["endpoints"][0]["port"] = 8080
-    out = subprocess.run([node, os.path.join(SCHEMAS, "validate.mjs")], input=json.dumps(docs + [broken]),
+    # The validators really reject: a port number where the CRD wants a port name, and a
+    # misspelt field.
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    wrong_type, unknown_field = json.loads(json.dumps(monitor)), json.loads(json.dumps(monitor))
+    wrong_type["spec"]["endpoints"][0]["port"] = 8080
+    unknown_field["spec"]["endpoints"][0]["pathh"] = "/metrics"
+    out = subprocess.run([node, os.path.join(SCHEMAS, "validate.mjs")],
+                         input=json.dumps(docs + [wrong_type, unknown_field]),
                          capture_output=True, text=True, check=True).stdout
     results = [json.loads(line) for line in out.splitlines()]
-    assert len(results) == len(docs) + 1
-    assert [r for r in results[:-1] if r["error"]] == []
-    assert "port" in results[-1]["error"], results[-1]
+    assert len(results) == len(docs) + 2
+    assert [r for r in results[:-2] if r["error"]] == []
+    assert "port" in results[-2]["error"], results[-2]
+    assert "pathh" in results[-1]["error"], results[-1]
 
 
 def sdk_model(value, type_name, path):
