@@ -43,6 +43,7 @@ pub struct GenerateParameters {
     /// Constrain the output to a JSON schema or a regular expression.
     #[serde(default)]
     pub grammar: Option<GrammarType>,
+    /// A LoRA adapter: none is served, so any non-empty value is refused (422).
     #[serde(default)]
     pub adapter_id: Option<String>,
     /// Rill extension for benchmarks: generate exactly `max_new_tokens`, ignoring EOS.

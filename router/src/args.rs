@@ -18,6 +18,27 @@ pub enum LoadFormatArg {
     Dummy,
 }
 
+/// A weight dtype (`--dtype`), with transformers' and the short names as aliases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DTypeArg {
+    #[value(alias = "bf16")]
+    Bfloat16,
+    #[value(alias = "f16", alias = "half")]
+    Float16,
+    #[value(alias = "f32", alias = "float")]
+    Float32,
+}
+
+impl From<DTypeArg> for rill_backend::config::DType {
+    fn from(d: DTypeArg) -> Self {
+        match d {
+            DTypeArg::Bfloat16 => Self::Bf16,
+            DTypeArg::Float16 => Self::F16,
+            DTypeArg::Float32 => Self::F32,
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "rill", version, about = "Rill: a streaming text-generation server")]
 pub struct Args {
@@ -88,10 +109,10 @@ pub struct Args {
     /// Weight source (`dummy` fills the model with random weights of `--dtype`).
     #[arg(long, env = "LOAD_FORMAT", value_enum, default_value_t = LoadFormatArg::Safetensors)]
     pub load_format: LoadFormatArg,
-    /// Convert every weight to this dtype at load (bfloat16, float16, float32);
-    /// default: keep the checkpoint's, and bfloat16 for `--load-format dummy`.
-    #[arg(long, env = "DTYPE")]
-    pub dtype: Option<String>,
+    /// Convert every weight to this dtype at load; default: keep the checkpoint's, and
+    /// bfloat16 for `--load-format dummy`.
+    #[arg(long, env = "DTYPE", value_enum)]
+    pub dtype: Option<DTypeArg>,
     /// Memory for the paged KV cache, in MiB (default: 1024 on the CPU; on a GPU, what
     /// free memory allows, see --cuda-memory-fraction).
     #[arg(long, env = "KV_CACHE_MEMORY_MIB")]

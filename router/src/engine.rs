@@ -65,7 +65,23 @@ pub enum EngineEvent {
     /// every prompt token, `[prompt_len, dim]` row-major.
     Hidden { states: Vec<f32>, dim: usize },
     /// The request failed in the engine; nothing follows.
-    Error(String),
+    Error(EngineError),
+}
+
+/// Why the engine failed a request: each family answers the kinds differently (a
+/// stopped engine is the server's condition, 503; a failed step is this request's, 424).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// The engine thread has stopped (a panic, a fatal device error); nothing more runs
+    /// and the process is on its way out.
+    #[error("{0}")]
+    Stopped(String),
+    /// The step that ran this request failed, or its sampling did; other requests go on.
+    #[error("generation failed: {0}")]
+    Step(String),
+    /// The engine could not take the request (the checks before it should have caught it).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What a submission asks for.
@@ -159,7 +175,8 @@ impl EngineHandle {
         let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let submission = Submission { id, work, events, submitted: Instant::now() };
         if let Err(mpsc::SendError(s)) = self.tx.send(submission) {
-            let _ = s.events.send(EngineEvent::Error("the engine has stopped".into()));
+            let stopped = EngineError::Stopped("the engine has stopped".into());
+            let _ = s.events.send(EngineEvent::Error(stopped));
         }
         (id, rx)
     }
@@ -298,7 +315,7 @@ impl<D: Device> EngineLoop<D> {
                     let failed = self.scheduler.fail_step();
                     self.publish_stats();
                     for id in failed {
-                        self.reply(id, EngineEvent::Error(format!("generation failed: {e}")));
+                        self.reply(id, EngineEvent::Error(EngineError::Step(e.to_string())));
                         self.replies.remove(&id);
                     }
                 }
@@ -309,11 +326,12 @@ impl<D: Device> EngineLoop<D> {
     /// After a panic: an error to every admitted request and to every submission still
     /// queued in the channel (later ones find it closed and fail at once).
     fn fail_all(&mut self, message: &str) {
+        let stopped = || EngineEvent::Error(EngineError::Stopped(message.to_string()));
         for (_, reply) in self.replies.drain() {
-            let _ = reply.events.send(EngineEvent::Error(message.to_string()));
+            let _ = reply.events.send(stopped());
         }
         while let Ok(s) = self.rx.try_recv() {
-            let _ = s.events.send(EngineEvent::Error(message.to_string()));
+            let _ = s.events.send(stopped());
         }
     }
 
@@ -383,7 +401,8 @@ impl<D: Device> EngineLoop<D> {
             }
             // `Sequence` requires a prompt; the async side validates, this guards.
             Work::Embed(prompt) if prompt.is_empty() => {
-                let _ = s.events.send(EngineEvent::Error("empty prompt".into()));
+                let _ =
+                    s.events.send(EngineEvent::Error(EngineError::Refused("empty prompt".into())));
                 return;
             }
             Work::Embed(prompt) => {
@@ -396,7 +415,7 @@ impl<D: Device> EngineLoop<D> {
                     .insert(s.id, Reply { events: s.events, queued_since: Some(s.submitted) });
             }
             Err(e) => {
-                let _ = s.events.send(EngineEvent::Error(e.to_string()));
+                let _ = s.events.send(EngineEvent::Error(EngineError::Refused(e.to_string())));
             }
         }
     }
@@ -408,7 +427,7 @@ impl<D: Device> EngineLoop<D> {
         self.publish_stats();
         for (id, e) in &output.failed {
             tracing::warn!(seq_id = id.0, error = %e, "sampling failed");
-            self.reply(*id, EngineEvent::Error(format!("generation failed: {e}")));
+            self.reply(*id, EngineEvent::Error(EngineError::Step(e.to_string())));
             self.replies.remove(id);
         }
         // Finished embeddings: their blocks are free already; the answer is one event.

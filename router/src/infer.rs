@@ -12,6 +12,7 @@
 //! `n`) lives in its module. Dropping a generation (client gone, stop string matched)
 //! drops the engine receiver, which frees the sequence's blocks within one step.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +25,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::detokenizer::{Detokenizer, StopMatcher};
-use crate::engine::{EngineEvent, EngineHandle, GenerationRequest};
+use crate::engine::{EngineError, EngineEvent, EngineHandle, GenerationRequest};
 use crate::metrics as m;
 use crate::sequence::FinishReason;
 use crate::validation::{
@@ -44,9 +45,21 @@ pub enum InferError {
     /// The model is still loading; `estimated_time` is seconds until it should be ready.
     #[error("Model is loading")]
     Loading { estimated_time: f64 },
-    /// The server cannot take the request (shutting down, a worker died).
+    /// The server cannot take the request (shutting down, a worker died, the engine
+    /// stopped).
     #[error("{0}")]
-    Unavailable(&'static str),
+    Unavailable(Cow<'static, str>),
+}
+
+impl From<EngineError> for InferError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Stopped(why) => InferError::Unavailable(why.into()),
+            step @ (EngineError::Step(_) | EngineError::Refused(_)) => {
+                InferError::Generation(step.to_string())
+            }
+        }
+    }
 }
 
 impl InferError {
@@ -216,7 +229,9 @@ impl Infer {
     /// runs.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, InferError> {
         if self.engine.failure().is_some() {
-            return Err(InferError::Unavailable("the engine has failed; the server is restarting"));
+            return Err(InferError::Unavailable(
+                "the engine has failed; the server is restarting".into(),
+            ));
         }
         Arc::clone(&self.permits).try_acquire_owned().map_err(|_| InferError::Overloaded)
     }
@@ -369,7 +384,7 @@ impl Generation {
                     top.into_iter().map(|(id, lp)| self.token(id.0, lp)).collect();
                 (token.0, logprob, top, finish)
             }
-            EngineEvent::Error(e) => return Some(Err(InferError::Generation(e))),
+            EngineEvent::Error(e) => return Some(Err(e.into())),
             EngineEvent::Prefill { .. } => {
                 return Some(Err(InferError::Generation("prompt logprobs sent twice".into())));
             }
@@ -563,7 +578,7 @@ impl Infer {
         tracing::debug!(seq_id = id.0, prompt_tokens = tokens, "embedding queued");
         let (states, dim) = match events.recv().await {
             Some(EngineEvent::Hidden { states, dim }) => (states, dim),
-            Some(EngineEvent::Error(e)) => return Err(InferError::Generation(e)),
+            Some(EngineEvent::Error(e)) => return Err(e.into()),
             Some(other) => {
                 return Err(InferError::Generation(format!("unexpected engine event {other:?}")));
             }

@@ -146,13 +146,7 @@ fn load(
     dir: &std::path::Path,
     kv_events: Option<tokio::sync::mpsc::UnboundedSender<Vec<KvEvent>>>,
 ) -> Result<Infer> {
-    let dtype = match &args.dtype {
-        None => None,
-        Some(d) => Some(
-            DType::parse(d)
-                .with_context(|| format!("unknown --dtype `{d}` (bfloat16, float16, float32)"))?,
-        ),
-    };
+    let dtype = args.dtype.map(DType::from);
     let load_format = match args.load_format {
         LoadFormatArg::Safetensors => LoadFormat::Safetensors(dtype),
         LoadFormatArg::Dummy => LoadFormat::Dummy(dtype.unwrap_or(DType::Bf16)),

@@ -125,7 +125,7 @@ impl AppState {
         metrics::counter!(m::REQUEST_COUNT).increment(1);
         // Refused (503 draining or dead, 429 full) before any tokenizing or compiling.
         if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(InferError::Unavailable("the server is shutting down").into());
+            return Err(InferError::Unavailable("the server is shutting down".into()).into());
         }
         let _admission = self.infer()?.admit()?;
         // Closed only if the server is shutting down.
@@ -133,11 +133,11 @@ impl AppState {
             .validation_workers
             .acquire()
             .await
-            .map_err(|_| InferError::Unavailable("shutting down"))?;
+            .map_err(|_| InferError::Unavailable("shutting down".into()))?;
         let state = Arc::clone(self);
         tokio::task::spawn_blocking(move || f(state.infer()?))
             .await
-            .map_err(|_| InferError::Unavailable("validation worker failed"))?
+            .map_err(|_| InferError::Unavailable("validation worker failed".into()))?
     }
 
     /// Validate one request in the core's terms.

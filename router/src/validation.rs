@@ -195,6 +195,8 @@ pub enum ValidationError {
     BestOfStream,
     #[error("`decoder_input_details` == true is not supported when streaming tokens")]
     PrefillDetailsStream,
+    #[error("`adapter_id` is not supported: this server serves no LoRA adapters")]
+    AdapterId,
     #[error("`truncate` must be strictly positive and less than {0}. Given: {1}")]
     Truncate(usize, usize),
     #[error("`inputs` must have less than {0} tokens. Given: {1}")]

@@ -29,6 +29,8 @@ async fn an_engine_panic_fails_requests_goes_unready_and_exits_non_zero() {
     let last = events.last().unwrap();
     let error = last["error"].as_str().unwrap_or_default();
     assert!(error.contains("the engine failed") && error.contains("injected"), "{events:?}");
+    // The server's condition, not this request's: `unavailable` (503), not a failed step.
+    assert_eq!(last["error_type"], "unavailable", "{events:?}");
     assert!(events.len() < 50, "the stream stopped at the failure");
 
     // Unready at once; still live; new requests refused with 503 in each family's shape.

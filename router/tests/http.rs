@@ -110,6 +110,8 @@ async fn bad_requests_get_the_right_status_and_error_type() {
         (json!({"nothing": true}), 422, "validation"),
         // Found by schemathesis: serde would read a struct from an array, field by field.
         (json!({"inputs": "Hi", "parameters": [null, null]}), 422, "validation"),
+        // No LoRA adapters are served: refused, not silently ignored.
+        (json!({"inputs": "Hi", "parameters": {"adapter_id": "my-lora"}}), 422, "validation"),
         // Found by the property tests: beyond f32, so infinite.
         (json!({"inputs": "Hi", "parameters": {"temperature": 1e39}}), 422, "validation"),
     ];

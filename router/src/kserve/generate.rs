@@ -30,13 +30,10 @@ use crate::infer::{Generation, InferError, TokenEvent};
 use crate::server::{Answers, Ask, json_event, stream_tokens};
 use crate::tgi::{self, Options};
 
-/// The errors `infer` answers (documentation only).
+/// The errors every model route answers, `infer` and `generate` alike (documentation only).
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
-enum InferErrors {
-    /// Bad tensors or parameters, or a body that is not the protocol's JSON
-    #[response(status = 400)]
-    Bad(KsErrorBody),
+enum ModelRouteErrors {
     /// Missing or unknown API key (with `--api-key`)
     #[response(status = 401)]
     Unauthorized(KsErrorBody),
@@ -49,39 +46,6 @@ enum InferErrors {
     /// The body is larger than `--payload-limit`
     #[response(status = 413)]
     TooLarge(KsErrorBody),
-    /// Generation failed (the protocol's status for it)
-    #[response(status = 500)]
-    Failed(KsErrorBody),
-    /// Overloaded
-    #[response(status = 429)]
-    Overloaded(KsErrorBody),
-    /// Loading, or shutting down
-    #[response(status = 503)]
-    Unavailable(KsErrorBody),
-}
-
-/// The errors `generate` and `generate_stream` answer (documentation only).
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)]
-enum GenerateErrors {
-    /// Missing or unknown API key (with `--api-key`)
-    #[response(status = 401)]
-    Unauthorized(KsErrorBody),
-    /// The API key is not scoped to this model
-    #[response(status = 403)]
-    Forbidden(KsErrorBody),
-    /// Unknown model or version
-    #[response(status = 404)]
-    NotFound(KsErrorBody),
-    /// The body is larger than `--payload-limit`
-    #[response(status = 413)]
-    TooLarge(KsErrorBody),
-    /// Bad input or parameters, or a body that is not JSON
-    #[response(status = 422)]
-    Invalid(KsErrorBody),
-    /// Generation failed
-    #[response(status = 424)]
-    Failed(KsErrorBody),
     /// Overloaded
     #[response(status = 429)]
     Overloaded(KsErrorBody),
@@ -96,7 +60,9 @@ enum GenerateErrors {
     request_body(content = tensor::InferRequest, description = "JSON, or Triton's binary tensor data extension: this JSON (its length in `Inference-Header-Content-Length`) followed by the tensors' bytes"),
     responses(
         (status = 200, description = "`text_output`, in the input's shape (binary outputs follow the JSON, its length in `Inference-Header-Content-Length`)", body = tensor::InferResponse),
-        InferErrors,
+        (status = 400, description = "Bad tensors or parameters, or a body that is not the protocol's JSON", body = KsErrorBody),
+        (status = 500, description = "Generation failed (the protocol's status for it)", body = KsErrorBody),
+        ModelRouteErrors,
     ))]
 #[allow(dead_code)] // documents the `/v2/models/{*path}` route
 pub(super) async fn infer_doc() {}
@@ -110,7 +76,9 @@ pub(super) async fn infer_doc() {}
     request_body = tensor::InferRequest,
     responses(
         (status = 200, description = "`text_output`", body = tensor::InferResponse),
-        InferErrors,
+        (status = 400, description = "Bad tensors or parameters, or a body that is not the protocol's JSON", body = KsErrorBody),
+        (status = 500, description = "Generation failed (the protocol's status for it)", body = KsErrorBody),
+        ModelRouteErrors,
     ))]
 #[allow(dead_code)] // documents the `/v2/models/{*path}` route
 pub(super) async fn versioned_infer_doc() {}
@@ -121,7 +89,9 @@ pub(super) async fn versioned_infer_doc() {}
     request_body = GenerateBody,
     responses(
         (status = 200, description = "The generated text", body = GenerateAnswer),
-        GenerateErrors,
+        (status = 422, description = "Bad input or parameters, or a body that is not JSON", body = KsErrorBody),
+        (status = 424, description = "Generation failed", body = KsErrorBody),
+        ModelRouteErrors,
     ))]
 #[allow(dead_code)] // documents the `/v2/models/{*path}` route
 pub(super) async fn generate_doc() {}
@@ -132,7 +102,9 @@ pub(super) async fn generate_doc() {}
     request_body = GenerateBody,
     responses(
         (status = 200, description = "One `data:` event per token, its `text_output` the new text; the last carries `details` when asked; a failure mid-stream is an event `{\"error\"}`", body = GenerateChunk, content_type = "text/event-stream"),
-        GenerateErrors,
+        (status = 422, description = "Bad input or parameters, or a body that is not JSON", body = KsErrorBody),
+        (status = 424, description = "Generation failed", body = KsErrorBody),
+        ModelRouteErrors,
     ))]
 #[allow(dead_code)] // documents the `/v2/models/{*path}` route
 pub(super) async fn generate_stream_doc() {}

@@ -426,7 +426,7 @@ fn shaped_stream(
             events.push(done());
             return Some((events, None));
         };
-        match std::mem::replace(&mut step.event, Err(InferError::Unavailable("taken"))) {
+        match std::mem::replace(&mut step.event, Err(InferError::Unavailable("taken".into()))) {
             Ok(event) => {
                 let events = shaper.on_token(&step, event);
                 Some((events, Some((steps, shaper))))

@@ -365,7 +365,7 @@ pub(crate) async fn tokenize_text(
         (tokenizer.encode_char_offsets(text.as_str(), add_special_tokens), text)
     })
     .await
-    .map_err(|_| InferError::Unavailable("tokenizer worker failed"))?;
+    .map_err(|_| InferError::Unavailable("tokenizer worker failed".into()))?;
     let encoding =
         encoding.map_err(|e| InferError::Validation(ValidationError::Tokenizer(e.to_string())))?;
     let chars: Vec<char> = text.chars().collect();

@@ -78,6 +78,11 @@ pub fn check_parameters(
     if stream && p.decoder_input_details {
         return Err(PrefillDetailsStream);
     }
+    // Refused rather than ignored: a client asking for an adapter must not silently get
+    // the base model's answer.
+    if p.adapter_id.as_deref().is_some_and(|a| !a.is_empty()) {
+        return Err(AdapterId);
+    }
     if let Some(t) = p.truncate
         && (t == 0 || t > limits.max_input_tokens)
     {
@@ -170,6 +175,10 @@ mod tests {
             (json!({"top_p": 1.0}), "`top_p` must be > 0.0 and < 1.0"),
             (json!({"typical_p": 0.0}), "`typical_p` must be > 0.0 and < 1.0"),
             (json!({"top_k": 0}), "`top_k` must be strictly positive"),
+            (
+                json!({"adapter_id": "my-lora"}),
+                "`adapter_id` is not supported: this server serves no LoRA adapters",
+            ),
             (json!({"max_new_tokens": 0}), "`max_new_tokens` must be strictly positive"),
             (json!({"stop": ["a", "b", "c"]}), "`stop` supports up to 2 stop sequences. Given: 3"),
             (json!({"top_n_tokens": 6}), "`top_n_tokens` must be >= 0 and <= 5. Given: 6"),
