@@ -110,7 +110,7 @@ impl<D: Device> Runner<D> {
 
     pub fn new(device: D, model: Llama<D>, kv_cache_bytes: usize) -> Result<Self, LoadError> {
         let c = model.config();
-        let block_bytes = KvLayout::block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, 4);
+        let block_bytes = KvLayout::block_bytes(c);
         let num_blocks = kv_cache_bytes / block_bytes;
         if num_blocks == 0 {
             return Err(LoadError::Other(format!(

@@ -106,7 +106,11 @@ __device__ __forceinline__ unsigned dynamic_smem_bytes() {
 
 // Paged attention (attention_decode.cu, attention_prefill.cu) --------------------------------
 
-#define RILL_BLOCK_SIZE 16
+// Positions per KV-cache block: given by the compiler options (rill_proto::BLOCK_SIZE,
+// through kernels/src/compile.rs for NVRTC and kernels/emu/build.rs for the emulator).
+#ifndef RILL_BLOCK_SIZE
+#error "RILL_BLOCK_SIZE must be defined by the compiler options"
+#endif
 // NVRTC has no <math.h>, so no INFINITY.
 #define RILL_NEG_INF __int_as_float(0xff800000)
 

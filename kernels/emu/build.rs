@@ -90,6 +90,8 @@ fn base_build(cxx: &Path, out: &Path) -> cc::Build {
         .include(cxx)
         .include(out)
         .define("RILL_EMULATE", None)
+        // The KV cache's block size, defined once (as NVRTC gets it).
+        .define("RILL_BLOCK_SIZE", rill_proto::BLOCK_SIZE.to_string().as_str())
         .flag("-include")
         .flag(cxx.join("emu.h"))
         .flag(SANITIZE)

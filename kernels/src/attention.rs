@@ -29,8 +29,9 @@ use crate::launch::{bind, check_len, product, to_i32, to_u32};
 use crate::{KernelError, Kernels};
 
 const OP: &str = "attention";
-/// Positions per KV-cache block.
-pub const BLOCK_SIZE: usize = 16;
+/// Positions per KV-cache block: the contract's (`rill_proto::BLOCK_SIZE`), which the
+/// sources see as `RILL_BLOCK_SIZE` (an NVRTC `-D` option, [`crate::compile::options`]).
+pub use rill_proto::BLOCK_SIZE;
 /// Largest supported head_dim (the biggest template bucket).
 pub const MAX_HEAD_DIM: usize = 256;
 /// Decode: threads per CTA, and keys per partition before a sequence is split further

@@ -230,6 +230,8 @@ pub fn options(arch: u32, toolkit: &Toolkit) -> Vec<String> {
         "-default-device".to_string(),
         // Source line info for the profiler (ncu), at no runtime cost.
         "-lineinfo".to_string(),
+        // The KV cache's block size, defined once (rill_proto::BLOCK_SIZE).
+        format!("-DRILL_BLOCK_SIZE={}", rill_proto::BLOCK_SIZE),
         // No --use_fast_math: exact division, sqrt and expf keep parity with the CPU device.
     ]
 }

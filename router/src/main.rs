@@ -132,7 +132,7 @@ fn max_batch_size(args: &Args) -> usize {
 fn explicit_kv_bytes(args: &Args, c: &ModelConfig) -> Option<usize> {
     match (args.max_batch_total_tokens, args.kv_cache_memory_mib) {
         (Some(tokens), _) => {
-            let block = KvLayout::block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, 4);
+            let block = KvLayout::block_bytes(c);
             Some(tokens.div_ceil(BLOCK_SIZE) * block)
         }
         (None, Some(mib)) => Some(mib << 20),

@@ -20,7 +20,7 @@ pub mod cuda;
 
 use rill_proto::{BLOCK_SIZE, ForwardBatch};
 
-use crate::config::ModelConfig;
+use crate::config::{DType, ModelConfig};
 use crate::error::LoadError;
 use crate::sampler::{DeviceChoice, DeviceSampling};
 use crate::weights::HostTensor;
@@ -33,6 +33,10 @@ pub struct DeviceError {
     pub message: String,
 }
 
+/// What the KV cache holds, on every device (f32 today; the element size of every
+/// cache-size computation comes from here).
+pub const KV_CACHE_DTYPE: DType = DType::F32;
+
 /// Geometry of the paged KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvLayout {
@@ -43,9 +47,14 @@ pub struct KvLayout {
 }
 
 impl KvLayout {
-    /// Bytes one block takes across all layers, K and V, at `elem` bytes per value.
-    pub fn block_bytes(num_layers: usize, kv_heads: usize, head_dim: usize, elem: usize) -> usize {
-        2 * num_layers * BLOCK_SIZE * kv_heads * head_dim * elem
+    /// Bytes one block of model `c`'s cache takes across all layers, K and V.
+    pub fn block_bytes(c: &ModelConfig) -> usize {
+        2 * c.num_layers * BLOCK_SIZE * c.num_kv_heads * c.head_dim * KV_CACHE_DTYPE.size()
+    }
+
+    /// Bytes one layer's K (or V) cache takes.
+    pub fn layer_bytes(&self) -> usize {
+        self.layer_len() * KV_CACHE_DTYPE.size()
     }
 
     /// Values in one layer's K (or V) cache.

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use rill_backend::device::Device;
+use rill_backend::device::{Device, KvLayout};
 use rill_backend::{Cpu, Cuda, DType, LoadFormat, ModelConfig, Runner, RunnerOptions};
 use rill_benches::machine;
 use rill_proto::{BLOCK_SIZE, BlockId, ForwardBatch, SeqId, SeqStep, TokenId};
@@ -186,9 +186,9 @@ where
     let (args, config) = (s.args, s.config);
     let streamed = streamed_params(config);
     let weight_bytes = (streamed * s.dtype.size()) as f64;
-    // The batch-1 roofline counts the K/V the step reads too (the cache is f32), at the
-    // mean context of the timed windows.
-    let kv_per_token = (2 * config.num_layers * config.num_kv_heads * config.head_dim * 4) as f64;
+    // The batch-1 roofline counts the K/V the step reads too, at the mean context of the
+    // timed windows.
+    let kv_per_token = (KvLayout::block_bytes(config) / BLOCK_SIZE) as f64;
     let mean_context = (args.context + args.steps * args.reps / 2) as f64;
     let step_bytes = weight_bytes + kv_per_token * mean_context;
     let flops_per_token = 2.0 * streamed as f64;
@@ -197,8 +197,7 @@ where
     let tokens_per_seq = args.prompt.max(args.context + args.steps * args.reps + 1);
     let blocks_per_seq = tokens_per_seq.div_ceil(BLOCK_SIZE);
     let max_batch = args.batch.iter().copied().max().unwrap_or(1);
-    let kv_per_block =
-        2 * config.num_layers * BLOCK_SIZE * config.num_kv_heads * config.head_dim * 4;
+    let kv_per_block = KvLayout::block_bytes(config);
     let opts = RunnerOptions {
         kv_cache_bytes: blocks_per_seq * max_batch * kv_per_block,
         load_format: LoadFormat::Dummy(s.dtype),

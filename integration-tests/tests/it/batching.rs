@@ -15,8 +15,7 @@ use rill_router::sequence::{Sequence, StopCriteria};
 /// A runner whose cache holds `blocks` blocks.
 fn runner(model: &ModelDir, blocks: usize) -> Runner<Cpu> {
     let c = &model.config;
-    let kv_cache_bytes =
-        blocks * KvLayout::block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, 4);
+    let kv_cache_bytes = blocks * KvLayout::block_bytes(c);
     let opts = RunnerOptions { kv_cache_bytes, ..Default::default() };
     Runner::load(&model.path, c, Cpu::new(), &opts).unwrap()
 }

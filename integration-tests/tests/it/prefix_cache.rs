@@ -28,8 +28,7 @@ struct Engine {
 impl Engine {
     fn new(model: &ModelDir, blocks: usize, max_batch_tokens: usize, caching: bool) -> Self {
         let c = &model.config;
-        let kv_cache_bytes =
-            blocks * KvLayout::block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, 4);
+        let kv_cache_bytes = blocks * KvLayout::block_bytes(c);
         let opts = RunnerOptions { kv_cache_bytes, ..Default::default() };
         let runner = Runner::load(&model.path, c, Cpu::new(), &opts).unwrap();
         let config =

@@ -305,7 +305,7 @@ impl Device for Cuda {
                 LoadError::Other(format!(
                     "cannot allocate the KV cache ({} blocks, {} MiB per layer for K and for V) on {}: {e}",
                     layout.num_blocks,
-                    (layout.layer_len() * 4) >> 20,
+                    layout.layer_bytes() >> 20,
                     self.gpu_name
                 ))
             })

@@ -25,8 +25,7 @@ pub fn overlap(
     let dir = config.parent().unwrap_or(Path::new("."));
     // Room for the prompt, every sampled token and what the grammar forces.
     let per_seq = rill_proto::blocks_for(16 + 8 * (steps + 1));
-    let block_bytes =
-        rill_backend::device::KvLayout::block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, 4);
+    let block_bytes = rill_backend::device::KvLayout::block_bytes(&c);
     let opts = RunnerOptions {
         kv_cache_bytes: batch * per_seq * block_bytes,
         load_format: LoadFormat::Dummy(DType::Bf16),
