@@ -11,7 +11,8 @@
 //! The ops:
 //! embedding gather · linear (optional bias) · column split · RMSNorm · rotary
 //! embedding · KV-cache write · attention over a ragged batch from the paged cache
-//! (causal, GQA, sliding window) · SiLU-and-mul · residual add · row gathers (for the
+//! (causal, GQA, sliding window) · SiLU-and-mul · residual add (alone, or fused with the
+//! next RMSNorm) · row gathers (for the
 //! LM head on sampled positions only, and for the hidden states an embedding request
 //! returns).
 
@@ -316,6 +317,17 @@ pub trait Device: Send + Sync + Sized + 'static {
     );
     /// `x += y`
     fn add_assign(&self, x: &mut Self::Activation, y: &Self::Activation);
+    /// The residual update of a pre-norm layer in one pass over the hidden state:
+    /// `x += y`, then `out = x / rms(x) * weight` per row — the same values, bit for bit,
+    /// as `add_assign` then `rms_norm`.
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Activation,
+        y: &Self::Activation,
+        weight: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Activation,
+    );
     /// `out[i] = x[plan.sample_rows[i]]`
     fn gather_sample_rows(
         &self,

@@ -196,8 +196,13 @@ impl<D: Device> Llama<D> {
             dev.linear(x, &l.weight, l.bias.as_ref(), out)
         };
 
+        // Each residual add is fused with the norm that follows it (the next layer's
+        // input norm, or this layer's post-attention norm); the last one is not, as the
+        // final norm runs on gathered rows only.
+        if let Some(first) = self.layers.first() {
+            dev.rms_norm(&x, &first.input_norm, c.rms_norm_eps, &mut normed);
+        }
         for (i, layer) in self.layers.iter().enumerate() {
-            dev.rms_norm(&x, &layer.input_norm, c.rms_norm_eps, &mut normed);
             linear(&normed, &layer.qkv, &mut qkv);
             dev.split_cols(&qkv, &qkv_widths, &mut [&mut q, &mut k, &mut v]);
             dev.rope(&mut q, c.head_dim, plan);
@@ -205,13 +210,17 @@ impl<D: Device> Llama<D> {
             dev.write_kv(cache, i, &k, &v, plan);
             dev.attention(&q, cache, i, layer.attention, plan, &mut attn);
             linear(&attn, &layer.o, &mut proj);
-            dev.add_assign(&mut x, &proj);
+            dev.add_rms_norm(&mut x, &proj, &layer.post_norm, c.rms_norm_eps, &mut normed);
 
-            dev.rms_norm(&x, &layer.post_norm, c.rms_norm_eps, &mut normed);
             linear(&normed, &layer.gate_up, &mut gate_up);
             dev.silu_mul(&gate_up, &mut act);
             linear(&act, &layer.down, &mut proj);
-            dev.add_assign(&mut x, &proj);
+            match self.layers.get(i + 1) {
+                Some(next) => {
+                    dev.add_rms_norm(&mut x, &proj, &next.input_norm, c.rms_norm_eps, &mut normed)
+                }
+                None => dev.add_assign(&mut x, &proj),
+            }
         }
 
         // The final norm is per row, so gathering first changes no value.

@@ -218,6 +218,18 @@ fn elementwise_and_gemm_ops_match<D: Device>(dev: &D, tol: Tol) {
             cpu.rms_norm(&xc, &wc, 1e-5, &mut oc);
             dev.rms_norm(&xd, &wd, 1e-5, &mut od);
             check(&format!("rms_norm {name} {rows}x{cols}"), &host(&od), &oc.data, tol.f32);
+
+            // add_rms_norm: the fused residual update against add_assign then rms_norm on
+            // the CPU (on the CPU device itself: the same bits).
+            let (xs, ys) = (rng.vec(rows * cols), rng.vec(rows * cols));
+            let (mut xr, yr) = (upload(&cpu, &xs, rows, cols), upload(&cpu, &ys, rows, cols));
+            cpu.add_assign(&mut xr, &yr);
+            cpu.rms_norm(&xr, &wc, 1e-5, &mut oc);
+            let (mut xd, yd) = (upload(dev, &xs, rows, cols), upload(dev, &ys, rows, cols));
+            dev.add_rms_norm(&mut xd, &yd, &wd, 1e-5, &mut od);
+            let what = format!("add_rms_norm {name} {rows}x{cols}");
+            check(&format!("{what}: x"), &host(&xd), &xr.data, 0.0);
+            check(&format!("{what}: out"), &host(&od), &oc.data, tol.f32);
         }
 
         // linear, with and without bias; out reused across shapes as the model does.

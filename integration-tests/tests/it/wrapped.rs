@@ -168,6 +168,9 @@ impl Device for Wrapped {
     fn add_assign(&self, x: &mut Mat, y: &Mat) {
         self.cpu.add_assign(x, y)
     }
+    fn add_rms_norm(&self, x: &mut Mat, y: &Mat, w: &W, eps: f32, out: &mut Mat) {
+        self.cpu.add_rms_norm(x, y, w, eps, out)
+    }
     fn gather_sample_rows(&self, x: &Mat, plan: &P, out: &mut Mat) {
         self.cpu.gather_sample_rows(x, plan, out)
     }

@@ -191,6 +191,25 @@ impl Device for Cpu {
         });
     }
 
+    fn add_rms_norm(&self, x: &mut Mat, y: &Mat, weight: &HostTensor, eps: f32, out: &mut Mat) {
+        debug_assert_eq!(x.data.len(), y.data.len());
+        let w = vector_f32(weight);
+        let cols = x.cols;
+        *out = Mat::zeros(x.rows, cols);
+        let rows = x.data.par_chunks_mut(cols).zip(y.data.par_chunks(cols));
+        rows.zip(out.data.par_chunks_mut(cols)).for_each(|((r, y), o)| {
+            // The same operations, in the same order, as add_assign then rms_norm.
+            for (a, b) in r.iter_mut().zip(y) {
+                *a += b;
+            }
+            let mean_sq = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
+            let inv = 1.0 / (mean_sq + eps).sqrt();
+            for ((o, v), w) in o.iter_mut().zip(r.iter()).zip(w.iter()) {
+                *o = w * (v * inv);
+            }
+        });
+    }
+
     fn rope(&self, x: &mut Mat, head_dim: usize, plan: &StepPlan) {
         let half = head_dim / 2;
         let cols = x.cols;

@@ -388,6 +388,28 @@ impl Device for Cuda {
         });
     }
 
+    fn add_rms_norm(
+        &self,
+        x: &mut CudaMat,
+        y: &CudaMat,
+        weight: &CudaWeight,
+        eps: f32,
+        out: &mut CudaMat,
+    ) {
+        self.guard("add_rms_norm", || {
+            self.ensure(out, x.rows, x.cols)?;
+            if x.is_empty() {
+                return Ok(());
+            }
+            let (rows, cols) = (x.rows, x.cols);
+            let yd = y.data.as_ref().ok_or(OpError::Missing)?;
+            let xd = x.data.as_mut().ok_or(OpError::Missing)?;
+            let od = out.data.as_mut().ok_or(OpError::Missing)?;
+            let w = weight.as_ref();
+            Ok(self.kernels.add_rms_norm(&self.stream, xd, yd, w, rows, cols, eps, od)?)
+        });
+    }
+
     fn rope(&self, x: &mut CudaMat, head_dim: usize, plan: &CudaPlan) {
         self.guard("rope", || {
             if x.is_empty() {
