@@ -60,24 +60,25 @@ fn init_logs(json: bool) {
     }
 }
 
-/// The device `--device` asks for; `auto` falls back to the CPU with one log line.
-enum Engine {
+/// The device `--device` chose (`auto` falls back to the CPU with one log line). "Engine"
+/// is the thread that runs steps (engine.rs); this is what it runs them on.
+enum ChosenDevice {
     Cpu(Cpu),
     Cuda(Box<Cuda>),
 }
 
-fn select_device(args: &Args) -> Result<Engine> {
+fn select_device(args: &Args) -> Result<ChosenDevice> {
     let cpu = || {
-        Engine::Cpu(match args.num_threads {
+        ChosenDevice::Cpu(match args.num_threads {
             Some(n) => Cpu::with_threads(n),
             None => Cpu::new(),
         })
     };
     Ok(match args.device {
         DeviceArg::Cpu => cpu(),
-        DeviceArg::Cuda => Engine::Cuda(Box::new(Cuda::new(0).context("--device cuda")?)),
+        DeviceArg::Cuda => ChosenDevice::Cuda(Box::new(Cuda::new(0).context("--device cuda")?)),
         DeviceArg::Auto => match Cuda::new(0) {
-            Ok(cuda) => Engine::Cuda(Box::new(cuda)),
+            Ok(cuda) => ChosenDevice::Cuda(Box::new(cuda)),
             Err(e) => {
                 tracing::info!("--device auto: running on the CPU ({e})");
                 cpu()
@@ -158,7 +159,7 @@ fn load(
         bail!("--max-batch-prefill-tokens must be positive");
     }
     match select_device(args)? {
-        Engine::Cpu(device) => {
+        ChosenDevice::Cpu(device) => {
             let max_batch_prefill_tokens = args.max_batch_prefill_tokens.unwrap_or(128);
             let kv_cache_bytes = explicit_kv_bytes(args, c).unwrap_or(1024 << 20);
             let opts = RunnerOptions { kv_cache_bytes, load_format };
@@ -166,7 +167,7 @@ fn load(
             let runner = Runner::load(dir, c, device, &opts)?;
             start(args, kv_events, model, runner, &detail, max_batch_prefill_tokens, t)
         }
-        Engine::Cuda(device) => {
+        ChosenDevice::Cuda(device) => {
             // TGI's default: a GPU runs 4096 prefill tokens in about the time of a decode
             // step's weight reads, so larger chunks cost running streams little.
             let max_batch_prefill_tokens = args.max_batch_prefill_tokens.unwrap_or(4096);
