@@ -120,6 +120,20 @@ def assert_known_flags(args, known, where):
         assert flag in known, f"{where}: rill has no flag {flag}"
 
 
+def assert_cuda_image_cache(container):
+    """The kernel caches' paths and volume are the CUDA image's own
+    (deploy/container/Containerfile.cuda), so a read-only root still caches."""
+    with open(os.path.join(ROOT, "deploy", "container", "Containerfile.cuda")) as f:
+        containerfile = f.read()
+    volume = re.search(r'^VOLUME \["([^"]+)"\]', containerfile, re.M).group(1)
+    for name in ["RILL_KERNEL_CACHE", "CUDA_CACHE_PATH"]:
+        image_value = re.search(rf"\b{name}=(\S+)", containerfile).group(1)
+        assert {"name": name, "value": image_value} in container["env"], name
+        assert image_value.startswith(volume + "/"), (name, image_value, volume)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["kernel-cache"] == volume, mounts
+
+
 def test_chart_lints_and_every_core_kind_validates_against_the_kubernetes_schemas():
     kv = pytest.importorskip("kubernetes_validate")
     assert VALUES, "deploy/helm/rill/ci/ has no values files"
@@ -214,6 +228,7 @@ def test_kserve_runtime_and_inference_service_validate_against_the_kserve_api():
         runtime = runtimes[model["runtime"]]["spec"]
         assert model["modelFormat"]["name"] in {f["name"] for f in runtime["supportedModelFormats"]}
         assert model["protocolVersion"] in runtime["protocolVersions"]
+    assert_cuda_image_cache(runtimes["rill-cuda"]["spec"]["containers"][0])
     # The validation really rejects.
     with pytest.raises(AssertionError, match="has no field"):
         sdk_model(dict(docs[0], spec=dict(docs[0]["spec"], protocolVersion="v2")), "V1alpha1ServingRuntime", "x")
@@ -277,7 +292,7 @@ def test_the_inference_pool_and_its_picker_point_at_rill(base_url):
     container = pod["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "--device=cuda" in container["args"]
-    assert {"name": "RILL_KERNEL_CACHE", "value": "/var/cache/rill/kernels"} in container["env"]
+    assert_cuda_image_cache(container)
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
 
 
