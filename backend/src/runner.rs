@@ -180,7 +180,7 @@ impl<D: Device> Runner<D> {
         let mut jobs = self.sampler.take_mask_jobs(batch);
         let Runner { device, model, cache, stats, .. } = self;
         let started = Instant::now();
-        let ForwardOutput { logits: activation, hidden } = std::thread::scope(|s| {
+        let forwarded = std::thread::scope(|s| {
             let masks = (!jobs.is_empty()).then(|| {
                 s.spawn(|| {
                     let t = Instant::now();
@@ -201,6 +201,14 @@ impl<D: Device> Runner<D> {
             stats.mask_wait = waited.elapsed();
             logits
         });
+        let ForwardOutput { logits: activation, hidden } = match forwarded {
+            Ok(out) => out,
+            Err(e) => {
+                // The matchers go back as they were; the router fails these sequences.
+                self.sampler.sample(Vec::new(), jobs);
+                return Err(e.into());
+            }
+        };
         let hidden = match self.hidden_states(batch, &host, hidden) {
             Ok(h) => h,
             Err(e) => {

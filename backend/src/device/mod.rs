@@ -209,7 +209,7 @@ pub type Forward<'a, D> = dyn FnMut(
         &mut <D as Device>::Cache,
         &StepPlan,
         &<D as Device>::Plan,
-    ) -> ForwardOutput<<D as Device>::Activation>
+    ) -> Result<ForwardOutput<<D as Device>::Activation>, DeviceError>
     + 'a;
 
 /// A compute device: where weights live and ops run.
@@ -236,7 +236,7 @@ pub trait Device: Send + Sync + Sized + 'static {
     fn weight(&self, tensor: HostTensor) -> Result<Self::Weight, LoadError>;
     fn activation(&self, rows: usize, cols: usize) -> Self::Activation;
     fn kv_cache(&self, layout: KvLayout) -> Result<Self::Cache, LoadError>;
-    fn plan(&self, plan: &StepPlan) -> Self::Plan;
+    fn plan(&self, plan: &StepPlan) -> Result<Self::Plan, DeviceError>;
 
     /// Run one step: `forward` over `host`. The default copies the plan to the device and
     /// calls `forward`; a device may instead replay what it recorded of an earlier call
@@ -248,8 +248,8 @@ pub trait Device: Send + Sync + Sized + 'static {
         cache: &mut Self::Cache,
         host: &StepPlan,
         forward: &mut Forward<'_, Self>,
-    ) -> ForwardOutput<Self::Activation> {
-        let plan = self.plan(host);
+    ) -> Result<ForwardOutput<Self::Activation>, DeviceError> {
+        let plan = self.plan(host)?;
         forward(cache, host, &plan)
     }
     /// Record whatever [`Device::forward`] will replay, once `cache` exists (its
@@ -266,7 +266,12 @@ pub trait Device: Send + Sync + Sized + 'static {
     }
 
     /// `out[r] = table[plan.tokens[r]]`
-    fn embed(&self, table: &Self::Weight, plan: &Self::Plan, out: &mut Self::Activation);
+    fn embed(
+        &self,
+        table: &Self::Weight,
+        plan: &Self::Plan,
+        out: &mut Self::Activation,
+    ) -> Result<(), DeviceError>;
     /// `out = x · wᵀ (+ bias)`, with `w` of shape `[out_features, in_features]`.
     fn linear(
         &self,
@@ -274,7 +279,7 @@ pub trait Device: Send + Sync + Sized + 'static {
         w: &Self::Weight,
         bias: Option<&Self::Weight>,
         out: &mut Self::Activation,
-    );
+    ) -> Result<(), DeviceError>;
     /// `out = x / rms(x) * weight`, per row.
     fn rms_norm(
         &self,
@@ -282,9 +287,14 @@ pub trait Device: Send + Sync + Sized + 'static {
         weight: &Self::Weight,
         eps: f32,
         out: &mut Self::Activation,
-    );
+    ) -> Result<(), DeviceError>;
     /// Rotate each head of each row in place by the row's rotary angles.
-    fn rope(&self, x: &mut Self::Activation, head_dim: usize, plan: &Self::Plan);
+    fn rope(
+        &self,
+        x: &mut Self::Activation,
+        head_dim: usize,
+        plan: &Self::Plan,
+    ) -> Result<(), DeviceError>;
     /// Store each row's K and V at its cache slot in `layer`.
     fn write_kv(
         &self,
@@ -293,7 +303,7 @@ pub trait Device: Send + Sync + Sized + 'static {
         k: &Self::Activation,
         v: &Self::Activation,
         plan: &Self::Plan,
-    );
+    ) -> Result<(), DeviceError>;
     /// Causal attention of each row's query heads over its sequence's cached keys.
     fn attention(
         &self,
@@ -303,10 +313,14 @@ pub trait Device: Send + Sync + Sized + 'static {
         shape: AttentionShape,
         plan: &Self::Plan,
         out: &mut Self::Activation,
-    );
+    ) -> Result<(), DeviceError>;
     /// `out = silu(gate) * up` where `gate_up = [gate | up]` column-wise (the fused
     /// gate/up projection), so `out` has half the columns.
-    fn silu_mul(&self, gate_up: &Self::Activation, out: &mut Self::Activation);
+    fn silu_mul(
+        &self,
+        gate_up: &Self::Activation,
+        out: &mut Self::Activation,
+    ) -> Result<(), DeviceError>;
     /// Split `x` column-wise into `outs`, `widths[i]` columns each (the fused q/k/v
     /// projection into q, k and v).
     fn split_cols(
@@ -314,9 +328,10 @@ pub trait Device: Send + Sync + Sized + 'static {
         x: &Self::Activation,
         widths: &[usize],
         outs: &mut [&mut Self::Activation],
-    );
+    ) -> Result<(), DeviceError>;
     /// `x += y`
-    fn add_assign(&self, x: &mut Self::Activation, y: &Self::Activation);
+    fn add_assign(&self, x: &mut Self::Activation, y: &Self::Activation)
+    -> Result<(), DeviceError>;
     /// The residual update of a pre-norm layer in one pass over the hidden state:
     /// `x += y`, then `out = x / rms(x) * weight` per row — the same values, bit for bit,
     /// as `add_assign` then `rms_norm`.
@@ -327,21 +342,21 @@ pub trait Device: Send + Sync + Sized + 'static {
         weight: &Self::Weight,
         eps: f32,
         out: &mut Self::Activation,
-    );
+    ) -> Result<(), DeviceError>;
     /// `out[i] = x[plan.sample_rows[i]]`
     fn gather_sample_rows(
         &self,
         x: &Self::Activation,
         plan: &Self::Plan,
         out: &mut Self::Activation,
-    );
+    ) -> Result<(), DeviceError>;
     /// `out[i] = x[plan.hidden_rows[i]]`
     fn gather_hidden_rows(
         &self,
         x: &Self::Activation,
         plan: &Self::Plan,
         out: &mut Self::Activation,
-    );
+    ) -> Result<(), DeviceError>;
     /// Whether this device chooses tokens itself ([`Device::sample`]); the CPU leaves it
     /// to the runner's host sampler.
     fn samples_tokens(&self) -> bool {
@@ -358,9 +373,9 @@ pub trait Device: Send + Sync + Sized + 'static {
         let _ = (logits, sampling);
         Err(DeviceError { device: self.name(), message: "this device does not sample".into() })
     }
-    /// Copy an activation back to the host; this is where a device reports that
-    /// something in the step failed (ops themselves cannot return errors: a device
-    /// records the first failure, skips the rest of the step and answers it here).
+    /// Copy an activation back to the host. Every op returns its own failure (a failed
+    /// launch or allocation), so the step stops where it failed and says why; a device
+    /// whose work is asynchronous reports a fault of work already queued here.
     fn to_host(&self, x: &Self::Activation) -> Result<Vec<f32>, DeviceError>;
 }
 

@@ -7,7 +7,7 @@
 //! and CUDA engines share this file.
 
 use crate::config::ModelConfig;
-use crate::device::{AttentionShape, Device, ForwardOutput, StepPlan};
+use crate::device::{AttentionShape, Device, DeviceError, ForwardOutput, StepPlan};
 use crate::error::LoadError;
 use crate::weights::{HostTensor, WeightSource};
 
@@ -181,11 +181,11 @@ impl<D: Device> Llama<D> {
         cache: &mut D::Cache,
         host: &StepPlan,
         plan: &D::Plan,
-    ) -> ForwardOutput<D::Activation> {
+    ) -> Result<ForwardOutput<D::Activation>, DeviceError> {
         let c = &self.config;
         let rows = host.rows();
         let mut x = dev.activation(rows, c.hidden_size);
-        dev.embed(&self.embed, plan, &mut x);
+        dev.embed(&self.embed, plan, &mut x)?;
         let mut normed = dev.activation(rows, c.hidden_size);
         let empty = || dev.activation(0, 0);
         let (mut qkv, mut q, mut k, mut v) = (empty(), empty(), empty(), empty());
@@ -200,26 +200,26 @@ impl<D: Device> Llama<D> {
         // input norm, or this layer's post-attention norm); the last one is not, as the
         // final norm runs on gathered rows only.
         if let Some(first) = self.layers.first() {
-            dev.rms_norm(&x, &first.input_norm, c.rms_norm_eps, &mut normed);
+            dev.rms_norm(&x, &first.input_norm, c.rms_norm_eps, &mut normed)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            linear(&normed, &layer.qkv, &mut qkv);
-            dev.split_cols(&qkv, &qkv_widths, &mut [&mut q, &mut k, &mut v]);
-            dev.rope(&mut q, c.head_dim, plan);
-            dev.rope(&mut k, c.head_dim, plan);
-            dev.write_kv(cache, i, &k, &v, plan);
-            dev.attention(&q, cache, i, layer.attention, plan, &mut attn);
-            linear(&attn, &layer.o, &mut proj);
-            dev.add_rms_norm(&mut x, &proj, &layer.post_norm, c.rms_norm_eps, &mut normed);
+            linear(&normed, &layer.qkv, &mut qkv)?;
+            dev.split_cols(&qkv, &qkv_widths, &mut [&mut q, &mut k, &mut v])?;
+            dev.rope(&mut q, c.head_dim, plan)?;
+            dev.rope(&mut k, c.head_dim, plan)?;
+            dev.write_kv(cache, i, &k, &v, plan)?;
+            dev.attention(&q, cache, i, layer.attention, plan, &mut attn)?;
+            linear(&attn, &layer.o, &mut proj)?;
+            dev.add_rms_norm(&mut x, &proj, &layer.post_norm, c.rms_norm_eps, &mut normed)?;
 
-            linear(&normed, &layer.gate_up, &mut gate_up);
-            dev.silu_mul(&gate_up, &mut act);
-            linear(&act, &layer.down, &mut proj);
+            linear(&normed, &layer.gate_up, &mut gate_up)?;
+            dev.silu_mul(&gate_up, &mut act)?;
+            linear(&act, &layer.down, &mut proj)?;
             match self.layers.get(i + 1) {
                 Some(next) => {
-                    dev.add_rms_norm(&mut x, &proj, &next.input_norm, c.rms_norm_eps, &mut normed)
+                    dev.add_rms_norm(&mut x, &proj, &next.input_norm, c.rms_norm_eps, &mut normed)?
                 }
-                None => dev.add_assign(&mut x, &proj),
+                None => dev.add_assign(&mut x, &proj)?,
             }
         }
 
@@ -227,14 +227,14 @@ impl<D: Device> Llama<D> {
         let mut hidden = empty();
         if !host.hidden_rows.is_empty() {
             let mut rows = empty();
-            dev.gather_hidden_rows(&x, plan, &mut rows);
-            dev.rms_norm(&rows, &self.norm, c.rms_norm_eps, &mut hidden);
+            dev.gather_hidden_rows(&x, plan, &mut rows)?;
+            dev.rms_norm(&rows, &self.norm, c.rms_norm_eps, &mut hidden)?;
         }
         let mut last = empty();
-        dev.gather_sample_rows(&x, plan, &mut last);
-        dev.rms_norm(&last, &self.norm, c.rms_norm_eps, &mut normed);
+        dev.gather_sample_rows(&x, plan, &mut last)?;
+        dev.rms_norm(&last, &self.norm, c.rms_norm_eps, &mut normed)?;
         let mut logits = empty();
-        dev.linear(&normed, self.lm_head.as_ref().unwrap_or(&self.embed), None, &mut logits);
-        ForwardOutput { logits, hidden }
+        dev.linear(&normed, self.lm_head.as_ref().unwrap_or(&self.embed), None, &mut logits)?;
+        Ok(ForwardOutput { logits, hidden })
     }
 }

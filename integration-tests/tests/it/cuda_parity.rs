@@ -144,7 +144,7 @@ fn upload<D: Device>(dev: &D, data: &[f32], rows: usize, cols: usize) -> D::Acti
     let table = dev.weight(f32_tensor("rows", &[rows, cols], data.to_vec())).unwrap();
     let plan = StepPlan { tokens: (0..rows as u32).collect(), ..Default::default() };
     let mut out = dev.activation(rows, cols);
-    dev.embed(&table, &dev.plan(&plan), &mut out);
+    dev.embed(&table, &dev.plan(&plan).unwrap(), &mut out).unwrap();
     out
 }
 
@@ -206,8 +206,8 @@ fn elementwise_and_gemm_ops_match<D: Device>(dev: &D, tol: Tol) {
         let tokens: Vec<u32> = (0..rows).map(|_| rng.below(vocab) as u32).collect();
         let plan = StepPlan { tokens, ..Default::default() };
         let (mut oc, mut od) = (cpu.activation(rows, hidden), dev.activation(rows, hidden));
-        cpu.embed(&tc, &cpu.plan(&plan), &mut oc);
-        dev.embed(&td, &dev.plan(&plan), &mut od);
+        cpu.embed(&tc, &cpu.plan(&plan).unwrap(), &mut oc).unwrap();
+        dev.embed(&td, &dev.plan(&plan).unwrap(), &mut od).unwrap();
         check(&format!("embed {name}"), &host(&od), &oc.data, 0.0);
 
         // rms_norm, with the weight in its checkpoint dtype.
@@ -215,18 +215,18 @@ fn elementwise_and_gemm_ops_match<D: Device>(dev: &D, tol: Tol) {
             let (wc, wd) = weight(&cpu, dev, "l.input_layernorm.weight", &[cols], dtype);
             let (xc, xd) = act(&cpu, dev, &mut rng, rows, cols);
             let (mut oc, mut od) = (cpu.activation(0, 0), dev.activation(0, 0));
-            cpu.rms_norm(&xc, &wc, 1e-5, &mut oc);
-            dev.rms_norm(&xd, &wd, 1e-5, &mut od);
+            cpu.rms_norm(&xc, &wc, 1e-5, &mut oc).unwrap();
+            dev.rms_norm(&xd, &wd, 1e-5, &mut od).unwrap();
             check(&format!("rms_norm {name} {rows}x{cols}"), &host(&od), &oc.data, tol.f32);
 
             // add_rms_norm: the fused residual update against add_assign then rms_norm on
             // the CPU (on the CPU device itself: the same bits).
             let (xs, ys) = (rng.vec(rows * cols), rng.vec(rows * cols));
             let (mut xr, yr) = (upload(&cpu, &xs, rows, cols), upload(&cpu, &ys, rows, cols));
-            cpu.add_assign(&mut xr, &yr);
-            cpu.rms_norm(&xr, &wc, 1e-5, &mut oc);
+            cpu.add_assign(&mut xr, &yr).unwrap();
+            cpu.rms_norm(&xr, &wc, 1e-5, &mut oc).unwrap();
             let (mut xd, yd) = (upload(dev, &xs, rows, cols), upload(dev, &ys, rows, cols));
-            dev.add_rms_norm(&mut xd, &yd, &wd, 1e-5, &mut od);
+            dev.add_rms_norm(&mut xd, &yd, &wd, 1e-5, &mut od).unwrap();
             let what = format!("add_rms_norm {name} {rows}x{cols}");
             check(&format!("{what}: x"), &host(&xd), &xr.data, 0.0);
             check(&format!("{what}: out"), &host(&od), &oc.data, tol.f32);
@@ -241,8 +241,8 @@ fn elementwise_and_gemm_ops_match<D: Device>(dev: &D, tol: Tol) {
             let (wc, wd) = weight(&cpu, dev, "l.proj.weight", &[out, inp], dtype);
             let (bc, bd) = weight(&cpu, dev, "l.proj.bias", &[out], dtype);
             let (xc, xd) = act(&cpu, dev, &mut rng, rows, inp);
-            cpu.linear(&xc, &wc, bias.then_some(&bc), &mut oc);
-            dev.linear(&xd, &wd, bias.then_some(&bd), &mut od);
+            cpu.linear(&xc, &wc, bias.then_some(&bc), &mut oc).unwrap();
+            dev.linear(&xd, &wd, bias.then_some(&bd), &mut od).unwrap();
             let what = format!("linear {name} {rows}x{inp} -> {out}, bias {bias}");
             check(&what, &host(&od), &oc.data, gemm_tol);
         }
@@ -254,8 +254,8 @@ fn elementwise_and_gemm_ops_match<D: Device>(dev: &D, tol: Tol) {
         let tables: Vec<Vec<u32>> = (0..3).map(|s| (s * 16..s * 16 + 16).collect()).collect();
         let plan = StepPlan::new(&batch(&seqs, &tables), &inv_freq(head_dim));
         let (mut xc, mut xd) = act(&cpu, dev, &mut rng, plan.rows(), heads * head_dim);
-        cpu.rope(&mut xc, head_dim, &cpu.plan(&plan));
-        dev.rope(&mut xd, head_dim, &dev.plan(&plan));
+        cpu.rope(&mut xc, head_dim, &cpu.plan(&plan).unwrap()).unwrap();
+        dev.rope(&mut xd, head_dim, &dev.plan(&plan).unwrap()).unwrap();
         check(&format!("rope head_dim {head_dim}"), &host(&xd), &xc.data, tol.f32);
     }
 
@@ -263,8 +263,8 @@ fn elementwise_and_gemm_ops_match<D: Device>(dev: &D, tol: Tol) {
     for (rows, inter) in [(1, 160), (9, 173)] {
         let (gc, gd) = act(&cpu, dev, &mut rng, rows, 2 * inter);
         let (mut oc, mut od) = (cpu.activation(0, 0), dev.activation(0, 0));
-        cpu.silu_mul(&gc, &mut oc);
-        dev.silu_mul(&gd, &mut od);
+        cpu.silu_mul(&gc, &mut oc).unwrap();
+        dev.silu_mul(&gd, &mut od).unwrap();
         check(&format!("silu_mul {rows}x{inter}"), &host(&od), &oc.data, tol.f32);
     }
     let widths = [64, 32, 32];
@@ -273,27 +273,27 @@ fn elementwise_and_gemm_ops_match<D: Device>(dev: &D, tol: Tol) {
         (cpu.activation(0, 0), cpu.activation(0, 0), cpu.activation(0, 0));
     let (mut d0, mut d1, mut d2) =
         (dev.activation(0, 0), dev.activation(0, 0), dev.activation(0, 0));
-    cpu.split_cols(&xc, &widths, &mut [&mut c0, &mut c1, &mut c2]);
-    dev.split_cols(&xd, &widths, &mut [&mut d0, &mut d1, &mut d2]);
+    cpu.split_cols(&xc, &widths, &mut [&mut c0, &mut c1, &mut c2]).unwrap();
+    dev.split_cols(&xd, &widths, &mut [&mut d0, &mut d1, &mut d2]).unwrap();
     for (i, (c, d)) in [(c0, d0), (c1, d1), (c2, d2)].iter().enumerate() {
         check(&format!("split_cols part {i}"), &host(d), &c.data, 0.0);
     }
     let (mut ac, mut ad) = act(&cpu, dev, &mut rng, 11, 128);
-    cpu.add_assign(&mut ac, &xc);
-    dev.add_assign(&mut ad, &xd);
+    cpu.add_assign(&mut ac, &xc).unwrap();
+    dev.add_assign(&mut ad, &xd).unwrap();
     check("add_assign", &host(&ad), &ac.data, 0.0);
     for sample_rows in [vec![3, 0, 10, 10], vec![]] {
         let plan = StepPlan { sample_rows: sample_rows.clone(), ..Default::default() };
         let (mut oc, mut od) = (cpu.activation(0, 0), dev.activation(0, 0));
-        cpu.gather_sample_rows(&xc, &cpu.plan(&plan), &mut oc);
-        dev.gather_sample_rows(&xd, &dev.plan(&plan), &mut od);
+        cpu.gather_sample_rows(&xc, &cpu.plan(&plan).unwrap(), &mut oc).unwrap();
+        dev.gather_sample_rows(&xd, &dev.plan(&plan).unwrap(), &mut od).unwrap();
         check(&format!("gather_sample_rows {sample_rows:?}"), &host(&od), &oc.data, 0.0);
     }
     for hidden_rows in [vec![0, 1, 2, 7, 8], vec![]] {
         let plan = StepPlan { hidden_rows: hidden_rows.clone(), ..Default::default() };
         let (mut oc, mut od) = (cpu.activation(0, 0), dev.activation(0, 0));
-        cpu.gather_hidden_rows(&xc, &cpu.plan(&plan), &mut oc);
-        dev.gather_hidden_rows(&xd, &dev.plan(&plan), &mut od);
+        cpu.gather_hidden_rows(&xc, &cpu.plan(&plan).unwrap(), &mut oc).unwrap();
+        dev.gather_hidden_rows(&xd, &dev.plan(&plan).unwrap(), &mut od).unwrap();
         check(&format!("gather_hidden_rows {hidden_rows:?}"), &host(&od), &oc.data, 0.0);
     }
 }
@@ -339,14 +339,14 @@ fn attention_matches<D: Device>(dev: &D, tol: Tol, dtype: DType) {
                 let kv = kv_heads * head_dim;
                 let (kc, kd) = act(&cpu, dev, &mut rng, plan.rows(), kv);
                 let (vc, vd) = act(&cpu, dev, &mut rng, plan.rows(), kv);
-                cpu.write_kv(&mut cc, 1, &kc, &vc, &cpu.plan(&plan));
-                dev.write_kv(&mut cd, 1, &kd, &vd, &dev.plan(&plan));
+                cpu.write_kv(&mut cc, 1, &kc, &vc, &cpu.plan(&plan).unwrap()).unwrap();
+                dev.write_kv(&mut cd, 1, &kd, &vd, &dev.plan(&plan).unwrap()).unwrap();
 
                 let plan = StepPlan::new(&batch(seqs, &tables), &inv_freq(head_dim));
                 let (qc, qd) = act(&cpu, dev, &mut rng, plan.rows(), heads * head_dim);
                 let (mut oc, mut od) = (cpu.activation(0, 0), dev.activation(0, 0));
-                cpu.attention(&qc, &cc, 1, shape, &cpu.plan(&plan), &mut oc);
-                dev.attention(&qd, &cd, 1, shape, &dev.plan(&plan), &mut od);
+                cpu.attention(&qc, &cc, 1, shape, &cpu.plan(&plan).unwrap(), &mut oc).unwrap();
+                dev.attention(&qd, &cd, 1, shape, &dev.plan(&plan).unwrap(), &mut od).unwrap();
                 check(&what, &dev.to_host(&od).expect("the device ran attention"), &oc.data, tol);
             }
         }

@@ -143,4 +143,22 @@ fn a_device_failure_is_a_step_error_and_the_runner_goes_on() {
     let again = seq(3, &[1, 2, 3], 0, &[2]);
     let batch = ForwardBatch { seqs: vec![again], released: vec![SeqId(2)], ..Default::default() };
     assert_eq!(runner.step(&batch).unwrap().sampled[0].token, want);
+
+    // An op that fails stops the step where it failed and says so: layer 0's attention,
+    // after only its QKV projection (no later op runs), and the runner goes on.
+    runner.device().fail_attention.store(true, Ordering::Relaxed);
+    let before = runner.device().linears.load(Ordering::Relaxed);
+    let failing = seq(4, &[1, 2, 3], 0, &[3]);
+    let err = runner.step(&ForwardBatch { seqs: vec![failing], ..Default::default() }).unwrap_err();
+    assert!(matches!(err, StepError::Device(_)), "{err}");
+    assert!(err.to_string().contains("attention of layer 0: injected launch failure"), "{err}");
+    assert_eq!(
+        runner.device().linears.load(Ordering::Relaxed) - before,
+        1,
+        "only the QKV projection ran"
+    );
+    runner.device().fail_attention.store(false, Ordering::Relaxed);
+    let last = seq(5, &[1, 2, 3], 0, &[4]);
+    let batch = ForwardBatch { seqs: vec![last], released: vec![SeqId(4)], ..Default::default() };
+    assert_eq!(runner.step(&batch).unwrap().sampled[0].token, want);
 }

@@ -1,5 +1,6 @@
-//! The CPU device with three knobs, to drive the runner's device paths without a GPU:
-//! `fail` makes the step fail as a device fault would; `on_device` makes the device
+//! The CPU device with four knobs, to drive the runner's device paths without a GPU:
+//! `fail` makes the step fail as a device fault would (at `to_host`); `fail_attention`
+//! makes an op fail as a failed launch would; `on_device` makes the device
 //! choose tokens itself ([`Device::sample`]) with a host reference of the processors a
 //! greedy row can use (penalties, grammar mask, temperature), so the runner's and the
 //! sampler's device plumbing is tested against the host sampler; `pad_buckets` runs
@@ -20,6 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 pub struct Wrapped {
     cpu: Cpu,
     pub fail: AtomicBool,
+    /// Make `attention` fail, as a failed launch would.
+    pub fail_attention: AtomicBool,
+    /// `linear` calls so far.
+    pub linears: AtomicUsize,
     on_device: bool,
     pad_buckets: Vec<usize>,
     /// Steps that ran padded.
@@ -31,6 +36,8 @@ impl Wrapped {
         Wrapped {
             cpu: Cpu::new(),
             fail: AtomicBool::new(false),
+            fail_attention: AtomicBool::new(false),
+            linears: AtomicUsize::new(0),
             on_device,
             pad_buckets: Vec::new(),
             padded_steps: AtomicUsize::new(0),
@@ -109,7 +116,7 @@ impl Device for Wrapped {
     fn kv_cache(&self, layout: KvLayout) -> Result<C, LoadError> {
         self.cpu.kv_cache(layout)
     }
-    fn plan(&self, plan: &StepPlan) -> P {
+    fn plan(&self, plan: &StepPlan) -> Result<P, DeviceError> {
         self.cpu.plan(plan)
     }
     fn forward(
@@ -117,35 +124,43 @@ impl Device for Wrapped {
         cache: &mut C,
         host: &StepPlan,
         forward: &mut Forward<'_, Self>,
-    ) -> ForwardOutput<Mat> {
+    ) -> Result<ForwardOutput<Mat>, DeviceError> {
         let bucket = bucket_for(&self.pad_buckets, host.seqs.len());
         let Some(bucket) = bucket.filter(|_| host.is_plain_decode()) else {
-            let plan = self.plan(host);
+            let plan = self.plan(host)?;
             return forward(cache, host, &plan);
         };
         self.padded_steps.fetch_add(1, Ordering::Relaxed);
         let mut padded = host.clone();
         padded.pad_decode(bucket);
-        let plan = self.plan(&padded);
-        let mut out = forward(cache, &padded, &plan);
+        let plan = self.plan(&padded)?;
+        let mut out = forward(cache, &padded, &plan)?;
         // The real rows come first.
         out.logits.rows = host.rows();
         out.logits.data.truncate(out.logits.rows * out.logits.cols);
-        out
+        Ok(out)
     }
-    fn embed(&self, table: &W, plan: &P, out: &mut Mat) {
+    fn embed(&self, table: &W, plan: &P, out: &mut Mat) -> Result<(), DeviceError> {
         self.cpu.embed(table, plan, out)
     }
-    fn linear(&self, x: &Mat, w: &W, bias: Option<&W>, out: &mut Mat) {
+    fn linear(&self, x: &Mat, w: &W, bias: Option<&W>, out: &mut Mat) -> Result<(), DeviceError> {
+        self.linears.fetch_add(1, Ordering::Relaxed);
         self.cpu.linear(x, w, bias, out)
     }
-    fn rms_norm(&self, x: &Mat, w: &W, eps: f32, out: &mut Mat) {
+    fn rms_norm(&self, x: &Mat, w: &W, eps: f32, out: &mut Mat) -> Result<(), DeviceError> {
         self.cpu.rms_norm(x, w, eps, out)
     }
-    fn rope(&self, x: &mut Mat, head_dim: usize, plan: &P) {
+    fn rope(&self, x: &mut Mat, head_dim: usize, plan: &P) -> Result<(), DeviceError> {
         self.cpu.rope(x, head_dim, plan)
     }
-    fn write_kv(&self, cache: &mut C, layer: usize, k: &Mat, v: &Mat, plan: &P) {
+    fn write_kv(
+        &self,
+        cache: &mut C,
+        layer: usize,
+        k: &Mat,
+        v: &Mat,
+        plan: &P,
+    ) -> Result<(), DeviceError> {
         self.cpu.write_kv(cache, layer, k, v, plan)
     }
     fn attention(
@@ -156,25 +171,41 @@ impl Device for Wrapped {
         shape: AttentionShape,
         plan: &P,
         out: &mut Mat,
-    ) {
+    ) -> Result<(), DeviceError> {
+        if self.fail_attention.load(Ordering::Relaxed) {
+            let message = format!("attention of layer {layer}: injected launch failure");
+            return Err(DeviceError { device: "wrapped", message });
+        }
         self.cpu.attention(q, cache, layer, shape, plan, out)
     }
-    fn silu_mul(&self, gate_up: &Mat, out: &mut Mat) {
+    fn silu_mul(&self, gate_up: &Mat, out: &mut Mat) -> Result<(), DeviceError> {
         self.cpu.silu_mul(gate_up, out)
     }
-    fn split_cols(&self, x: &Mat, widths: &[usize], outs: &mut [&mut Mat]) {
+    fn split_cols(
+        &self,
+        x: &Mat,
+        widths: &[usize],
+        outs: &mut [&mut Mat],
+    ) -> Result<(), DeviceError> {
         self.cpu.split_cols(x, widths, outs)
     }
-    fn add_assign(&self, x: &mut Mat, y: &Mat) {
+    fn add_assign(&self, x: &mut Mat, y: &Mat) -> Result<(), DeviceError> {
         self.cpu.add_assign(x, y)
     }
-    fn add_rms_norm(&self, x: &mut Mat, y: &Mat, w: &W, eps: f32, out: &mut Mat) {
+    fn add_rms_norm(
+        &self,
+        x: &mut Mat,
+        y: &Mat,
+        w: &W,
+        eps: f32,
+        out: &mut Mat,
+    ) -> Result<(), DeviceError> {
         self.cpu.add_rms_norm(x, y, w, eps, out)
     }
-    fn gather_sample_rows(&self, x: &Mat, plan: &P, out: &mut Mat) {
+    fn gather_sample_rows(&self, x: &Mat, plan: &P, out: &mut Mat) -> Result<(), DeviceError> {
         self.cpu.gather_sample_rows(x, plan, out)
     }
-    fn gather_hidden_rows(&self, x: &Mat, plan: &P, out: &mut Mat) {
+    fn gather_hidden_rows(&self, x: &Mat, plan: &P, out: &mut Mat) -> Result<(), DeviceError> {
         self.cpu.gather_hidden_rows(x, plan, out)
     }
     fn samples_tokens(&self) -> bool {

@@ -142,11 +142,11 @@ impl Device for Cpu {
         Ok(CpuKvCache::new(layout))
     }
 
-    fn plan(&self, plan: &StepPlan) -> StepPlan {
-        plan.clone()
+    fn plan(&self, plan: &StepPlan) -> Result<StepPlan, DeviceError> {
+        Ok(plan.clone())
     }
 
-    fn embed(&self, table: &HostTensor, plan: &StepPlan, out: &mut Mat) {
+    fn embed(&self, table: &HostTensor, plan: &StepPlan, out: &mut Mat) -> Result<(), DeviceError> {
         let h = table.shape[1];
         debug_assert_eq!((out.rows, out.cols), (plan.rows(), h));
         for (row, &tok) in out.data.chunks_exact_mut(h).zip(&plan.tokens) {
@@ -157,9 +157,16 @@ impl Device for Cpu {
                 TensorData::F16(s) => simd::widen_into::<f16>(&s.as_slice()[range], row),
             }
         }
+        Ok(())
     }
 
-    fn linear(&self, x: &Mat, w: &HostTensor, bias: Option<&HostTensor>, out: &mut Mat) {
+    fn linear(
+        &self,
+        x: &Mat,
+        w: &HostTensor,
+        bias: Option<&HostTensor>,
+        out: &mut Mat,
+    ) -> Result<(), DeviceError> {
         let (n, k) = (w.shape[0], w.shape[1]);
         debug_assert_eq!(x.cols, k);
         *out = Mat { data: std::mem::take(&mut out.data), rows: x.rows, cols: n };
@@ -177,9 +184,16 @@ impl Device for Cpu {
                 gemm::linear(&x.data, x.rows, k, s.as_slice(), n, b, &mut out.data)
             }
         }
+        Ok(())
     }
 
-    fn rms_norm(&self, x: &Mat, weight: &HostTensor, eps: f32, out: &mut Mat) {
+    fn rms_norm(
+        &self,
+        x: &Mat,
+        weight: &HostTensor,
+        eps: f32,
+        out: &mut Mat,
+    ) -> Result<(), DeviceError> {
         let w = vector_f32(weight);
         *out = Mat::zeros(x.rows, x.cols);
         out.data.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).for_each(|(o, r)| {
@@ -189,9 +203,17 @@ impl Device for Cpu {
                 *o = w * (v * inv);
             }
         });
+        Ok(())
     }
 
-    fn add_rms_norm(&self, x: &mut Mat, y: &Mat, weight: &HostTensor, eps: f32, out: &mut Mat) {
+    fn add_rms_norm(
+        &self,
+        x: &mut Mat,
+        y: &Mat,
+        weight: &HostTensor,
+        eps: f32,
+        out: &mut Mat,
+    ) -> Result<(), DeviceError> {
         debug_assert_eq!(x.data.len(), y.data.len());
         let w = vector_f32(weight);
         let cols = x.cols;
@@ -208,9 +230,10 @@ impl Device for Cpu {
                 *o = w * (v * inv);
             }
         });
+        Ok(())
     }
 
-    fn rope(&self, x: &mut Mat, head_dim: usize, plan: &StepPlan) {
+    fn rope(&self, x: &mut Mat, head_dim: usize, plan: &StepPlan) -> Result<(), DeviceError> {
         let half = head_dim / 2;
         let cols = x.cols;
         x.data.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
@@ -225,9 +248,17 @@ impl Device for Cpu {
                 }
             }
         });
+        Ok(())
     }
 
-    fn write_kv(&self, cache: &mut CpuKvCache, layer: usize, k: &Mat, v: &Mat, plan: &StepPlan) {
+    fn write_kv(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        k: &Mat,
+        v: &Mat,
+        plan: &StepPlan,
+    ) -> Result<(), DeviceError> {
         let width = cache.layout.kv_heads * cache.layout.head_dim;
         debug_assert_eq!(k.cols, width);
         for (r, &slot) in plan.slots.iter().enumerate() {
@@ -238,6 +269,7 @@ impl Device for Cpu {
             cache.k[layer][at..at + width].copy_from_slice(k.row(r));
             cache.v[layer][at..at + width].copy_from_slice(v.row(r));
         }
+        Ok(())
     }
 
     fn attention(
@@ -248,12 +280,13 @@ impl Device for Cpu {
         shape: AttentionShape,
         plan: &StepPlan,
         out: &mut Mat,
-    ) {
+    ) -> Result<(), DeviceError> {
         *out = Mat::zeros(q.rows, shape.heads * shape.head_dim);
         attention::paged(q, &cache.k[layer], &cache.v[layer], shape, plan, out);
+        Ok(())
     }
 
-    fn silu_mul(&self, gate_up: &Mat, out: &mut Mat) {
+    fn silu_mul(&self, gate_up: &Mat, out: &mut Mat) -> Result<(), DeviceError> {
         let half = gate_up.cols / 2;
         *out = Mat::zeros(gate_up.rows, half);
         out.data.par_chunks_mut(half).zip(gate_up.data.par_chunks(gate_up.cols)).for_each(
@@ -264,9 +297,15 @@ impl Device for Cpu {
                 }
             },
         );
+        Ok(())
     }
 
-    fn split_cols(&self, x: &Mat, widths: &[usize], outs: &mut [&mut Mat]) {
+    fn split_cols(
+        &self,
+        x: &Mat,
+        widths: &[usize],
+        outs: &mut [&mut Mat],
+    ) -> Result<(), DeviceError> {
         debug_assert_eq!(widths.iter().sum::<usize>(), x.cols);
         for (out, &w) in outs.iter_mut().zip(widths) {
             **out = Mat { data: Vec::with_capacity(x.rows * w), rows: x.rows, cols: w };
@@ -278,21 +317,35 @@ impl Device for Cpu {
                 at += w;
             }
         }
+        Ok(())
     }
 
-    fn add_assign(&self, x: &mut Mat, y: &Mat) {
+    fn add_assign(&self, x: &mut Mat, y: &Mat) -> Result<(), DeviceError> {
         debug_assert_eq!(x.data.len(), y.data.len());
         for (a, b) in x.data.iter_mut().zip(&y.data) {
             *a += b;
         }
+        Ok(())
     }
 
-    fn gather_sample_rows(&self, x: &Mat, plan: &StepPlan, out: &mut Mat) {
+    fn gather_sample_rows(
+        &self,
+        x: &Mat,
+        plan: &StepPlan,
+        out: &mut Mat,
+    ) -> Result<(), DeviceError> {
         gather_rows(x, &plan.sample_rows, out);
+        Ok(())
     }
 
-    fn gather_hidden_rows(&self, x: &Mat, plan: &StepPlan, out: &mut Mat) {
+    fn gather_hidden_rows(
+        &self,
+        x: &Mat,
+        plan: &StepPlan,
+        out: &mut Mat,
+    ) -> Result<(), DeviceError> {
         gather_rows(x, &plan.hidden_rows, out);
+        Ok(())
     }
 
     fn to_host(&self, x: &Mat) -> Result<Vec<f32>, DeviceError> {

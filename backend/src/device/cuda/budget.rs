@@ -129,9 +129,9 @@ impl Cuda {
         };
         let mut cache = self.kv_cache(layout)?;
         let logits = self.run(|| {
-            let plan = self.plan(&host);
-            let logits = model.forward(self, &mut cache, &host, &plan).logits;
-            self.try_to_host(&logits)
+            let plan = self.plan(&host)?;
+            let logits = model.forward(self, &mut cache, &host, &plan)?.logits;
+            self.to_host(&logits)
         });
         logits.map(drop).map_err(|e| {
             LoadError::Other(format!("warm-up step of {rows} rows on {}: {e}", self.gpu_name))

@@ -41,7 +41,7 @@ use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr};
 use super::memory::{CudaKvCache, CudaMat, CudaPlan, PlanArrays};
 use super::{Cuda, OpError, Scratch};
 use crate::config::ModelConfig;
-use crate::device::{Forward, StepPlan};
+use crate::device::{DeviceError, Forward, StepPlan};
 
 /// TGI's `--cuda-graphs` default extended to 256: the buckets share one arena, so larger
 /// ones cost only the largest step's activations.
@@ -266,21 +266,16 @@ impl Cuda {
 
         // The eager pass sizes the arena and the workspaces.
         self.rewind_arena(false);
-        drop(forward(cache, &host, &plan));
-        if let Some(failure) = self.take_failure() {
-            return Err(format!("eager pass: {failure}"));
-        }
+        forward(cache, &host, &plan).map_err(|e| format!("eager pass: {e}"))?;
         self.rewind_arena(true);
         let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
         self.stream.begin_capture(mode).map_err(|e| format!("beginning the capture: {e}"))?;
         // A decode step has no hidden rows: its `hidden` is empty, nothing was computed.
-        let logits = forward(cache, &host, &plan).logits;
+        let captured = forward(cache, &host, &plan);
         // Always end the capture, so the stream is usable whatever happened.
         let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
         self.rewind_arena(false);
-        if let Some(failure) = self.take_failure() {
-            return Err(format!("captured pass: {failure}"));
-        }
+        let logits = captured.map_err(|e| format!("captured pass: {e}"))?.logits;
         let graph = graph
             .map_err(|e| format!("ending the capture: {e}"))?
             .ok_or("the capture recorded nothing")?;
@@ -296,15 +291,14 @@ impl Cuda {
     }
 
     /// Run `host` by replaying a recorded graph, if one fits: the logits of its rows, or
-    /// an empty matrix after recording the failure (`to_host` reports it). `None`: run it
-    /// eagerly.
-    pub(super) fn replay_decode(&self, host: &StepPlan) -> Option<CudaMat> {
+    /// why the replay failed. `None`: run it eagerly.
+    pub(super) fn replay_decode(&self, host: &StepPlan) -> Option<Result<CudaMat, DeviceError>> {
         let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
         let g = graphs.graph_for(host)?;
         let mut padded = host.clone();
         padded.pad_decode(g.bucket);
         let mut out = CudaMat::empty();
-        self.guard("replaying a decode graph", || {
+        let replayed = self.op("replaying a decode graph", || {
             let arrays = g.plan.arrays.as_mut().ok_or(OpError::Missing)?;
             arrays.write(&self.stream, &padded).map_err(OpError::Shape)?;
             g.graph.launch()?;
@@ -315,7 +309,7 @@ impl Cuda {
             self.stream.memcpy_dtod(&src.slice(..rows * vocab), dst)?;
             Ok(())
         });
-        Some(out)
+        Some(replayed.map(|()| out))
     }
 }
 

@@ -17,11 +17,12 @@
 //! 16-bit weight matrix is loaded), SiLU-and-mul, column split, residual add, row gather;
 //! linear layers are cuBLAS ([`gemm`]) with the bias added by a kernel.
 //!
-//! The [`Device`] ops cannot return errors (the CPU device has none to report), so a
-//! failing launch or allocation is recorded — the first one, with what was being done —
-//! the rest of the step is skipped, and [`Device::to_host`] returns that error: the
-//! runner fails the step's sequences (424) instead of sampling wrong logits. A device
-//! fault leaves the context unusable, so later steps fail the same way.
+//! Every [`Device`] op returns its failure (a failed launch or allocation, named with
+//! what was being done and the GPU), `Llama::forward` stops the step there with `?`,
+//! and a fault in work already queued surfaces at the step's synchronisation in
+//! [`Device::to_host`]: either way the runner fails the step's sequences (424) instead
+//! of sampling wrong logits. A device fault leaves the context unusable, so later steps
+//! fail the same way.
 //! Nothing before the first step panics: [`Cuda::new`] checks the driver, a device, cuBLAS
 //! and the NVRTC toolkit and returns an error naming what is missing.
 
@@ -60,7 +61,7 @@ enum OpError {
     Driver(#[from] DriverError),
     #[error("cuBLAS: {0}")]
     Blas(#[from] cudarc::cublas::result::CublasError),
-    #[error("an input of this op was never computed (an earlier op failed)")]
+    #[error("an input of this op holds no data (it was never computed)")]
     Missing,
     #[error("{0}")]
     Shape(String),
@@ -78,9 +79,6 @@ pub struct Cuda {
     /// attention may round to bf16 on tensor cores like its GEMMs do; an f32 model gets
     /// the exact f32 attention kernels.
     half_weights: AtomicBool,
-    /// Set by the first failing op of a step; see the module documentation.
-    failed: AtomicBool,
-    failure: Mutex<Option<String>>,
     gpu_name: String,
     compute_capability: (i32, i32),
 }
@@ -144,8 +142,6 @@ impl Cuda {
             scratch: Mutex::default(),
             graphs: Mutex::new(Graphs::new(DEFAULT_BUCKETS.to_vec())),
             half_weights: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-            failure: Mutex::new(None),
             gpu_name,
             compute_capability,
         })
@@ -160,25 +156,14 @@ impl Cuda {
         self.compute_capability
     }
 
-    /// The first failure of the current step, if any, clearing it: an error for a
-    /// caller that can report one (a warm-up step) instead of the panic in `to_host`.
-    pub fn take_failure(&self) -> Option<String> {
-        if !self.failed.swap(false, Ordering::AcqRel) {
-            return None;
-        }
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// Run one op, naming it in its failure.
+    fn op(&self, what: &str, op: impl FnOnce() -> Result<(), OpError>) -> Result<(), DeviceError> {
+        op().map_err(|e| self.error(format!("{what}: {e}")))
     }
 
-    /// Run `op` unless an earlier op of the step failed; record its failure.
-    fn guard(&self, what: &str, op: impl FnOnce() -> Result<(), OpError>) {
-        if self.failed.load(Ordering::Acquire) {
-            return;
-        }
-        if let Err(e) = op() {
-            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-            failure.get_or_insert_with(|| format!("{what}: {e}"));
-            self.failed.store(true, Ordering::Release);
-        }
+    /// A failure of this device, naming the GPU.
+    pub(crate) fn error(&self, message: String) -> DeviceError {
+        DeviceError { device: "cuda", message: format!("{}: {message}", self.gpu_name) }
     }
 
     /// Make `out` an uninitialised-by-contract `[rows, cols]` matrix, reusing its
@@ -205,18 +190,18 @@ impl Cuda {
         plan.arrays.as_ref().ok_or(OpError::Missing)
     }
 
-    /// The outcome of the step so far, as values on the host.
-    pub fn try_to_host(&self, x: &CudaMat) -> Result<Vec<f32>, String> {
-        if let Some(failure) = self.take_failure() {
-            return Err(failure);
-        }
+    /// `x` on the host, once the work queued before it has run.
+    fn copy_to_host(&self, x: &CudaMat) -> Result<Vec<f32>, DeviceError> {
         let data = match &x.data {
             Some(d) if !x.is_empty() => d,
             _ => return Ok(Vec::new()),
         };
-        let host = self.stream.clone_dtoh(data).map_err(|e| format!("copying to the host: {e}"))?;
+        let host = self
+            .stream
+            .clone_dtoh(data)
+            .map_err(|e| self.error(format!("copying to the host: {e}")))?;
         // Kernel faults surface at the next synchronisation: this one.
-        self.stream.synchronize().map_err(|e| format!("running the step: {e}"))?;
+        self.stream.synchronize().map_err(|e| self.error(format!("running the step: {e}")))?;
         Ok(host)
     }
 
@@ -274,8 +259,11 @@ impl Device for Cuda {
     }
 
     fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
-        // Steps run on the engine thread, not the one that created the context.
-        self.guard("binding the CUDA context", || Ok(self.ctx.bind_to_thread()?));
+        // Steps run on the engine thread, not the one that created the context. If this
+        // fails, the step's first op fails with the driver's reason.
+        if let Err(e) = self.ctx.bind_to_thread() {
+            tracing::error!(error = %e, gpu = %self.gpu_name, "binding the CUDA context failed");
+        }
         work()
     }
 
@@ -293,10 +281,10 @@ impl Device for Cuda {
         Ok(CudaWeight { shape: tensor.shape, data })
     }
 
-    fn activation(&self, rows: usize, cols: usize) -> CudaMat {
-        let mut m = CudaMat::empty();
-        self.guard("allocating an activation", || self.ensure(&mut m, rows, cols));
-        m
+    /// No memory yet: every op sizes its output itself (`ensure`, which reuses a buffer
+    /// of the right size), so an allocation fails in the op that needs it, with its name.
+    fn activation(&self, _rows: usize, _cols: usize) -> CudaMat {
+        CudaMat::empty()
     }
 
     fn kv_cache(&self, layout: KvLayout) -> Result<CudaKvCache, LoadError> {
@@ -315,13 +303,13 @@ impl Device for Cuda {
         Ok(CudaKvCache { k, v, kv_heads: layout.kv_heads, head_dim: layout.head_dim })
     }
 
-    fn plan(&self, plan: &StepPlan) -> CudaPlan {
+    fn plan(&self, plan: &StepPlan) -> Result<CudaPlan, DeviceError> {
         let mut out = CudaPlan::host_values(plan);
-        self.guard("uploading the step plan", || {
+        self.op("uploading the step plan", || {
             out.arrays = Some(PlanArrays::upload(&self.stream, plan)?);
             Ok(())
-        });
-        out
+        })?;
+        Ok(out)
     }
 
     fn forward(
@@ -329,11 +317,11 @@ impl Device for Cuda {
         cache: &mut CudaKvCache,
         host: &StepPlan,
         forward: &mut Forward<'_, Cuda>,
-    ) -> ForwardOutput<CudaMat> {
+    ) -> Result<ForwardOutput<CudaMat>, DeviceError> {
         if let Some(logits) = self.replay_decode(host) {
-            return ForwardOutput { logits, hidden: CudaMat::empty() };
+            return Ok(ForwardOutput { logits: logits?, hidden: CudaMat::empty() });
         }
-        let plan = self.plan(host);
+        let plan = self.plan(host)?;
         forward(cache, host, &plan)
     }
 
@@ -346,8 +334,13 @@ impl Device for Cuda {
         self.record_graphs(cache, config, forward)
     }
 
-    fn embed(&self, table: &CudaWeight, plan: &CudaPlan, out: &mut CudaMat) {
-        self.guard("embed", || {
+    fn embed(
+        &self,
+        table: &CudaWeight,
+        plan: &CudaPlan,
+        out: &mut CudaMat,
+    ) -> Result<(), DeviceError> {
+        self.op("embed", || {
             let hidden = table.shape[1];
             self.ensure(out, plan.rows, hidden)?;
             if plan.rows == 0 {
@@ -356,11 +349,17 @@ impl Device for Cuda {
             let od = out.data.as_mut().ok_or(OpError::Missing)?;
             let tokens = &self.arrays(plan)?.tokens;
             Ok(self.kernels.embed(&self.stream, table.as_ref(), hidden, tokens, plan.rows, od)?)
-        });
+        })
     }
 
-    fn linear(&self, x: &CudaMat, w: &CudaWeight, bias: Option<&CudaWeight>, out: &mut CudaMat) {
-        self.guard("linear", || {
+    fn linear(
+        &self,
+        x: &CudaMat,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        out: &mut CudaMat,
+    ) -> Result<(), DeviceError> {
+        self.op("linear", || {
             let n = w.shape[0];
             self.ensure(out, x.rows, n)?;
             if x.rows == 0 {
@@ -372,11 +371,17 @@ impl Device for Cuda {
                 self.kernels.add_bias(&self.stream, od, x.rows, n, b.as_ref())?;
             }
             Ok(())
-        });
+        })
     }
 
-    fn rms_norm(&self, x: &CudaMat, weight: &CudaWeight, eps: f32, out: &mut CudaMat) {
-        self.guard("rms_norm", || {
+    fn rms_norm(
+        &self,
+        x: &CudaMat,
+        weight: &CudaWeight,
+        eps: f32,
+        out: &mut CudaMat,
+    ) -> Result<(), DeviceError> {
+        self.op("rms_norm", || {
             self.ensure(out, x.rows, x.cols)?;
             if x.is_empty() {
                 return Ok(());
@@ -385,7 +390,7 @@ impl Device for Cuda {
             let od = od.ok_or(OpError::Missing)?;
             let w = weight.as_ref();
             Ok(self.kernels.rms_norm(&self.stream, xd, w, x.rows, x.cols, eps, od)?)
-        });
+        })
     }
 
     fn add_rms_norm(
@@ -395,8 +400,8 @@ impl Device for Cuda {
         weight: &CudaWeight,
         eps: f32,
         out: &mut CudaMat,
-    ) {
-        self.guard("add_rms_norm", || {
+    ) -> Result<(), DeviceError> {
+        self.op("add_rms_norm", || {
             self.ensure(out, x.rows, x.cols)?;
             if x.is_empty() {
                 return Ok(());
@@ -407,11 +412,11 @@ impl Device for Cuda {
             let od = out.data.as_mut().ok_or(OpError::Missing)?;
             let w = weight.as_ref();
             Ok(self.kernels.add_rms_norm(&self.stream, xd, yd, w, rows, cols, eps, od)?)
-        });
+        })
     }
 
-    fn rope(&self, x: &mut CudaMat, head_dim: usize, plan: &CudaPlan) {
-        self.guard("rope", || {
+    fn rope(&self, x: &mut CudaMat, head_dim: usize, plan: &CudaPlan) -> Result<(), DeviceError> {
+        self.op("rope", || {
             if x.is_empty() {
                 return Ok(());
             }
@@ -420,7 +425,7 @@ impl Device for Cuda {
             let xd = x.data.as_mut().ok_or(OpError::Missing)?;
             let (cos, sin) = (&a.rope_cos, &a.rope_sin);
             Ok(self.kernels.rope(&self.stream, xd, rows, heads, head_dim, cos, sin)?)
-        });
+        })
     }
 
     fn write_kv(
@@ -430,8 +435,8 @@ impl Device for Cuda {
         k: &CudaMat,
         v: &CudaMat,
         plan: &CudaPlan,
-    ) {
-        self.guard("write_kv", || {
+    ) -> Result<(), DeviceError> {
+        self.op("write_kv", || {
             if k.rows == 0 {
                 return Ok(());
             }
@@ -451,7 +456,7 @@ impl Device for Cuda {
                 kv_heads,
                 head_dim,
             )?)
-        });
+        })
     }
 
     fn attention(
@@ -462,8 +467,8 @@ impl Device for Cuda {
         shape: AttentionShape,
         plan: &CudaPlan,
         out: &mut CudaMat,
-    ) {
-        self.guard("attention", || {
+    ) -> Result<(), DeviceError> {
+        self.op("attention", || {
             self.ensure(out, q.rows, shape.heads * shape.head_dim)?;
             if q.rows == 0 {
                 return Ok(());
@@ -501,11 +506,11 @@ impl Device for Cuda {
             };
             let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
             Ok(self.kernels.attention(&self.stream, qd, kc, vc, &mut meta, od)?)
-        });
+        })
     }
 
-    fn silu_mul(&self, gate_up: &CudaMat, out: &mut CudaMat) {
-        self.guard("silu_mul", || {
+    fn silu_mul(&self, gate_up: &CudaMat, out: &mut CudaMat) -> Result<(), DeviceError> {
+        self.op("silu_mul", || {
             let half = gate_up.cols / 2;
             self.ensure(out, gate_up.rows, half)?;
             if out.is_empty() {
@@ -514,11 +519,16 @@ impl Device for Cuda {
             let gd = gate_up.data.as_ref().ok_or(OpError::Missing)?;
             let od = out.data.as_mut().ok_or(OpError::Missing)?;
             Ok(self.kernels.silu_mul(&self.stream, gd, gate_up.rows, half, od)?)
-        });
+        })
     }
 
-    fn split_cols(&self, x: &CudaMat, widths: &[usize], outs: &mut [&mut CudaMat]) {
-        self.guard("split_cols", || {
+    fn split_cols(
+        &self,
+        x: &CudaMat,
+        widths: &[usize],
+        outs: &mut [&mut CudaMat],
+    ) -> Result<(), DeviceError> {
+        self.op("split_cols", || {
             let mut col0 = 0;
             for (out, &width) in outs.iter_mut().zip(widths) {
                 self.ensure(out, x.rows, width)?;
@@ -530,11 +540,11 @@ impl Device for Cuda {
                 col0 += width;
             }
             Ok(())
-        });
+        })
     }
 
-    fn add_assign(&self, x: &mut CudaMat, y: &CudaMat) {
-        self.guard("add_assign", || {
+    fn add_assign(&self, x: &mut CudaMat, y: &CudaMat) -> Result<(), DeviceError> {
+        self.op("add_assign", || {
             let n = x.len();
             if n == 0 {
                 return Ok(());
@@ -542,21 +552,31 @@ impl Device for Cuda {
             let yd = y.data.as_ref().ok_or(OpError::Missing)?;
             let xd = x.data.as_mut().ok_or(OpError::Missing)?;
             Ok(self.kernels.add_assign(&self.stream, xd, yd, n)?)
-        });
+        })
     }
 
-    fn gather_sample_rows(&self, x: &CudaMat, plan: &CudaPlan, out: &mut CudaMat) {
-        self.guard("gather_sample_rows", || {
+    fn gather_sample_rows(
+        &self,
+        x: &CudaMat,
+        plan: &CudaPlan,
+        out: &mut CudaMat,
+    ) -> Result<(), DeviceError> {
+        self.op("gather_sample_rows", || {
             let idx = self.arrays(plan).map(|a| &a.sample_rows);
             self.gather(x, idx, plan.num_sample_rows, out)
-        });
+        })
     }
 
-    fn gather_hidden_rows(&self, x: &CudaMat, plan: &CudaPlan, out: &mut CudaMat) {
-        self.guard("gather_hidden_rows", || {
+    fn gather_hidden_rows(
+        &self,
+        x: &CudaMat,
+        plan: &CudaPlan,
+        out: &mut CudaMat,
+    ) -> Result<(), DeviceError> {
+        self.op("gather_hidden_rows", || {
             let idx = self.arrays(plan).map(|a| &a.hidden_rows);
             self.gather(x, idx, plan.num_hidden_rows, out)
-        });
+        })
     }
 
     fn samples_tokens(&self) -> bool {
@@ -568,18 +588,11 @@ impl Device for Cuda {
         logits: &CudaMat,
         sampling: &DeviceSampling,
     ) -> Result<Vec<DeviceChoice>, DeviceError> {
-        let fail =
-            |m: String| DeviceError { device: "cuda", message: format!("{}: {m}", self.gpu_name) };
-        if let Some(failure) = self.take_failure() {
-            return Err(fail(failure));
-        }
-        self.sample_rows(logits, sampling).map_err(|e| fail(format!("sampling: {e}")))
+        self.sample_rows(logits, sampling).map_err(|e| self.error(format!("sampling: {e}")))
     }
 
     fn to_host(&self, x: &CudaMat) -> Result<Vec<f32>, DeviceError> {
-        // A failed step must not hand back logits (see the module documentation).
-        self.try_to_host(x)
-            .map_err(|e| DeviceError { device: "cuda", message: format!("{}: {e}", self.gpu_name) })
+        self.copy_to_host(x)
     }
 }
 
