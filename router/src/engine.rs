@@ -27,7 +27,7 @@ use rill_backend::device::Device;
 use rill_proto::{SamplingParams, SeqId, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
-use crate::block_manager::KvEvent;
+use crate::kv_events::{self, KvEventBatch};
 use crate::metrics as m;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::sequence::{FinishReason, Sequence, StopCriteria};
@@ -200,7 +200,7 @@ pub fn spawn_with_kv_events<D: Device>(
     runner: Runner<D>,
     config: SchedulerConfig,
     eos_token_ids: Vec<u32>,
-    kv_events: Option<async_mpsc::UnboundedSender<Vec<KvEvent>>>,
+    kv_events: Option<async_mpsc::UnboundedSender<KvEventBatch>>,
 ) -> EngineHandle
 where
     Runner<D>: Send,
@@ -272,7 +272,7 @@ struct EngineLoop<D: Device> {
     steps: u64,
     panic_at_step: Option<u64>,
     /// Where the prefix cache's changes go (`--kv-events-endpoint`).
-    kv_events: Option<async_mpsc::UnboundedSender<Vec<KvEvent>>>,
+    kv_events: Option<async_mpsc::UnboundedSender<KvEventBatch>>,
 }
 
 impl<D: Device> EngineLoop<D> {
@@ -467,7 +467,8 @@ impl<D: Device> EngineLoop<D> {
         if let Some(tx) = &self.kv_events {
             let events = self.scheduler.take_kv_events();
             if !events.is_empty() {
-                let _ = tx.send(events);
+                let medium = kv_events::medium(self.runner.device_name());
+                let _ = tx.send(KvEventBatch { medium, events });
             }
         }
         let blocks = self.scheduler.blocks();

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! A hash is the first 8 bytes (big-endian) of the block's keyed blake3 hash, as an
-//! unsigned integer (vLLM's integer block hashes); `medium` is `"GPU"` or `"CPU"`.
+//! unsigned integer (vLLM's integer block hashes); `medium` is `"GPU"` or `"CPU"`, the device
+//! the engine runs on.
 //! Each batch lists one block per event. The stream starts with `AllBlocksCleared`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -59,25 +60,34 @@ pub fn encode_batch(ts: f64, events: &[KvEvent], medium: &str) -> Vec<u8> {
     out
 }
 
+/// One engine step's changes to the prefix cache, and where the cache lives (`"GPU"` or
+/// `"CPU"`: the device the engine runs on, [`medium`]).
+#[derive(Debug)]
+pub struct KvEventBatch {
+    pub medium: &'static str,
+    pub events: Vec<KvEvent>,
+}
+
+/// The medium vLLM's events name for a device (`Device::name`).
+pub fn medium(device: &str) -> &'static str {
+    if device == "cuda" { "GPU" } else { "CPU" }
+}
+
 /// The bound PUB socket.
 pub struct Publisher {
     socket: zeromq::PubSocket,
     topic: String,
-    medium: &'static str,
 }
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher")
-            .field("topic", &self.topic)
-            .field("medium", &self.medium)
-            .finish()
+        f.debug_struct("Publisher").field("topic", &self.topic).finish()
     }
 }
 
 impl Publisher {
     /// Bind `endpoint` (`tcp://host:port`; `*` for every address).
-    pub async fn bind(endpoint: &str, topic: String, medium: &'static str) -> Result<Self, String> {
+    pub async fn bind(endpoint: &str, topic: String) -> Result<Self, String> {
         let mut socket = zeromq::PubSocket::new();
         // The zeromq crate takes `0.0.0.0` where libzmq takes `*`.
         let endpoint = endpoint.replace("tcp://*:", "tcp://0.0.0.0:");
@@ -85,17 +95,17 @@ impl Publisher {
             .bind(&endpoint)
             .await
             .map_err(|e| format!("--kv-events-endpoint {endpoint}: {e}"))?;
-        Ok(Publisher { socket, topic, medium })
+        Ok(Publisher { socket, topic })
     }
 
     /// Send every batch the engine makes, numbered from 0, until the engine stops.
-    pub async fn run(mut self, mut batches: mpsc::UnboundedReceiver<Vec<KvEvent>>) {
+    pub async fn run(mut self, mut batches: mpsc::UnboundedReceiver<KvEventBatch>) {
         let mut seq: u64 = 0;
-        while let Some(events) = batches.recv().await {
+        while let Some(KvEventBatch { medium, events }) = batches.recv().await {
             let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
             let mut message = ZmqMessage::from(self.topic.clone().into_bytes());
             message.push_back(seq.to_be_bytes().to_vec().into());
-            message.push_back(encode_batch(ts, &events, self.medium).into());
+            message.push_back(encode_batch(ts, &events, medium).into());
             if let Err(e) = self.socket.send(message).await {
                 tracing::warn!(error = %e, "cannot publish KV events");
             }
@@ -107,6 +117,12 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The medium is the device the engine runs on (not a guess made before it loads).
+    #[test]
+    fn the_medium_names_the_device() {
+        assert_eq!((medium("cuda"), medium("cpu")), ("GPU", "CPU"));
+    }
 
     #[test]
     fn batches_encode_as_vllm_msgspec_arrays() {

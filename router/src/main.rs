@@ -28,12 +28,11 @@ use rill_backend::{Cpu, Cuda, DType, LoadFormat, ModelConfig, ModelDir, Runner, 
 use rill_proto::BLOCK_SIZE;
 use rill_proto::api::Info;
 use rill_router::auth::ApiKeys;
-use rill_router::block_manager::KvEvent;
 use rill_router::chat_template::ChatTemplates;
 use rill_router::embeddings::PoolingConfig;
 use rill_router::engine;
 use rill_router::infer::{Infer, TokenBytes};
-use rill_router::kv_events::Publisher;
+use rill_router::kv_events::{KvEventBatch, Publisher};
 use rill_router::openai::tools::ToolSyntax;
 use rill_router::response_cache::ResponseCache;
 use rill_router::scheduler::SchedulerConfig;
@@ -145,7 +144,7 @@ fn explicit_kv_bytes(args: &Args, c: &ModelConfig) -> Option<usize> {
 fn load(
     args: &Args,
     dir: &std::path::Path,
-    kv_events: Option<tokio::sync::mpsc::UnboundedSender<Vec<KvEvent>>>,
+    kv_events: Option<tokio::sync::mpsc::UnboundedSender<KvEventBatch>>,
 ) -> Result<Infer> {
     let dtype = args.dtype.map(DType::from);
     let load_format = match args.load_format {
@@ -182,7 +181,7 @@ fn load(
 /// Check the limits against the loaded model and its KV cache, and start the engine.
 fn start<D: Device>(
     args: &Args,
-    kv_events: Option<tokio::sync::mpsc::UnboundedSender<Vec<KvEvent>>>,
+    kv_events: Option<tokio::sync::mpsc::UnboundedSender<KvEventBatch>>,
     model: ModelDir,
     runner: Runner<D>,
     device_detail: &str,
@@ -449,13 +448,7 @@ async fn main() -> Result<()> {
     let kv_events = match &args.kv_events_endpoint {
         None => None,
         Some(endpoint) => {
-            let gpu = match args.device {
-                DeviceArg::Cpu => false,
-                DeviceArg::Cuda => true,
-                DeviceArg::Auto => Cuda::probe(0).is_ok(),
-            };
-            let medium = if gpu { "GPU" } else { "CPU" };
-            let publisher = Publisher::bind(endpoint, args.kv_events_topic.clone(), medium)
+            let publisher = Publisher::bind(endpoint, args.kv_events_topic.clone())
                 .await
                 .map_err(anyhow::Error::msg)?;
             tracing::info!(endpoint, topic = args.kv_events_topic, "publishing KV events");
