@@ -37,10 +37,7 @@ pub fn document(models: &[String]) -> Value {
 /// The values a path parameter may take here: the served model names, version `1`, the
 /// Inference API's served tasks. Any other is a 404.
 fn path_values(doc: &mut Value, models: &[String]) {
-    let Some(Value::Object(paths)) = doc.get_mut("paths") else { return };
-    for operation in
-        paths.values_mut().filter_map(Value::as_object_mut).flat_map(|p| p.values_mut())
-    {
+    for operation in operations(doc) {
         let Some(Value::Array(parameters)) = operation.get_mut("parameters") else { continue };
         for parameter in parameters.iter_mut().filter(|p| p["in"] == "path") {
             let values = match parameter["name"].as_str() {
@@ -54,25 +51,35 @@ fn path_values(doc: &mut Value, models: &[String]) {
     }
 }
 
+/// Every operation of every path.
+fn operations(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    paths.values_mut().filter_map(Value::as_object_mut).flat_map(|p| p.values_mut())
+}
+
 fn schemas(doc: &mut Value) -> &mut Map<String, Value> {
     doc["components"]["schemas"].as_object_mut().expect("components.schemas")
 }
 
-/// Merge `constraints` into property `field` of component `schema` (inside `allOf` too).
-fn constrain(doc: &mut Value, schema: &str, field: &str, constraints: Value) {
-    let component = &mut schemas(doc)[schema];
-    let mut parts = vec![&mut *component];
-    let mut found = false;
+/// Property `field` of component `schema`, looked for through `allOf` too.
+fn property<'a>(doc: &'a mut Value, schema: &str, field: &str) -> &'a mut Value {
+    let pointer = format!("/properties/{field}");
+    let mut parts = vec![&mut schemas(doc)[schema]];
     while let Some(part) = parts.pop() {
-        if let Some(property) = part.pointer_mut(&format!("/properties/{field}")) {
-            let property = property.as_object_mut().expect("a property schema");
-            property.extend(constraints.as_object().expect("constraints").clone());
-            found = true;
-        } else if let Some(Value::Array(all)) = part.get_mut("allOf") {
+        if part.pointer(&pointer).is_some() {
+            return part.pointer_mut(&pointer).expect("just found");
+        }
+        if let Some(Value::Array(all)) = part.get_mut("allOf") {
             parts.extend(all.iter_mut());
         }
     }
-    assert!(found, "{schema} has no property {field}");
+    panic!("{schema} has no property {field}")
+}
+
+/// Merge `constraints` into property `field` of component `schema`.
+fn constrain(doc: &mut Value, schema: &str, field: &str, constraints: Value) {
+    let property = property(doc, schema, field).as_object_mut().expect("a property schema");
+    property.extend(constraints.as_object().expect("constraints").clone());
 }
 
 /// The bounds validation enforces, family by family.
@@ -163,29 +170,17 @@ fn unions(doc: &mut Value) {
     let id_lists = json!({"type": "array", "minItems": 1, "items": ids});
     let prompt = json!({"anyOf": [text, texts, ids, id_lists],
         "description": "A string, a list of strings, token ids or a list of token-id lists."});
-    let set = |doc: &mut Value, schema: &str, field: &str, value: &Value| {
-        let slot = schemas(doc)[schema].pointer_mut(&format!("/properties/{field}"));
-        *slot.unwrap_or_else(|| panic!("{schema}.{field}")) = value.clone();
-    };
-    set(doc, "EmbeddingRequest", "input", &prompt);
-    let mut all = vec![&mut schemas(doc)["CompletionRequest"]];
-    while let Some(part) = all.pop() {
-        if let Some(p) = part.pointer_mut("/properties/prompt") {
-            *p = prompt.clone();
-        } else if let Some(Value::Array(parts)) = part.get_mut("allOf") {
-            all.extend(parts.iter_mut());
-        }
-    }
+    *property(doc, "EmbeddingRequest", "input") = prompt.clone();
+    *property(doc, "CompletionRequest", "prompt") = prompt;
     let inputs = json!({"anyOf": [text, texts, {"type": "object"}, {"type": "array", "minItems": 1}],
         "description": "By task: a string or a list of strings (text-generation, \
                         feature-extraction), a conversation (conversational), or \
                         `{\"source_sentence\", \"sentences\"}` (sentence-similarity)."});
-    set(doc, "InferenceRequest", "inputs", &inputs);
+    *property(doc, "InferenceRequest", "inputs") = inputs;
     let embedding = json!({"anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}],
         "description": "The vector, or with `encoding_format: \"base64\"` its little-endian f32 bytes in base64."});
-    set(doc, "Embedding", "embedding", &embedding);
-    let params = schemas(doc)["GenerateBody"].pointer_mut("/properties/parameters/type");
-    *params.expect("GenerateBody.parameters") = json!(["object", "null"]);
+    *property(doc, "Embedding", "embedding") = embedding;
+    property(doc, "GenerateBody", "parameters")["type"] = json!(["object", "null"]);
     // The Inference API answers by task.
     let numbers = json!({"type": "array", "items": {"type": "number"}});
     let answer = json!({"anyOf": [
@@ -221,10 +216,7 @@ fn stream_events(doc: &mut Value) {
         json!({"type": "object", "required": ["error"], "description": "A failure mid-stream.",
                "properties": {"error": {"type": "string"}, "error_type": {"type": "string"}}}),
     );
-    let Some(Value::Object(paths)) = doc.get_mut("paths") else { return };
-    for operation in
-        paths.values_mut().filter_map(Value::as_object_mut).flat_map(|p| p.values_mut())
-    {
+    for operation in operations(doc) {
         let Some(Value::Object(responses)) = operation.get_mut("responses") else { continue };
         for response in responses.values_mut() {
             let Some(events) = response.pointer_mut("/content/text~1event-stream") else {

@@ -408,9 +408,10 @@ pub fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'stati
         (status = 503, description = "Unhealthy", body = ErrorResponse),
     ))]
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    match state.serving() {
-        true => StatusCode::OK.into_response(),
-        false => tgi_error(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "healthcheck"),
+    if state.serving() {
+        StatusCode::OK.into_response()
+    } else {
+        tgi_error(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "healthcheck")
     }
 }
 

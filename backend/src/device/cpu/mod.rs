@@ -93,6 +93,15 @@ impl Default for Cpu {
     }
 }
 
+/// `out = r / rms(r) * w` for one row (RMSNorm, in f32, summing in order).
+fn rms_norm_row(r: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_sq = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
+    let inv = 1.0 / (mean_sq + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(r).zip(w) {
+        *o = w * (v * inv);
+    }
+}
+
 /// `out[i] = x[rows[i]]`
 fn gather_rows(x: &Mat, rows: &[u32], out: &mut Mat) {
     *out = Mat::zeros(rows.len(), x.cols);
@@ -196,13 +205,10 @@ impl Device for Cpu {
     ) -> Result<(), DeviceError> {
         let w = vector_f32(weight);
         *out = Mat::zeros(x.rows, x.cols);
-        out.data.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).for_each(|(o, r)| {
-            let mean_sq = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
-            let inv = 1.0 / (mean_sq + eps).sqrt();
-            for ((o, v), w) in o.iter_mut().zip(r).zip(w.iter()) {
-                *o = w * (v * inv);
-            }
-        });
+        out.data
+            .par_chunks_mut(x.cols)
+            .zip(x.data.par_chunks(x.cols))
+            .for_each(|(o, r)| rms_norm_row(r, &w, eps, o));
         Ok(())
     }
 
@@ -224,11 +230,7 @@ impl Device for Cpu {
             for (a, b) in r.iter_mut().zip(y) {
                 *a += b;
             }
-            let mean_sq = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
-            let inv = 1.0 / (mean_sq + eps).sqrt();
-            for ((o, v), w) in o.iter_mut().zip(r.iter()).zip(w.iter()) {
-                *o = w * (v * inv);
-            }
+            rms_norm_row(r, &w, eps, o);
         });
         Ok(())
     }

@@ -20,6 +20,7 @@
 //! cargo run --release -p rill-benches --bin rill-bench -- --url http://127.0.0.1:3000 --clients 8
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,11 +143,9 @@ async fn one_request(client: &reqwest::Client, url: &str, args: &Args, prompt: &
             }
         };
         buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..end + 2).collect();
-            let Some(data) = event.trim().strip_prefix("data:") else { continue };
+        for data in take_sse_data(&mut buffer) {
             let now = Instant::now();
-            let parsed: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+            let parsed: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
             if parsed.get("error").is_some() {
                 sample.error = Some(parsed["error"].to_string());
                 continue;
@@ -219,13 +218,36 @@ struct Report {
     cache: Option<(f64, f64)>,
 }
 
+/// Every series on the server's `/metrics`, by name with its labels, and its value.
+async fn scrape(client: &reqwest::Client, url: &str) -> Result<BTreeMap<String, f64>> {
+    let text = client.get(format!("{url}/metrics")).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect())
+}
+
 /// The prefix cache's token counters, if the server exports them.
 async fn cache_counters(client: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
-    let text = client.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
-    let value = |name: &str| {
-        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-    };
-    Some((value("rill_prefix_cache_queries")?, value("rill_prefix_cache_hits")?))
+    let m = scrape(client, url).await.ok()?;
+    Some((*m.get("rill_prefix_cache_queries")?, *m.get("rill_prefix_cache_hits")?))
+}
+
+/// Take every complete server-sent event out of `buffer` (what has arrived so far),
+/// returning the `data:` payloads.
+fn take_sse_data(buffer: &mut String) -> Vec<String> {
+    let mut data = Vec::new();
+    while let Some(end) = buffer.find("\n\n") {
+        let event: String = buffer.drain(..end + 2).collect();
+        if let Some(d) = event.trim().strip_prefix("data:") {
+            data.push(d.trim().to_string());
+        }
+    }
+    data
 }
 
 /// The prompt of request `i` (unique and shared-prefix workloads).

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::{Args, Words};
+use super::{Args, Words, scrape, take_sse_data};
 
 /// The kinds of request, sent in this order by each client.
 const KINDS: [&str; 8] = [
@@ -55,18 +55,6 @@ struct Idle {
     violations: f64,
     rss_mib: Option<f64>,
     waited: Duration,
-}
-
-async fn scrape(client: &reqwest::Client, url: &str) -> Result<BTreeMap<String, f64>> {
-    let text = client.get(format!("{url}/metrics")).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect())
 }
 
 /// Wait until nothing runs or waits, then read what an idle server must show.
@@ -126,12 +114,8 @@ impl Client {
         let (mut bytes, mut buffer) = (r.bytes_stream(), String::new());
         while let Some(chunk) = bytes.next().await {
             buffer.push_str(&String::from_utf8_lossy(&chunk?));
-            while let Some(end) = buffer.find("\n\n") {
-                let event: String = buffer.drain(..end + 2).collect();
-                if let Some(data) = event.trim().strip_prefix("data:") {
-                    events.push(serde_json::from_str(data.trim()).unwrap_or(Value::Null));
-                }
-            }
+            let data = take_sse_data(&mut buffer);
+            events.extend(data.iter().map(|d| serde_json::from_str(d).unwrap_or(Value::Null)));
             if keep.is_some_and(|k| events.len() >= k) {
                 return Ok((status, events));
             }
