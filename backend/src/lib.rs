@@ -23,8 +23,12 @@ pub mod sampler;
 pub mod weights;
 
 pub use config::{Architecture, DType, ModelConfig};
+pub use device::Precision;
 pub use device::cpu::Cpu;
 pub use device::cuda::Cuda;
 pub use error::{LoadError, StepError};
 pub use model_dir::ModelDir;
-pub use runner::{LoadFormat, Runner, RunnerOptions, StepStats};
+pub use runner::{
+    AnyRunner, DeviceChoice, FIXED_RESERVE_BYTES, HOST_KV_CACHE_BYTES, KvCacheSize, LoadFormat,
+    Runner, RunnerOptions, StepStats, step_bytes,
+};

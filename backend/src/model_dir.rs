@@ -67,6 +67,9 @@ pub struct ModelDir {
     /// EOS ids: `generation_config.json`'s first, then any others from `config.json`.
     pub eos_token_ids: Vec<u32>,
     pub tokenizer: Tokenizer,
+    /// `tokenizer.json` itself, for what the tokenizer does not expose (each token's
+    /// bytes, for grammars and logprobs).
+    pub tokenizer_json: Value,
     pub tokenizer_config: TokenizerConfig,
 }
 
@@ -91,8 +94,10 @@ impl ModelDir {
         }
 
         let tok_path = path.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| LoadError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
+        let bad = |message: String| LoadError::Tokenizer { path: tok_path.clone(), message };
+        let bytes = std::fs::read(&tok_path).map_err(|e| LoadError::io(&tok_path, e))?;
+        let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
+        let tokenizer_json = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
         let vocab = tokenizer.get_vocab_size(true);
         if vocab > config.vocab_size {
             return Err(LoadError::Tokenizer {
@@ -108,6 +113,7 @@ impl ModelDir {
             config,
             eos_token_ids,
             tokenizer,
+            tokenizer_json,
             tokenizer_config: TokenizerConfig::read(path)?,
         })
     }

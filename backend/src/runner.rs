@@ -50,19 +50,6 @@ impl LoadFormat {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct RunnerOptions {
-    /// Memory the KV cache may take; its block count follows from it.
-    pub kv_cache_bytes: usize,
-    pub load_format: LoadFormat,
-}
-
-impl Default for RunnerOptions {
-    fn default() -> Self {
-        RunnerOptions { kv_cache_bytes: 1 << 30, load_format: LoadFormat::Safetensors(None) }
-    }
-}
-
 /// A model ready to step, with its KV cache.
 pub struct Runner<D: Device> {
     device: D,
@@ -71,6 +58,7 @@ pub struct Runner<D: Device> {
     layout: KvLayout,
     sampler: Sampler,
     stats: StepStats,
+    max_step_tokens: usize,
 }
 
 /// Where the last step's time went (benchmarks, logs).
@@ -96,19 +84,14 @@ impl<D: Device> std::fmt::Debug for Runner<D> {
 }
 
 impl<D: Device> Runner<D> {
-    /// Load the model at `dir` (only `config.json` is read for dummy weights).
-    pub fn load(
-        dir: &Path,
-        config: &ModelConfig,
+    /// The last two steps of [`Runner::load`]: the KV cache, then what the device replays.
+    fn assemble(
         device: D,
-        opts: &RunnerOptions,
+        model: Llama<D>,
+        kv_cache_bytes: usize,
+        max_step_tokens: usize,
+        replay_batch_sizes: &[usize],
     ) -> Result<Self, LoadError> {
-        let source = opts.load_format.open(dir, config)?;
-        let model = Llama::load(config, source.as_ref(), &device)?;
-        Self::new(device, model, opts.kv_cache_bytes)
-    }
-
-    pub fn new(device: D, model: Llama<D>, kv_cache_bytes: usize) -> Result<Self, LoadError> {
         let c = model.config();
         let block_bytes = KvLayout::block_bytes(c);
         let num_blocks = kv_cache_bytes / block_bytes;
@@ -128,13 +111,14 @@ impl<D: Device> Runner<D> {
             let forward = &mut |cache: &mut D::Cache, host: &StepPlan, plan: &D::Plan| {
                 model.forward(&device, cache, host, plan)
             };
-            device.prepare_replay(&mut cache, model.config(), forward)
+            device.prepare_replay(&mut cache, model.config(), replay_batch_sizes, forward)
         });
         if let Some(recorded) = recorded {
             tracing::info!("{}: {recorded}", device.name());
         }
         let sampler = Sampler::new(c.vocab_size);
-        Ok(Runner { device, model, cache, layout, sampler, stats: StepStats::default() })
+        let stats = StepStats::default();
+        Ok(Runner { device, model, cache, layout, sampler, stats, max_step_tokens })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -144,6 +128,11 @@ impl<D: Device> Runner<D> {
     /// KV-cache blocks available to the block manager.
     pub fn num_blocks(&self) -> usize {
         self.layout.num_blocks
+    }
+
+    /// The most rows one step may run (the warm-up's size; the scheduler's token budget).
+    pub fn max_step_tokens(&self) -> usize {
+        self.max_step_tokens
     }
 
     pub fn device(&self) -> &D {
@@ -409,6 +398,13 @@ fn record(
         Err(e) => out.failed.push((id, e)),
     }
 }
+
+mod load;
+
+pub use load::{
+    AnyRunner, DeviceChoice, FIXED_RESERVE_BYTES, HOST_KV_CACHE_BYTES, KvBudget, KvCacheSize,
+    RunnerOptions, step_bytes,
+};
 
 #[cfg(test)]
 mod tests;

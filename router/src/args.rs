@@ -10,6 +10,24 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// How a model computes (`--precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 arithmetic everywhere: transformers in f32, bit for bit on the CPU.
+    Exact,
+    /// A 16-bit model computes in its dtype where the device can (a GPU's tensor cores).
+    Fast,
+}
+
+impl From<PrecisionArg> for rill_backend::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Exact => rill_backend::Precision::Exact,
+            PrecisionArg::Fast => rill_backend::Precision::Fast,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LoadFormatArg {
     /// The directory's safetensors files.
@@ -113,6 +131,12 @@ pub struct Args {
     /// bfloat16 for `--load-format dummy`.
     #[arg(long, env = "DTYPE", value_enum)]
     pub dtype: Option<DTypeArg>,
+    /// `exact`: f32 arithmetic everywhere (transformers in f32, bit for bit on the CPU);
+    /// `fast`: a bf16/f16 model computes in its dtype where the device can (a GPU's
+    /// prefill attention on bf16 tensor cores, as its GEMMs). An f32 model is exact in
+    /// either mode; the CPU is exact in either mode today.
+    #[arg(long, env = "PRECISION", value_enum, default_value_t = PrecisionArg::Fast)]
+    pub precision: PrecisionArg,
     /// Memory for the paged KV cache, in MiB (default: 1024 on the CPU; on a GPU, what
     /// free memory allows, see --cuda-memory-fraction).
     #[arg(long, env = "KV_CACHE_MEMORY_MIB")]

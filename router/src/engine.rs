@@ -1,5 +1,5 @@
 //! The engine loop: one dedicated thread that owns the [`Scheduler`] and the
-//! backend's `Runner`, and talks to the async HTTP side over channels.
+//! backend's runner (`AnyRunner`), and talks to the async HTTP side over channels.
 //!
 //! Its step is the table of contents of the system (nano-vllm's shape):
 //! `intake()` → `scheduler.schedule()` → `runner.step(&batch)` → `postprocess()`.
@@ -22,8 +22,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use rill_backend::Runner;
-use rill_backend::device::Device;
+use rill_backend::AnyRunner;
 use rill_proto::{SamplingParams, SeqId, TokenId};
 use tokio::sync::mpsc as async_mpsc;
 
@@ -183,28 +182,23 @@ impl EngineHandle {
 }
 
 /// Start the engine thread.
-pub fn spawn<D: Device>(
-    runner: Runner<D>,
+pub fn spawn(
+    runner: impl Into<AnyRunner>,
     config: SchedulerConfig,
     eos_token_ids: Vec<u32>,
-) -> EngineHandle
-where
-    Runner<D>: Send,
-{
+) -> EngineHandle {
     spawn_with_kv_events(runner, config, eos_token_ids, None)
 }
 
 /// Start the engine thread; with `kv_events`, it sends the prefix cache's changes there
 /// once per step that made any ([`crate::kv_events`]).
-pub fn spawn_with_kv_events<D: Device>(
-    runner: Runner<D>,
+pub fn spawn_with_kv_events(
+    runner: impl Into<AnyRunner>,
     config: SchedulerConfig,
     eos_token_ids: Vec<u32>,
     kv_events: Option<async_mpsc::UnboundedSender<KvEventBatch>>,
-) -> EngineHandle
-where
-    Runner<D>: Send,
-{
+) -> EngineHandle {
+    let runner = runner.into();
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(EngineStats::default());
     let published = Arc::clone(&stats);
@@ -261,8 +255,8 @@ fn injected_panic_step() -> Option<u64> {
     std::env::var("RILL_TEST_ENGINE_PANIC_AT_STEP").ok()?.parse().ok()
 }
 
-struct EngineLoop<D: Device> {
-    runner: Runner<D>,
+struct EngineLoop {
+    runner: AnyRunner,
     scheduler: Scheduler,
     rx: mpsc::Receiver<Submission>,
     replies: HashMap<SeqId, Reply>,
@@ -275,7 +269,7 @@ struct EngineLoop<D: Device> {
     kv_events: Option<async_mpsc::UnboundedSender<KvEventBatch>>,
 }
 
-impl<D: Device> EngineLoop<D> {
+impl EngineLoop {
     fn run(&mut self) {
         // Constant for the process: what a prefix-aware router needs to hash prompts
         // the way this cache does (vLLM's `cache_config_info`).

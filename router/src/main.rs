@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use axum::serve::ListenerExt;
 use clap::Parser;
-use rill_backend::device::{Device, KvLayout};
 use rill_backend::grammar::GrammarCompiler;
-use rill_backend::models::Llama;
-use rill_backend::{Cpu, Cuda, DType, LoadFormat, ModelConfig, ModelDir, Runner, RunnerOptions};
+use rill_backend::{
+    AnyRunner, Cuda, DType, DeviceChoice, KvCacheSize, LoadFormat, ModelDir, RunnerOptions,
+};
 use rill_proto::BLOCK_SIZE;
 use rill_proto::api::Info;
 use rill_router::auth::ApiKeys;
@@ -59,139 +59,72 @@ fn init_logs(json: bool) {
     }
 }
 
-/// The device `--device` chose (`auto` falls back to the CPU with one log line). "Engine"
-/// is the thread that runs steps (engine.rs); this is what it runs them on.
-enum ChosenDevice {
-    Cpu(Cpu),
-    Cuda(Box<Cuda>),
-}
-
-fn select_device(args: &Args) -> Result<ChosenDevice> {
-    let cpu = || {
-        ChosenDevice::Cpu(match args.num_threads {
-            Some(n) => Cpu::with_threads(n),
-            None => Cpu::new(),
-        })
-    };
-    Ok(match args.device {
-        DeviceArg::Cpu => cpu(),
-        DeviceArg::Cuda => ChosenDevice::Cuda(Box::new(Cuda::new(0).context("--device cuda")?)),
-        DeviceArg::Auto => match Cuda::new(0) {
-            Ok(cuda) => ChosenDevice::Cuda(Box::new(cuda)),
-            Err(e) => {
-                tracing::info!("--device auto: running on the CPU ({e})");
-                cpu()
-            }
-        },
-    })
-}
-
-/// Load the weights onto the GPU and size the KV cache: explicitly if the user said
-/// how, else from the memory left after a warm-up step of `max_rows` rows.
-fn load_cuda(
-    args: &Args,
-    dir: &std::path::Path,
-    c: &ModelConfig,
-    device: Cuda,
-    format: LoadFormat,
-    max_rows: usize,
-) -> Result<Runner<Cuda>> {
-    device.set_graph_buckets(args.cuda_graphs.up_to(max_batch_size(args)));
-    let model = Llama::load(c, format.open(dir, c)?.as_ref(), &device)?;
-    let kv_cache_bytes = match explicit_kv_bytes(args, c) {
-        Some(bytes) => bytes,
-        None => {
-            let fraction = args.cuda_memory_fraction;
-            if !(fraction > 0.0 && fraction <= 1.0) {
-                bail!("--cuda-memory-fraction ({fraction}) must be in (0, 1]");
-            }
-            device.warm_up(&model, max_rows)?;
-            let budget = device.kv_budget(c, max_rows, fraction)?;
-            let mib = |b: usize| b >> 20;
-            tracing::info!(
-                gpu = device.gpu_name(),
-                free_mib = mib(budget.free),
-                total_mib = mib(budget.total),
-                reserved_mib = mib(budget.reserved),
-                fraction,
-                kv_cache_mib = mib(budget.kv_bytes),
-                "KV cache sized from free GPU memory after the weights and a {max_rows}-row warm-up step"
-            );
-            budget.kv_bytes
-        }
-    };
-    Ok(Runner::new(device, model, kv_cache_bytes)?)
-}
-
 /// Sequences one step may hold (`--max-batch-size`, else `--max-concurrent-requests`).
 fn max_batch_size(args: &Args) -> usize {
     args.max_batch_size.unwrap_or(args.max_concurrent_requests).max(1)
 }
 
-/// The KV cache size the flags give, if they give one.
-fn explicit_kv_bytes(args: &Args, c: &ModelConfig) -> Option<usize> {
-    match (args.max_batch_total_tokens, args.kv_cache_memory_mib) {
-        (Some(tokens), _) => {
-            let block = KvLayout::block_bytes(c);
-            Some(tokens.div_ceil(BLOCK_SIZE) * block)
-        }
-        (None, Some(mib)) => Some(mib << 20),
-        (None, None) => None,
-    }
-}
-
-/// Load the model and start the engine; runs on a blocking thread.
-fn load(
-    args: &Args,
-    dir: &std::path::Path,
-    kv_events: Option<tokio::sync::mpsc::UnboundedSender<KvEventBatch>>,
-) -> Result<Infer> {
+/// The backend's load options the flags give.
+fn runner_options(args: &Args) -> Result<RunnerOptions> {
     let dtype = args.dtype.map(DType::from);
     let load_format = match args.load_format {
         LoadFormatArg::Safetensors => LoadFormat::Safetensors(dtype),
         LoadFormatArg::Dummy => LoadFormat::Dummy(dtype.unwrap_or(DType::Bf16)),
     };
-    let t = Instant::now();
-    let model = ModelDir::open(dir)?;
-    let c = &model.config;
     if args.max_batch_prefill_tokens == Some(0) {
         bail!("--max-batch-prefill-tokens must be positive");
     }
-    match select_device(args)? {
-        ChosenDevice::Cpu(device) => {
-            let max_batch_prefill_tokens = args.max_batch_prefill_tokens.unwrap_or(128);
-            let kv_cache_bytes = explicit_kv_bytes(args, c).unwrap_or(1024 << 20);
-            let opts = RunnerOptions { kv_cache_bytes, load_format };
-            let detail = format!("{} threads", device.threads());
-            let runner = Runner::load(dir, c, device, &opts)?;
-            start(args, kv_events, model, runner, &detail, max_batch_prefill_tokens, t)
-        }
-        ChosenDevice::Cuda(device) => {
-            // TGI's default: a GPU runs 4096 prefill tokens in about the time of a decode
-            // step's weight reads, so larger chunks cost running streams little.
-            let max_batch_prefill_tokens = args.max_batch_prefill_tokens.unwrap_or(4096);
-            let (major, minor) = device.compute_capability();
-            let detail = format!("{} (sm_{major}{minor})", device.gpu_name());
-            let runner = load_cuda(args, dir, c, *device, load_format, max_batch_prefill_tokens)?;
-            start(args, kv_events, model, runner, &detail, max_batch_prefill_tokens, t)
-        }
+    let fraction = args.cuda_memory_fraction;
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        bail!("--cuda-memory-fraction ({fraction}) must be in (0, 1]");
+    }
+    let kv_cache = match (args.max_batch_total_tokens, args.kv_cache_memory_mib) {
+        (Some(tokens), _) => KvCacheSize::Tokens(tokens),
+        (None, Some(mib)) => KvCacheSize::Bytes(mib << 20),
+        (None, None) => KvCacheSize::FreeMemory(fraction),
+    };
+    Ok(RunnerOptions {
+        load_format,
+        kv_cache,
+        precision: args.precision.into(),
+        max_step_tokens: args.max_batch_prefill_tokens,
+        replay_batch_sizes: args.cuda_graphs.up_to(max_batch_size(args)),
+    })
+}
+
+fn device_choice(args: &Args) -> DeviceChoice {
+    let cpu_threads = args.num_threads;
+    match args.device {
+        DeviceArg::Auto => DeviceChoice::Auto { cuda_ordinal: 0, cpu_threads },
+        DeviceArg::Cpu => DeviceChoice::Cpu { threads: cpu_threads },
+        DeviceArg::Cuda => DeviceChoice::Cuda { ordinal: 0 },
     }
 }
 
+/// Load the model and start the engine; runs on a blocking thread. Flags → options →
+/// [`AnyRunner::load`] → the engine and the request front.
+fn load(
+    args: &Args,
+    dir: &std::path::Path,
+    kv_events: Option<tokio::sync::mpsc::UnboundedSender<KvEventBatch>>,
+) -> Result<Infer> {
+    let t = Instant::now();
+    let model = ModelDir::open(dir)?;
+    let opts = runner_options(args)?;
+    let runner = AnyRunner::load(dir, &model.config, device_choice(args), &opts)?;
+    start(args, kv_events, model, runner, t)
+}
+
 /// Check the limits against the loaded model and its KV cache, and start the engine.
-fn start<D: Device>(
+fn start(
     args: &Args,
     kv_events: Option<tokio::sync::mpsc::UnboundedSender<KvEventBatch>>,
     model: ModelDir,
-    runner: Runner<D>,
-    device_detail: &str,
-    max_batch_prefill_tokens: usize,
+    runner: AnyRunner,
     t: Instant,
-) -> Result<Infer>
-where
-    Runner<D>: Send,
-{
+) -> Result<Infer> {
     let c = &model.config;
+    let max_batch_prefill_tokens = runner.max_step_tokens();
     let capacity = runner.num_blocks() * BLOCK_SIZE;
 
     let max_total = args.max_total_tokens.unwrap_or(c.max_position_embeddings.min(capacity));
@@ -219,7 +152,7 @@ where
         architecture = c.architecture.hf_name(),
         parameters = c.num_parameters(),
         device = runner.device_name(),
-        device_detail,
+        device_detail = runner.device_detail(),
         kv_blocks = runner.num_blocks(),
         kv_tokens = capacity,
         max_input_tokens = max_input,
@@ -246,11 +179,7 @@ where
         vocab_size: c.vocab_size,
     };
     let tokenizer = Arc::new(model.tokenizer);
-    let path = model.path.join("tokenizer.json");
-    let json: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", path.display()))?;
+    let json = model.tokenizer_json;
     let token_bytes = match rill_backend::grammar::token_bytes(&json) {
         Ok(bytes) => TokenBytes::new(bytes),
         Err(e) => {

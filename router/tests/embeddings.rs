@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rill_backend::{Cpu, ModelDir, Runner, RunnerOptions};
+use rill_backend::{Cpu, KvCacheSize, ModelDir, Runner, RunnerOptions};
 use rill_router::embeddings::{Pooling, PoolingConfig, cosine_similarity};
 use rill_router::engine;
 use rill_router::infer::{Hidden, Infer, InferError, TokenBytes};
@@ -26,7 +26,7 @@ fn fixture(name: &str) -> PathBuf {
 fn serve(name: &str, max_batch_tokens: usize, max_concurrent: usize) -> Infer {
     let dir = fixture(name);
     let model = ModelDir::open(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let opts = RunnerOptions { kv_cache_bytes: 8 << 20, ..Default::default() };
+    let opts = RunnerOptions { kv_cache: KvCacheSize::Bytes(8 << 20), ..Default::default() };
     let runner = Runner::load(&dir, &model.config, Cpu::with_threads(2), &opts).unwrap();
     let config = SchedulerConfig { max_batch_tokens, max_batch_size: 32, prefix_caching: true };
     let engine = engine::spawn(runner, config, model.eos_token_ids.clone());

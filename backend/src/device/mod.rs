@@ -191,6 +191,26 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// Keys visible to a query at position p: `(p - window, p]`; `None` = all of `[0, p]`.
     pub window: Option<usize>,
+    /// How this model's attention computes (resolved at load: an f32 model is always
+    /// [`Precision::Exact`]).
+    pub precision: Precision,
+}
+
+/// How a model computes, chosen at load ([`crate::RunnerOptions::precision`],
+/// `--precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 activations, products and sums everywhere, 16-bit weights widened as they are
+    /// read: transformers in f32, bit for bit on the CPU. The CUDA device keeps attention
+    /// in f32 too (its GEMMs over 16-bit weights still round their input to the weights'
+    /// dtype, as cuBLAS has no bf16 × f32 product).
+    Exact,
+    /// A 16-bit model computes as PyTorch computes it in its checkpoint's dtype, where the
+    /// device has the instructions: the CUDA device's prefill attention rounds its operands
+    /// to bf16 for the tensor cores, as its GEMMs do. The CPU computes exactly in either
+    /// mode today. An f32 model is computed exactly in either mode.
+    #[default]
+    Fast,
 }
 
 /// What one forward pass computes: the logits of the plan's `sample_rows`
@@ -252,17 +272,30 @@ pub trait Device: Send + Sync + Sized + 'static {
         let plan = self.plan(host)?;
         forward(cache, host, &plan)
     }
-    /// Record whatever [`Device::forward`] will replay, once `cache` exists (its
-    /// addresses may be recorded). Returns what was recorded, for the log; a device that
-    /// fails to record logs why and runs every step eagerly. Nothing by default.
+    /// Record whatever [`Device::forward`] will replay for plain decode steps of up to
+    /// each of `batch_sizes` sequences (ascending), once `cache` exists (its addresses may
+    /// be recorded). Returns what was recorded, for the log; a device that fails to record
+    /// logs why and runs every step eagerly. Nothing by default.
     fn prepare_replay(
         &self,
         cache: &mut Self::Cache,
         config: &ModelConfig,
+        batch_sizes: &[usize],
         forward: &mut Forward<'_, Self>,
     ) -> Option<String> {
-        let _ = (cache, config, forward);
+        let _ = (cache, config, batch_sizes, forward);
         None
+    }
+
+    /// Rows a step runs when the user does not say (`--max-batch-prefill-tokens`): what
+    /// costs a running decode little on this device.
+    const DEFAULT_STEP_TOKENS: usize = 128;
+
+    /// `(free, total)` bytes of the device's own memory, once queued work is done; `None`
+    /// for a device that shares the host's memory with everything else (the CPU), whose
+    /// KV cache is sized explicitly.
+    fn memory_info(&self) -> Result<Option<(usize, usize)>, DeviceError> {
+        Ok(None)
     }
 
     /// `out[r] = table[plan.tokens[r]]`

@@ -6,8 +6,10 @@
 //! states an embedding request returns. Every op goes through the device, so the CPU
 //! and CUDA engines share this file.
 
-use crate::config::ModelConfig;
-use crate::device::{AttentionShape, Device, DeviceError, ForwardOutput, StepPlan};
+use std::cell::Cell;
+
+use crate::config::{DType, ModelConfig};
+use crate::device::{AttentionShape, Device, DeviceError, ForwardOutput, Precision, StepPlan};
 use crate::error::LoadError;
 use crate::weights::{HostTensor, WeightSource};
 
@@ -49,6 +51,8 @@ impl<D: Device> std::fmt::Debug for Llama<D> {
 struct Loader<'a, D: Device> {
     source: &'a dyn WeightSource,
     device: &'a D,
+    /// A 16-bit weight matrix was loaded: the model is a bf16/f16 model.
+    half: Cell<bool>,
 }
 
 impl<D: Device> Loader<'_, D> {
@@ -87,6 +91,9 @@ impl<D: Device> Loader<'_, D> {
                 1 => tensors.remove(0),
                 _ => HostTensor::concat_rows(&format!("{name}.{suffix}"), tensors)?,
             };
+            if tensor.shape.len() == 2 && tensor.data.dtype() != DType::F32 {
+                self.half.set(true);
+            }
             self.device.weight(tensor)
         };
         Ok(Linear {
@@ -97,16 +104,19 @@ impl<D: Device> Loader<'_, D> {
 }
 
 impl<D: Device> Llama<D> {
+    /// Load the weights `source` holds onto `device`. `precision` is what the model asks
+    /// of the device where it has a choice; an f32 model always computes exactly.
     pub fn load(
         config: &ModelConfig,
         source: &dyn WeightSource,
         device: &D,
+        precision: Precision,
     ) -> Result<Self, LoadError> {
         let c = config;
-        let ld = Loader { source, device };
+        let ld = Loader { source, device, half: Cell::new(false) };
         let (h, q_dim, kv_dim) =
             (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let layers = (0..c.num_layers)
+        let mut layers = (0..c.num_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 Ok(Layer {
@@ -143,10 +153,14 @@ impl<D: Device> Llama<D> {
                         kv_heads: c.num_kv_heads,
                         head_dim: c.head_dim,
                         window: c.sliding_windows[i],
+                        precision,
                     },
                 })
             })
             .collect::<Result<Vec<_>, LoadError>>()?;
+        if !ld.half.get() {
+            layers.iter_mut().for_each(|l| l.attention.precision = Precision::Exact);
+        }
         // Some tied checkpoints still ship `lm_head.weight`; use it when present.
         let lm_head = if !c.tie_word_embeddings || source.contains("lm_head.weight") {
             Some(ld.tensor("lm_head.weight", &[c.vocab_size, h])?)

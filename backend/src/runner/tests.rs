@@ -16,7 +16,7 @@ fn fixture(name: &str) -> PathBuf {
 fn load(name: &str) -> Runner<Cpu> {
     let dir = fixture(name);
     let model = crate::ModelDir::open(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let opts = RunnerOptions { kv_cache_bytes: 16 << 20, ..Default::default() };
+    let opts = RunnerOptions { kv_cache: KvCacheSize::Bytes(16 << 20), ..Default::default() };
     Runner::load(&dir, &model.config, Cpu::with_threads(2), &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -22,8 +22,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use rill_backend::device::{Device, KvLayout};
-use rill_backend::{Cpu, Cuda, DType, LoadFormat, ModelConfig, Runner, RunnerOptions};
+use rill_backend::device::KvLayout;
+use rill_backend::{
+    AnyRunner, Cuda, DType, DeviceChoice, KvCacheSize, LoadFormat, ModelConfig, RunnerOptions,
+};
 use rill_benches::machine;
 use rill_proto::{BLOCK_SIZE, BlockId, ForwardBatch, SeqId, SeqStep, TokenId};
 
@@ -64,17 +66,14 @@ struct Args {
 }
 
 /// Drives sequences with contiguous block ranges through the runner.
-struct Bench<D: Device> {
-    runner: Runner<D>,
+struct Bench {
+    runner: AnyRunner,
     blocks_per_seq: usize,
     vocab: u32,
     context: usize,
 }
 
-impl<D: Device> Bench<D>
-where
-    Runner<D>: Send,
-{
+impl Bench {
     fn seq(&self, id: usize, tokens: Vec<u32>, start_pos: usize) -> SeqStep {
         let end = start_pos + tokens.len();
         let first = id * self.blocks_per_seq;
@@ -173,16 +172,20 @@ fn streamed_params(c: &ModelConfig) -> usize {
     c.num_parameters() - embed + if c.tie_word_embeddings { embed } else { 0 }
 }
 
-/// Load the model on `device` and run every measurement; `graphs` turns a device's CUDA
-/// graphs on or off (`None`: it has none), and the decodes are repeated with them off.
-fn measure<D: Device>(
-    s: &Setup,
-    device: D,
-    graphs: Option<fn(&D, bool)>,
-) -> Result<serde_json::Value>
-where
-    Runner<D>: Send,
-{
+/// Replay the CUDA graphs or not; `false` for a device that has none.
+fn replay_graphs(runner: &AnyRunner, replay: bool) -> bool {
+    match runner {
+        AnyRunner::Cuda(r) => {
+            r.device().replay_graphs(replay);
+            true
+        }
+        AnyRunner::Cpu(_) => false,
+    }
+}
+
+/// Load the model on the chosen device (the server's load path) and run every
+/// measurement; on a device with CUDA graphs the decodes are repeated with them off.
+fn measure(s: &Setup, device: DeviceChoice) -> Result<serde_json::Value> {
     let (args, config) = (s.args, s.config);
     let streamed = streamed_params(config);
     let weight_bytes = (streamed * s.dtype.size()) as f64;
@@ -197,13 +200,15 @@ where
     let tokens_per_seq = args.prompt.max(args.context + args.steps * args.reps + 1);
     let blocks_per_seq = tokens_per_seq.div_ceil(BLOCK_SIZE);
     let max_batch = args.batch.iter().copied().max().unwrap_or(1);
-    let kv_per_block = KvLayout::block_bytes(config);
     let opts = RunnerOptions {
-        kv_cache_bytes: blocks_per_seq * max_batch * kv_per_block,
+        kv_cache: KvCacheSize::Tokens(blocks_per_seq * max_batch * BLOCK_SIZE),
         load_format: LoadFormat::Dummy(s.dtype),
+        // The prefill measurement is one chunk.
+        max_step_tokens: Some(args.prompt.max(4096)),
+        ..RunnerOptions::default()
     };
     let dir = args.config.parent().unwrap_or(&args.config);
-    let runner = Runner::load(dir, config, device, &opts)?;
+    let runner = AnyRunner::load(dir, config, device, &opts)?;
     eprintln!("  loaded in {:.1} s", t.elapsed().as_secs_f64());
     let mut bench =
         Bench { runner, blocks_per_seq, vocab: config.vocab_size as u32, context: args.context };
@@ -211,11 +216,9 @@ where
     let roofline = s.roofs.bandwidth / step_bytes;
     let gflops = |tps: f64| tps * flops_per_token / 1e9;
     let mut decodes = Vec::new();
-    let eager_too = graphs.is_some();
+    let eager_too = replay_graphs(&bench.runner, true);
     for replay in [true, false].into_iter().take(1 + eager_too as usize) {
-        if let Some(set) = graphs {
-            set(bench.runner.device(), replay);
-        }
+        replay_graphs(&bench.runner, replay);
         let label = if !eager_too {
             ""
         } else if replay {
@@ -240,9 +243,7 @@ where
             }));
         }
     }
-    if let Some(set) = graphs {
-        set(bench.runner.device(), true);
-    }
+    replay_graphs(&bench.runner, true);
     let prefill = bench.prefill(args.prompt, args.reps)?;
     let prefill_tps = args.prompt as f64 / prefill;
     println!(
@@ -309,8 +310,8 @@ fn main() -> Result<()> {
             (streamed_params(&config) * dtype.size()) as f64 / 1e9
         );
         results.push(match args.device {
-            DeviceArg::Cpu => measure(&s, Cpu::new(), None)?,
-            DeviceArg::Cuda => measure(&s, Cuda::new(0)?, Some(Cuda::replay_graphs))?,
+            DeviceArg::Cpu => measure(&s, DeviceChoice::Cpu { threads: None })?,
+            DeviceArg::Cuda => measure(&s, DeviceChoice::Cuda { ordinal: 0 })?,
         });
     }
     if let Some(path) = &args.json {

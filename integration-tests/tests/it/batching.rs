@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use rill_backend::device::KvLayout;
-use rill_backend::{Cpu, ModelDir, Runner, RunnerOptions};
+use rill_backend::{Cpu, KvCacheSize, ModelDir, Runner, RunnerOptions};
 use rill_integration_tests::fixture_model;
 use rill_proto::{BLOCK_SIZE, SeqId, TokenId};
 use rill_router::scheduler::{Scheduler, SchedulerConfig};
@@ -16,7 +16,7 @@ use rill_router::sequence::{Sequence, StopCriteria};
 fn runner(model: &ModelDir, blocks: usize) -> Runner<Cpu> {
     let c = &model.config;
     let kv_cache_bytes = blocks * KvLayout::block_bytes(c);
-    let opts = RunnerOptions { kv_cache_bytes, ..Default::default() };
+    let opts = RunnerOptions { kv_cache: KvCacheSize::Bytes(kv_cache_bytes), ..Default::default() };
     Runner::load(&model.path, c, Cpu::new(), &opts).unwrap()
 }
 

@@ -12,9 +12,9 @@
 //! Errors are measured relative to the scale of the reference tensor (its largest
 //! magnitude), so one tolerance fits outputs of any size.
 
-use rill_backend::device::{AttentionShape, Device, KvLayout, StepPlan};
+use rill_backend::device::{AttentionShape, Device, KvLayout, Precision, StepPlan};
 use rill_backend::weights::{DummyWeights, HostTensor, Storage, TensorData, WeightSource};
-use rill_backend::{Cpu, Cuda, DType, LoadFormat, ModelDir, Runner, RunnerOptions};
+use rill_backend::{Cpu, Cuda, DType, KvCacheSize, LoadFormat, ModelDir, Runner, RunnerOptions};
 use rill_integration_tests::fixture_model;
 use rill_proto::{BLOCK_SIZE, BlockId, ForwardBatch, SeqId, SeqStep, TokenId};
 
@@ -301,11 +301,11 @@ fn elementwise_and_gemm_ops_match<D: Device>(dev: &D, tol: Tol) {
 /// Paged attention: K/V written by slot into shuffled blocks (write_kv), then queries of
 /// a mixed step (prefill from 0, a chunk in the middle, decodes at block edges and deep
 /// in a long context) and of a pure-decode step, with GQA and sliding windows, in a model
-/// whose weights are `dtype` (a device may pick its attention kernels by the weights it
-/// holds: a 16-bit matrix is loaded first to say so).
+/// whose weights are `dtype` (computed as the model would be: exactly for f32, at
+/// `Precision::Fast` for a 16-bit model, where a device may round to bf16).
 fn attention_matches<D: Device>(dev: &D, tol: Tol, dtype: DType) {
     let cpu = Cpu::with_threads(2);
-    let _model_weight = weight(&cpu, dev, "l.proj.weight", &[16, 16], dtype);
+    let precision = if dtype == DType::F32 { Precision::Exact } else { Precision::Fast };
     let tol = if dtype == DType::F32 { tol.attention } else { tol.attention_half };
     let mut rng = Rng(2);
     // (start_pos, query rows) per sequence.
@@ -316,7 +316,7 @@ fn attention_matches<D: Device>(dev: &D, tol: Tol, dtype: DType) {
     {
         for window in [None, Some(7), Some(64)] {
             for seqs in [&mixed[..], &decode[..]] {
-                let shape = AttentionShape { heads, kv_heads, head_dim, window };
+                let shape = AttentionShape { heads, kv_heads, head_dim, window, precision };
                 let what = format!("attention {shape:?}, seqs {seqs:?}");
                 let needed: Vec<usize> =
                     seqs.iter().map(|(s, l)| (s + l).div_ceil(BLOCK_SIZE)).collect();
@@ -358,14 +358,14 @@ fn attention_matches<D: Device>(dev: &D, tol: Tol, dtype: DType) {
 /// chunks alongside the other's first decode, then both decoding. Every step's logits
 /// must agree within `tol`, and the greedy choice must be the same unless the logits'
 /// difference allows a flip (a near tie in the CPU's logits).
-fn model_matches<D: Device>(name: &str, dtype: Option<DType>, dev: D, tol: f32)
-where
-    Runner<D>: Send,
-{
+fn model_matches<D: Device>(name: &str, dtype: Option<DType>, dev: D, tol: f32) {
     let dir = fixture_model(name);
     let model = ModelDir::open(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let opts =
-        RunnerOptions { kv_cache_bytes: 8 << 20, load_format: LoadFormat::Safetensors(dtype) };
+    let opts = RunnerOptions {
+        kv_cache: KvCacheSize::Bytes(8 << 20),
+        load_format: LoadFormat::Safetensors(dtype),
+        ..RunnerOptions::default()
+    };
     let mut cpu = Runner::load(&dir, &model.config, Cpu::with_threads(2), &opts).unwrap();
     let mut other = Runner::load(&dir, &model.config, dev, &opts).unwrap();
     let reference: serde_json::Value =
@@ -454,10 +454,7 @@ where
     }
 }
 
-fn all_models<D: Device>(make: impl Fn() -> D, tol: Tol)
-where
-    Runner<D>: Send,
-{
+fn all_models<D: Device>(make: impl Fn() -> D, tol: Tol) {
     for name in ["llama", "llama3", "mistral", "qwen2"] {
         model_matches(name, None, make(), tol.logits_f32);
     }

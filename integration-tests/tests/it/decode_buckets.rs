@@ -6,7 +6,7 @@
 
 use rill_backend::device::Device;
 use rill_backend::device::cuda::DEFAULT_BUCKETS;
-use rill_backend::{Cpu, Cuda, ModelDir, Runner, RunnerOptions};
+use rill_backend::{Cpu, Cuda, KvCacheSize, ModelDir, Runner, RunnerOptions};
 use rill_integration_tests::fixture_model;
 use rill_proto::{BlockId, ForwardBatch, SeqId, SeqStep, StepOutput, TokenId};
 use std::sync::atomic::Ordering;
@@ -14,14 +14,16 @@ use std::sync::atomic::Ordering;
 use crate::wrapped::Wrapped;
 
 /// Prompts of 9, 5 and 20 tokens (the last crosses a block); the third joins at step 3 and
-/// the second leaves at step 8. Returns every step's output, and the runner.
-fn run<D: Device>(device: D) -> (Vec<StepOutput>, Runner<D>)
-where
-    Runner<D>: Send,
-{
+/// the second leaves at step 8. Returns every step's output, and the runner, loaded to
+/// record decode steps of `replay` batch sizes where the device does.
+fn run<D: Device>(device: D, replay: &[usize]) -> (Vec<StepOutput>, Runner<D>) {
     let dir = fixture_model("llama");
     let model = ModelDir::open(&dir).unwrap();
-    let opts = RunnerOptions { kv_cache_bytes: 16 << 20, ..Default::default() };
+    let opts = RunnerOptions {
+        kv_cache: KvCacheSize::Bytes(16 << 20),
+        replay_batch_sizes: replay.to_vec(),
+        ..Default::default()
+    };
     let mut runner = Runner::load(&dir, &model.config, device, &opts).unwrap();
     let prompts: Vec<Vec<u32>> =
         [9u32, 5, 20].iter().map(|&n| (0..n).map(|i| 3 + (i * 7 + n) % 200).collect()).collect();
@@ -68,8 +70,8 @@ where
 
 #[test]
 fn padded_decode_steps_match_unpadded_ones_exactly() {
-    let (want, _) = run(Cpu::new());
-    let (got, padded) = run(Wrapped::padding(&[4, 8]));
+    let (want, _) = run(Cpu::new(), &[]);
+    let (got, padded) = run(Wrapped::padding(&[4, 8]), &[]);
     for (step, (w, g)) in want.iter().zip(&got).enumerate() {
         assert_eq!(w, g, "step {step}");
     }
@@ -83,9 +85,8 @@ fn padded_decode_steps_match_unpadded_ones_exactly() {
 #[test]
 fn cuda_decode_graphs_match_eager_steps() {
     let Some(eager) = crate::cuda_parity::cuda() else { return };
-    eager.set_graph_buckets(Vec::new());
-    let (want, eager) = run(eager);
-    let (got, graphs) = run(Cuda::new(0).unwrap_or_else(|e| panic!("{e}")));
+    let (want, eager) = run(eager, &[]);
+    let (got, graphs) = run(Cuda::new(0).unwrap_or_else(|e| panic!("{e}")), &DEFAULT_BUCKETS);
     assert!(eager.device().recorded_graphs().is_empty());
     assert_eq!(graphs.device().recorded_graphs(), DEFAULT_BUCKETS);
     for (step, (w, g)) in want.iter().zip(&got).enumerate() {

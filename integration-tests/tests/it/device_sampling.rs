@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use rill_backend::grammar::{GrammarCompiler, GrammarSpec};
-use rill_backend::{ModelDir, Runner, RunnerOptions};
+use rill_backend::{KvCacheSize, ModelDir, Runner, RunnerOptions};
 use rill_integration_tests::fixture_model;
 use rill_proto::{BlockId, ForwardBatch, SamplingParams, SeqId, SeqStep, TokenId};
 
@@ -21,7 +21,7 @@ type Answer = (u32, f32, Vec<(TokenId, f32)>);
 fn run(on_device: bool, steps: usize) -> Vec<Vec<Answer>> {
     let dir = fixture_model("llama");
     let model = ModelDir::open(&dir).unwrap();
-    let opts = RunnerOptions { kv_cache_bytes: 16 << 20, ..Default::default() };
+    let opts = RunnerOptions { kv_cache: KvCacheSize::Bytes(16 << 20), ..Default::default() };
     let mut runner = Runner::load(&dir, &model.config, Wrapped::new(on_device), &opts).unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())

@@ -239,12 +239,13 @@ fn prompt_logprobs_match_transformers_and_chunking() {
 /// same logits, to the bit, as the bf16 checkpoint transformers saved.
 #[test]
 fn casting_f32_weights_to_bf16_equals_the_bf16_checkpoint() {
-    use rill_backend::{Cpu, DType, LoadFormat, ModelDir, Runner, RunnerOptions};
+    use rill_backend::{Cpu, DType, KvCacheSize, LoadFormat, ModelDir, Runner, RunnerOptions};
     let f32_dir = fixture_model("llama");
     let model = ModelDir::open(&f32_dir).unwrap();
     let opts = RunnerOptions {
-        kv_cache_bytes: 64 << 20,
+        kv_cache: KvCacheSize::Bytes(64 << 20),
         load_format: LoadFormat::Safetensors(Some(DType::Bf16)),
+        ..RunnerOptions::default()
     };
     let mut cast = Runner::load(&f32_dir, &model.config, Cpu::new(), &opts).unwrap();
     let (_, mut saved) = harness::load(&fixture_model("llama-bfloat16"));

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use rill_backend::device::KvLayout;
-use rill_backend::{Cpu, ModelDir, Runner, RunnerOptions};
+use rill_backend::{Cpu, KvCacheSize, ModelDir, Runner, RunnerOptions};
 use rill_integration_tests::fixture_model;
 use rill_proto::{SamplingParams, SeqId, TokenId};
 use rill_router::scheduler::{Scheduler, SchedulerConfig};
@@ -29,7 +29,8 @@ impl Engine {
     fn new(model: &ModelDir, blocks: usize, max_batch_tokens: usize, caching: bool) -> Self {
         let c = &model.config;
         let kv_cache_bytes = blocks * KvLayout::block_bytes(c);
-        let opts = RunnerOptions { kv_cache_bytes, ..Default::default() };
+        let opts =
+            RunnerOptions { kv_cache: KvCacheSize::Bytes(kv_cache_bytes), ..Default::default() };
         let runner = Runner::load(&model.path, c, Cpu::new(), &opts).unwrap();
         let config =
             SchedulerConfig { max_batch_tokens, max_batch_size: 8, prefix_caching: caching };

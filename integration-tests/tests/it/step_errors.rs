@@ -126,7 +126,10 @@ fn a_device_failure_is_a_step_error_and_the_runner_goes_on() {
     let dir = fixture_model("llama");
     let model = rill_backend::ModelDir::open(&dir).unwrap();
     let device = Wrapped::new(false);
-    let opts = rill_backend::RunnerOptions { kv_cache_bytes: 16 << 20, ..Default::default() };
+    let opts = rill_backend::RunnerOptions {
+        kv_cache: rill_backend::KvCacheSize::Bytes(16 << 20),
+        ..Default::default()
+    };
     let mut runner = rill_backend::Runner::load(&dir, &model.config, device, &opts).unwrap();
     let good = seq(1, &[1, 2, 3], 0, &[0]);
     let want = runner.step(&ForwardBatch { seqs: vec![good.clone()], ..Default::default() });

@@ -1,21 +1,24 @@
-//! The CPU device with four knobs, to drive the runner's device paths without a GPU:
+//! The CPU device with five knobs, to drive the runner's device paths without a GPU:
 //! `fail` makes the step fail as a device fault would (at `to_host`); `fail_attention`
 //! makes an op fail as a failed launch would; `on_device` makes the device
 //! choose tokens itself ([`Device::sample`]) with a host reference of the processors a
 //! greedy row can use (penalties, grammar mask, temperature), so the runner's and the
 //! sampler's device plumbing is tested against the host sampler; `pad_buckets` runs
 //! plain decode steps padded to a bucket, as the CUDA device's graphs do
-//! ([`Device::forward`], [`StepPlan::pad_decode`]).
+//! ([`Device::forward`], [`StepPlan::pad_decode`]); `memory` makes it a device with memory
+//! of its own ([`Device::memory_info`]), as a GPU is, and `events` logs what loading asks
+//! of it, in order.
 
 use rill_backend::device::cpu::Mat;
 use rill_backend::device::cuda::bucket_for;
 use rill_backend::device::{
-    AttentionShape, Device, DeviceError, Forward, ForwardOutput, KvLayout, StepPlan,
+    AttentionShape, Device, DeviceError, Forward, ForwardOutput, KvLayout, Precision, StepPlan,
 };
 use rill_backend::sampler::{DeviceChoice, DeviceSampling};
 use rill_backend::weights::HostTensor;
 use rill_backend::{Cpu, LoadError};
 use rill_proto::TokenId;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub struct Wrapped {
@@ -29,6 +32,11 @@ pub struct Wrapped {
     pad_buckets: Vec<usize>,
     /// Steps that ran padded.
     pub padded_steps: AtomicUsize,
+    memory: Option<(usize, usize)>,
+    /// `memory_info`, `kv_cache {blocks}`, `plan {rows}`, `replay {sizes:?}`, in order.
+    pub events: Mutex<Vec<String>>,
+    /// The precision the last `attention` call was asked for.
+    pub attention_precision: Mutex<Option<Precision>>,
 }
 
 impl Wrapped {
@@ -41,7 +49,19 @@ impl Wrapped {
             on_device,
             pad_buckets: Vec::new(),
             padded_steps: AtomicUsize::new(0),
+            memory: None,
+            events: Mutex::default(),
+            attention_precision: Mutex::default(),
         }
+    }
+
+    /// A device that says it has `(free, total)` bytes of its own memory.
+    pub fn with_memory(free: usize, total: usize) -> Self {
+        Wrapped { memory: Some((free, total)), ..Wrapped::new(false) }
+    }
+
+    fn log(&self, event: String) {
+        self.events.lock().unwrap().push(event);
     }
 
     /// Pad plain decode steps to the smallest of `buckets` (ascending) that holds them.
@@ -114,10 +134,26 @@ impl Device for Wrapped {
         self.cpu.activation(rows, cols)
     }
     fn kv_cache(&self, layout: KvLayout) -> Result<C, LoadError> {
+        self.log(format!("kv_cache {}", layout.num_blocks));
         self.cpu.kv_cache(layout)
     }
     fn plan(&self, plan: &StepPlan) -> Result<P, DeviceError> {
+        self.log(format!("plan {}", plan.rows()));
         self.cpu.plan(plan)
+    }
+    fn memory_info(&self) -> Result<Option<(usize, usize)>, DeviceError> {
+        self.log("memory_info".into());
+        Ok(self.memory)
+    }
+    fn prepare_replay(
+        &self,
+        _cache: &mut C,
+        _config: &rill_backend::ModelConfig,
+        batch_sizes: &[usize],
+        _forward: &mut Forward<'_, Self>,
+    ) -> Option<String> {
+        self.log(format!("replay {batch_sizes:?}"));
+        None
     }
     fn forward(
         &self,
@@ -172,6 +208,7 @@ impl Device for Wrapped {
         plan: &P,
         out: &mut Mat,
     ) -> Result<(), DeviceError> {
+        *self.attention_precision.lock().unwrap() = Some(shape.precision);
         if self.fail_attention.load(Ordering::Relaxed) {
             let message = format!("attention of layer {layer}: injected launch failure");
             return Err(DeviceError { device: "wrapped", message });

@@ -23,7 +23,8 @@ pub(super) fn paged(
     plan: &StepPlan,
     out: &mut Mat,
 ) {
-    let AttentionShape { heads, kv_heads, head_dim, window } = shape;
+    // Exact f32 in either precision (the CPU has no faster attention yet).
+    let AttentionShape { heads, kv_heads, head_dim, window, precision: _ } = shape;
     let group = heads / kv_heads;
     let kv_width = kv_heads * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();

@@ -159,10 +159,6 @@ fn block_capacity(bucket: usize, blocks_per_seq: usize) -> usize {
 }
 
 impl Graphs {
-    pub fn new(buckets: Vec<usize>) -> Graphs {
-        Graphs { buckets, ..Graphs::default() }
-    }
-
     /// The buckets recorded, ascending.
     pub fn recorded(&self) -> Vec<usize> {
         self.recorded.iter().map(|g| g.bucket).collect()
@@ -183,13 +179,6 @@ impl Graphs {
 }
 
 impl Cuda {
-    /// The decode buckets to record when the model is loaded (`--cuda-graphs`); an empty
-    /// list runs every step eagerly.
-    pub fn set_graph_buckets(&self, buckets: Vec<usize>) {
-        let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
-        graphs.buckets = buckets;
-    }
-
     /// Replay recorded graphs (the default) or run every step eagerly.
     pub fn replay_graphs(&self, replay: bool) {
         self.graphs.lock().unwrap_or_else(|e| e.into_inner()).eager = !replay;
@@ -200,14 +189,17 @@ impl Cuda {
         self.graphs.lock().unwrap_or_else(|e| e.into_inner()).recorded()
     }
 
-    /// Record every configured bucket, largest first (see the module documentation).
+    /// Record a graph for each of `buckets` (ascending; `--cuda-graphs`), largest first (see
+    /// the module documentation); none runs every step eagerly.
     pub(super) fn record_graphs(
         &self,
         cache: &mut CudaKvCache,
         config: &ModelConfig,
+        buckets: &[usize],
         forward: &mut Forward<'_, Cuda>,
     ) -> Option<String> {
         let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        graphs.buckets = buckets.to_vec();
         if graphs.buckets.is_empty() {
             return None;
         }

@@ -1,7 +1,7 @@
 //! What the CUDA device keeps in GPU memory: weights ([`CudaWeight`], checkpoint dtype),
 //! activations ([`CudaMat`], row-major f32), the paged KV cache ([`CudaKvCache`], f32
 //! NHD blocks, as on the CPU) and one step's metadata ([`CudaPlan`]).
-//! See `budget.rs` for how much of the GPU the KV cache takes.
+//! See `runner/load.rs` for how much of the GPU the KV cache takes.
 //!
 //! The layouts are the CPU device's, so the two engines can be compared op by op. Every
 //! buffer lives on the device's one stream: allocation and freeing are stream-ordered

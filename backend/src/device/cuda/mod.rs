@@ -13,8 +13,8 @@
 //!
 //! Ops map one to one onto kernel launchers: embedding gather, RMSNorm, RoPE, K/V write
 //! by slot, paged attention (the decode kernel when every sequence runs one row, else the
-//! prefill kernel; prefill is exact f32 for an f32 model and bf16 tensor cores once a
-//! 16-bit weight matrix is loaded), SiLU-and-mul, column split, residual add, row gather;
+//! prefill kernel; prefill is exact f32 at `Precision::Exact` and for an f32 model, and
+//! bf16 tensor cores for a 16-bit model at `Precision::Fast`), SiLU-and-mul, column split, residual add, row gather;
 //! linear layers are cuBLAS ([`gemm`]) with the bias added by a kernel.
 //!
 //! Every [`Device`] op returns its failure (a failed launch or allocation, named with
@@ -26,28 +26,28 @@
 //! Nothing before the first step panics: [`Cuda::new`] checks the driver, a device, cuBLAS
 //! and the NVRTC toolkit and returns an error naming what is missing.
 
-mod budget;
 mod gemm;
 mod graphs;
 mod library;
+mod meminfo;
 mod memory;
 mod open;
 mod sampling;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaStream, DriverError};
 use rill_kernels::{AttentionMeta, KernelError, Kernels};
 
-pub use budget::{FIXED_RESERVE_BYTES, KvBudget, step_bytes};
 pub use graphs::{DEFAULT_BUCKETS, bucket_for, parse_buckets};
 pub use memory::{CudaKvCache, CudaMat, CudaPlan, CudaWeight, WeightData};
 
 use self::gemm::{Blas, LinearShape};
 use self::graphs::Graphs;
 use self::memory::{PlanArrays, Scratch, grow, upload_weight};
-use super::{AttentionShape, Device, DeviceError, Forward, ForwardOutput, KvLayout, StepPlan};
+use super::{
+    AttentionShape, Device, DeviceError, Forward, ForwardOutput, KvLayout, Precision, StepPlan,
+};
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use crate::sampler::{DeviceChoice, DeviceSampling};
@@ -76,10 +76,6 @@ pub struct Cuda {
     kernels: Kernels,
     scratch: Mutex<Scratch>,
     graphs: Mutex<Graphs>,
-    /// A 16-bit weight matrix was loaded: the model is a bf16/f16 model, and prefill
-    /// attention may round to bf16 on tensor cores like its GEMMs do; an f32 model gets
-    /// the exact f32 attention kernels.
-    half_weights: AtomicBool,
     gpu_name: String,
     compute_capability: (i32, i32),
 }
@@ -223,9 +219,6 @@ impl Device for Cuda {
                 tensor.name, self.gpu_name
             ))
         })?;
-        if tensor.shape.len() == 2 && !matches!(data, WeightData::F32(_)) {
-            self.half_weights.store(true, Ordering::Relaxed);
-        }
         Ok(CudaWeight { shape: tensor.shape, data })
     }
 
@@ -277,9 +270,18 @@ impl Device for Cuda {
         &self,
         cache: &mut CudaKvCache,
         config: &ModelConfig,
+        batch_sizes: &[usize],
         forward: &mut Forward<'_, Cuda>,
     ) -> Option<String> {
-        self.record_graphs(cache, config, forward)
+        self.record_graphs(cache, config, batch_sizes, forward)
+    }
+
+    /// TGI's default: a GPU runs 4096 prefill tokens in about the time of a decode step's
+    /// weight reads, so larger chunks cost running streams little.
+    const DEFAULT_STEP_TOKENS: usize = 4096;
+
+    fn memory_info(&self) -> Result<Option<(usize, usize)>, DeviceError> {
+        self.mem_get_info().map(Some)
     }
 
     fn embed(
@@ -449,7 +451,7 @@ impl Device for Cuda {
                 max_rows_per_seq: plan.max_rows_per_seq,
                 max_context: plan.max_context,
                 all_decode: plan.all_decode,
-                exact: !self.half_weights.load(Ordering::Relaxed),
+                exact: shape.precision == Precision::Exact,
                 workspace,
             };
             let (kc, vc) = (&cache.k[layer], &cache.v[layer]);

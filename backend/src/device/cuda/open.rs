@@ -3,14 +3,13 @@
 //! and loads every kernel for the GPU's architecture. Every failure is an error naming
 //! what is missing; nothing panics.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaContext;
 use rill_kernels::Kernels;
 
 use super::gemm::Blas;
-use super::graphs::{DEFAULT_BUCKETS, Graphs};
+use super::graphs::Graphs;
 use super::{Cuda, library};
 use crate::error::LoadError;
 
@@ -61,8 +60,7 @@ impl Cuda {
             blas,
             kernels,
             scratch: Mutex::default(),
-            graphs: Mutex::new(Graphs::new(DEFAULT_BUCKETS.to_vec())),
-            half_weights: AtomicBool::new(false),
+            graphs: Mutex::new(Graphs::default()),
             gpu_name,
             compute_capability,
         })

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use rill_backend::{Cpu, DType, LoadFormat, ModelConfig, Runner, RunnerOptions};
+use rill_backend::{Cpu, DType, KvCacheSize, LoadFormat, ModelConfig, Runner, RunnerOptions};
 use rill_proto::{BlockId, ForwardBatch, Grammar, SamplingParams, SeqId, SeqStep, TokenId};
 use serde_json::{Value, json};
 
@@ -25,10 +25,10 @@ pub fn overlap(
     let dir = config.parent().unwrap_or(Path::new("."));
     // Room for the prompt, every sampled token and what the grammar forces.
     let per_seq = rill_proto::blocks_for(16 + 8 * (steps + 1));
-    let block_bytes = rill_backend::device::KvLayout::block_bytes(&c);
     let opts = RunnerOptions {
-        kv_cache_bytes: batch * per_seq * block_bytes,
+        kv_cache: KvCacheSize::Tokens(batch * per_seq * rill_proto::BLOCK_SIZE),
         load_format: LoadFormat::Dummy(DType::Bf16),
+        ..RunnerOptions::default()
     };
     eprintln!(
         "loading {} layers x {} hidden, vocabulary {vocab}, dummy bf16 weights",
