@@ -20,6 +20,7 @@ pub mod models;
 pub mod rope;
 pub mod runner;
 pub mod sampler;
+pub mod sampling;
 pub mod weights;
 
 pub use config::{Architecture, DType, ModelConfig};

@@ -206,54 +206,115 @@ impl<D: Device> Runner<D> {
                 return Err(e);
             }
         };
-        // A device that samples keeps the logits, unless the host needs them anyway.
-        let host_needs_logits = batch.return_logits
-            || batch.seqs.iter().any(|s| !s.logprob_targets.is_empty())
-            || self.sampler.needs_host(batch);
-        if self.device.samples_tokens() && !host_needs_logits {
-            let mut out = self.sample_on_device(batch, activation, jobs)?;
-            out.hidden = hidden;
-            return Ok(out);
-        }
-        let device = &self.device;
-        let mut logits = match device.run(move || device.to_host(&activation)) {
-            Ok(l) => l,
-            Err(e) => {
-                // The matchers go back as they were; the router fails these sequences.
-                self.sampler.sample(Vec::new(), jobs);
-                return Err(e.into());
-            }
-        };
-        let sampling = Instant::now();
-        // Rows come per sequence: its logprob targets' rows, then its sampled row.
-        let vocab = self.config().vocab_size;
-        let mut rows = logits.chunks_exact_mut(vocab);
         let mut out = StepOutput { hidden, ..StepOutput::default() };
-        let mut to_sample = Vec::new();
-        let mut raw_logits = Vec::new();
+        self.choose(batch, activation, jobs, &mut out)?;
+        Ok(out)
+    }
+
+    /// Choose the step's tokens from its logits (per sequence: its logprob targets' rows,
+    /// then its sampled row) and compute the prompt logprobs. A device that samples
+    /// chooses every row but those whose processors only the host has; the logits come
+    /// to the host only for those rows, prompt logprobs and `return_logits`. Each row is
+    /// sampled where its own parameters say, whatever its neighbours need.
+    fn choose(
+        &mut self,
+        batch: &ForwardBatch,
+        logits: D::Activation,
+        mut jobs: Vec<sampler::MaskJob>,
+        out: &mut StepOutput,
+    ) -> Result<(), StepError> {
+        let started = Instant::now();
+        let on_device = self.device.samples_tokens();
+        // (sequence, its first logits row) in batch order.
+        let mut first_row = Vec::with_capacity(batch.seqs.len());
+        let mut rows = 0;
         for seq in &batch.seqs {
+            first_row.push(rows);
+            rows += seq.logprob_targets.len() + usize::from(seq.sample);
+        }
+        let sampled = |s: &rill_proto::SeqStep| s.sample;
+        let (device_rows, host_rows): (Vec<_>, Vec<_>) = batch
+            .seqs
+            .iter()
+            .zip(&first_row)
+            .filter(|(s, _)| sampled(s))
+            .map(|(s, &r)| (s, r + s.logprob_targets.len()))
+            .partition(|(s, _)| on_device && !self.sampler.needs_host(s));
+        let host_needs_logits = batch.return_logits
+            || !host_rows.is_empty()
+            || batch.seqs.iter().any(|s| !s.logprob_targets.is_empty());
+        let host_logits = if host_needs_logits {
+            let device = &self.device;
+            let activation = &logits;
+            match device.run(move || device.to_host(activation)) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    // The matchers go back as they were; the router fails these sequences.
+                    self.sampler.sample(Vec::new(), jobs);
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
+        let mut choices: std::collections::HashMap<rill_proto::SeqId, _> =
+            std::collections::HashMap::with_capacity(device_rows.len() + host_rows.len());
+        if !device_rows.is_empty() {
+            let ids: HashSet<_> = device_rows.iter().map(|(s, _)| s.id).collect();
+            let (mine, rest) = jobs.into_iter().partition(|j| ids.contains(&j.id()));
+            jobs = rest;
+            let (sampling, pending) = self.sampler.device_sampling(&device_rows, mine);
+            let device = &self.device;
+            let (activation, sampling_ref) = (&logits, &sampling);
+            match device.run(move || device.sample(activation, sampling_ref)) {
+                Ok(c) => choices.extend(self.sampler.apply_device(pending, Some(c))),
+                Err(e) => {
+                    self.sampler.apply_device(pending, None);
+                    self.sampler.sample(Vec::new(), jobs);
+                    return Err(e.into());
+                }
+            }
+        }
+        let vocab = self.config().vocab_size;
+        let mut host_logits = host_logits.unwrap_or_default();
+        let raw = |r: usize, l: &[f32]| {
+            batch.return_logits.then(|| l[r * vocab..(r + 1) * vocab].to_vec())
+        };
+        let raw_logits: Vec<_> = batch
+            .seqs
+            .iter()
+            .zip(&first_row)
+            .filter(|(s, _)| sampled(s))
+            .map(|(s, &r)| raw(r + s.logprob_targets.len(), &host_logits))
+            .collect();
+        for (seq, &r) in batch.seqs.iter().zip(&first_row) {
             if !seq.logprob_targets.is_empty() {
+                let row = |j: usize| &host_logits[(r + j) * vocab..(r + j + 1) * vocab];
                 let lps = seq
                     .logprob_targets
                     .iter()
-                    .zip(&mut rows)
-                    .map(|(t, row)| sampler::logprob(row, *t));
+                    .enumerate()
+                    .map(|(j, t)| sampler::logprob(row(j), *t));
                 out.prompt_logprobs.push((seq.id, lps.collect()));
             }
-            if seq.sample {
-                let row = rows.next().expect("one logits row per sampling sequence");
-                // Processors work in place: keep the model's row first if asked.
-                raw_logits.push(batch.return_logits.then(|| row.to_vec()));
-                to_sample.push((seq, row));
+        }
+        // Host rows are processed in place, each its own slice of the host copy.
+        let mut slices: std::collections::HashMap<usize, &mut [f32]> =
+            host_logits.chunks_exact_mut(vocab.max(1)).enumerate().collect();
+        let to_sample: Vec<_> = host_rows
+            .iter()
+            .map(|&(s, r)| (s, slices.remove(&r).expect("one logits row per sampling sequence")))
+            .collect();
+        let (device, sampler) = (&self.device, &mut self.sampler);
+        choices.extend(device.run(|| sampler.sample(to_sample, jobs)));
+        let sampling_seqs = batch.seqs.iter().filter(|s| sampled(s));
+        for (seq, logits) in sampling_seqs.zip(raw_logits) {
+            if let Some(choice) = choices.remove(&seq.id) {
+                record(out, seq.id, choice, logits);
             }
         }
-        let (device, sampler) = (&self.device, &mut self.sampler);
-        let choices = device.run(|| sampler.sample(to_sample, jobs));
-        for ((id, choice), logits) in choices.into_iter().zip(raw_logits) {
-            record(&mut out, id, choice, logits);
-        }
-        self.stats.sampling = sampling.elapsed();
-        Ok(out)
+        self.stats.sampling = started.elapsed();
+        Ok(())
     }
 
     /// The hidden rows of the step on the host, split per sequence that asked for them
@@ -283,35 +344,6 @@ impl<D: Device> Runner<D> {
         let mut split =
             |s: &rill_proto::SeqStep| values.by_ref().take(s.tokens.len() * width).collect();
         Ok(per_seq.map(|s| (s.id, split(s))).collect())
-    }
-
-    /// The step's tokens chosen on the device, from logits that stay there (every
-    /// sampling sequence's row, in batch order: no logprob targets in this step).
-    fn sample_on_device(
-        &mut self,
-        batch: &ForwardBatch,
-        logits: D::Activation,
-        jobs: Vec<sampler::MaskJob>,
-    ) -> Result<StepOutput, StepError> {
-        let started = Instant::now();
-        let rows: Vec<(&rill_proto::SeqStep, usize)> =
-            batch.seqs.iter().filter(|s| s.sample).enumerate().map(|(i, s)| (s, i)).collect();
-        let (sampling, pending) = self.sampler.device_sampling(&rows, jobs);
-        let device = &self.device;
-        let sampling_ref = &sampling;
-        let choices = match device.run(move || device.sample(&logits, sampling_ref)) {
-            Ok(c) => c,
-            Err(e) => {
-                self.sampler.apply_device(pending, None);
-                return Err(e.into());
-            }
-        };
-        let mut out = StepOutput::default();
-        for (id, choice) in self.sampler.apply_device(pending, Some(choices)) {
-            record(&mut out, id, choice, None);
-        }
-        self.stats.sampling = started.elapsed();
-        Ok(out)
     }
 
     fn validate(&self, batch: &ForwardBatch) -> Result<(), StepError> {

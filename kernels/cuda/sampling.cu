@@ -8,20 +8,20 @@
 // Penalties read a per-row list of (token, count in prompt+output, count in output)
 // instead of a vocabulary-sized count array.
 //
+// The semantics are the host sampler's, one contract (backend/src/sampling.rs) on both
+// sides: ties at every cut-off stay, the draw walks the kept tokens in token-id order to
+// the first whose running mass exceeds u × total, with u = `draw_uniform(seed, position)`
+// (splitmix64, the host's `uniform`, bit for bit), and every weight e^(x - max) is
+// `exp_neg`, the host's polynomial with the same roundings. Only the order of the sums
+// differs, so a cut or a draw within rounding of a boundary may go the other way.
+//
 // Nothing is sorted. Each filter finds its cut-off by bisection on a threshold,
 // counting or summing over the row once per step (32 steps over the bits of an
 // order-preserving integer image of the float): top-k keeps every token scoring at
-// least the k-th (ties stay, as Hugging Face's warper); top-p keeps the tokens whose
-// logit is at least the largest threshold that still leaves mass ≥ p; typical keeps
-// the tokens whose surprisal is within the smallest radius of the entropy that holds
-// the mass. Ties at a cut-off stay, where the CPU sampler cuts inside a tie by token
-// id — the same seed need not give the same text on CPU and GPU, only on the same
-// device.
-//
-// The draw is an inverse CDF in token order with a Philox-4x32-10 number keyed by the
-// row's seed and counted by its position, so a sequence's draw depends on nothing
-// else in the batch. The chosen token's logprob and the top-n alternatives are those
-// of the processed distribution (what TGI reports).
+// least the k-th; top-p keeps the tokens whose logit is at least the largest threshold
+// that still leaves mass ≥ p; typical keeps the tokens whose surprisal is within the
+// smallest radius of the entropy that holds the mass. The chosen token's logprob and
+// the top-n alternatives are those of the processed distribution (what TGI reports).
 
 #include "common.cuh"
 
@@ -71,22 +71,38 @@ __device__ __forceinline__ bool is_green(unsigned key, unsigned token) {
     return x < 0x80000000u;  // γ = 0.5
 }
 
-// Philox-4x32-10 (Salmon et al. 2011), first output word as a uniform in [0, 1).
-__device__ __forceinline__ float philox_uniform(unsigned long long seed, unsigned long long counter) {
-    unsigned c0 = (unsigned)counter, c1 = (unsigned)(counter >> 32), c2 = 0, c3 = 0;
-    unsigned k0 = (unsigned)seed, k1 = (unsigned)(seed >> 32);
-#pragma unroll
-    for (int i = 0; i < 10; ++i) {
-        unsigned hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-        unsigned hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-        c0 = hi1 ^ c1 ^ k0;
-        c1 = lo1;
-        c2 = hi0 ^ c3 ^ k1;
-        c3 = lo0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    return (c0 >> 8) * (1.0f / 16777216.0f);
+// splitmix64's finaliser.
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// The host's `sampling::uniform`: the top 53 bits of splitmix64(seed ^ splitmix64(pos)).
+__device__ __forceinline__ double draw_uniform(unsigned long long seed, unsigned long long pos) {
+    return (double)(mix64(seed ^ mix64(pos)) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+// The host's `sampling::exp_neg`, operation for operation: e^x for x ≤ 0 as 2^(x log₂e),
+// the integer part into the exponent, the fraction by a degree-6 polynomial (fmaf), the
+// rounding by the 1.5·2²³ trick. `__f*_rn` are never contracted into FMAs.
+__device__ __forceinline__ float exp_neg(float x) {
+    const float MAGIC = 12582912.0f;
+    const float y = __fmul_rn(x, 1.44269504088896341f);
+    const float yc = y < -126.0f ? -126.0f : y;
+    const float t = __fadd_rn(yc, MAGIC);
+    const float n = __fsub_rn(t, MAGIC);
+    const float f = __fsub_rn(yc, n);
+    float p = 1.540353e-4f;
+    p = fmaf(p, f, 1.3333558e-3f);
+    p = fmaf(p, f, 9.618129e-3f);
+    p = fmaf(p, f, 5.550411e-2f);
+    p = fmaf(p, f, 2.402265e-1f);
+    p = fmaf(p, f, 6.931472e-1f);
+    p = fmaf(p, f, 1.0f);
+    const float scale = __int_as_float((__float_as_int(t) - __float_as_int(MAGIC) + 127) << 23);
+    return y < -126.0f ? 0.0f : __fmul_rn(p, scale);
 }
 
 // An integer whose order is the float's (NaN excluded by the callers).
@@ -135,7 +151,7 @@ __device__ unsigned largest_threshold(const float* row, int vocab, float m, floa
         float s = 0.0f;
         for (int t = threadIdx.x; t < vocab; t += SAMPLE_THREADS) {
             const float x = row[t];
-            if (x > -S_INF && ordered(x) >= cand) s += count ? 1.0f : __expf(x - m);
+            if (x > -S_INF && ordered(x) >= cand) s += count ? 1.0f : exp_neg(x - m);
         }
         if (block_sum(s) >= target) prefix = cand;
     }
@@ -143,8 +159,8 @@ __device__ unsigned largest_threshold(const float* row, int vocab, float m, floa
 }
 
 // Smallest radius r (non-negative float as an ordered integer) with the mass of
-// |x - c| ≤ r at least `mass`.
-__device__ float radius_for_mass(const float* row, int vocab, float m, float c, float mass) {
+// |(x - m) - centre| ≤ r at least `mass`.
+__device__ float radius_for_mass(const float* row, int vocab, float m, float centre, float mass) {
     unsigned lo = ordered(0.0f), hi = ordered(S_INF);
     while (lo < hi) {
         const unsigned mid = lo + (hi - lo) / 2;
@@ -152,7 +168,7 @@ __device__ float radius_for_mass(const float* row, int vocab, float m, float c, 
         float s = 0.0f;
         for (int t = threadIdx.x; t < vocab; t += SAMPLE_THREADS) {
             const float x = row[t];
-            if (x > -S_INF && fabsf(x - c) <= r) s += __expf(x - m);
+            if (x > -S_INF && fabsf((x - m) - centre) <= r) s += exp_neg(x - m);
         }
         if (block_sum(s) >= mass) hi = mid; else lo = mid + 1;
     }
@@ -203,11 +219,10 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
         row[t] = x;
     }
     __syncthreads();
-    const float inv_t = 1.0f / p.temperature;
     for (int t = threadIdx.x; t < vocab; t += SAMPLE_THREADS) {
         float x = row[t];
         if (p.mask_off != NO_MASK && !((masks[p.mask_off + t / 32] >> (t % 32)) & 1u)) x = -S_INF;
-        if (p.temperature != 1.0f) x *= inv_t;
+        if (p.temperature != 1.0f) x = __fdiv_rn(x, p.temperature);
         // +inf takes all the probability, but stays finite so that x - max is defined.
         row[t] = fminf(x, 3.0e38f);
     }
@@ -228,7 +243,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
     if (p.top_p < 1.0f) {
         float z = 0.0f;
         for (int t = threadIdx.x; t < vocab; t += SAMPLE_THREADS)
-            if (row[t] > -S_INF && ordered(row[t]) >= lo) z += __expf(row[t] - m);
+            if (row[t] > -S_INF && ordered(row[t]) >= lo) z += exp_neg(row[t] - m);
         z = block_sum(z);
         const unsigned cut = largest_threshold(row, vocab, m, p.top_p * z, false);
         lo = max(lo, cut);
@@ -241,33 +256,35 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
         float z = 0.0f, zx = 0.0f;
         for (int t = threadIdx.x; t < vocab; t += SAMPLE_THREADS) {
             const float x = row[t];
-            if (x > -S_INF) { const float e = __expf(x - m); z += e; zx += e * (x - m); }
+            if (x > -S_INF) { const float e = exp_neg(x - m); z += e; zx += e * (x - m); }
         }
         z = block_sum(z);
         zx = block_sum(zx);
-        const float c = m + zx / z;  // tokens whose surprisal equals the entropy sit here
-        const float rad = radius_for_mass(row, vocab, m, c, p.typical_p * z);
+        // Tokens whose surprisal equals the entropy sit at x - m = centre.
+        const float centre = zx / z;
+        const float rad = radius_for_mass(row, vocab, m, centre, p.typical_p * z);
         for (int t = threadIdx.x; t < vocab; t += SAMPLE_THREADS)
-            if (row[t] > -S_INF && fabsf(row[t] - c) > rad) row[t] = -S_INF;
+            if (row[t] > -S_INF && fabsf((row[t] - m) - centre) > rad) row[t] = -S_INF;
         __syncthreads();
     }
 
     // The final distribution: its normaliser, argmax, and the draw.
     float z = 0.0f;
     for (int t = threadIdx.x; t < vocab; t += SAMPLE_THREADS)
-        if (row[t] > -S_INF) z += __expf(row[t] - m);
+        if (row[t] > -S_INF) z += exp_neg(row[t] - m);
     z = block_sum(z);
-    const float log_z = m + __logf(z);
+    const float log_z = m + logf(z);
     unsigned choice;
     if (p.flags & SAMPLE_DO_SAMPLE) {
         // Inverse CDF in token order, one SAMPLE_THREADS-wide chunk at a time.
-        const float target = philox_uniform(p.seed, p.position) * z;
+        // u × total in double, as the host, then rounded once: the running sums are floats.
+        const float target = (float)(draw_uniform(p.seed, p.position) * (double)z);
         float carried = 0.0f;
         choice = 0xffffffffu;
         unsigned last_kept = 0;
         for (int base = 0; base < vocab && choice == 0xffffffffu; base += SAMPLE_THREADS) {
             const int t = base + threadIdx.x;
-            const float e = (t < vocab && row[t] > -S_INF) ? __expf(row[t] - m) : 0.0f;
+            const float e = (t < vocab && row[t] > -S_INF) ? exp_neg(row[t] - m) : 0.0f;
             // Inclusive scan of the chunk: warp scans, then the warps' totals.
             float v = e;
             const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;

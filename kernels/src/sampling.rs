@@ -1,6 +1,7 @@
 //! Launcher for `sampling.cu`: one CTA per logits row chooses its token on the device
 //! with the CPU sampler's processors and semantics (see the source's header comment),
-//! a Philox stream per sequence keyed by its seed and counted by position.
+//! the host sampler's splitmix64 stream per sequence keyed by its seed and counted by position
+//! (the contract of `rill_backend::sampling`).
 //!
 //! The per-row parameters come from the host each step ([`SampleParams`], 80 bytes a
 //! row, uploaded by the launcher after checking every offset they carry against the

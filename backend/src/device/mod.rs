@@ -23,7 +23,7 @@ use rill_proto::{BLOCK_SIZE, ForwardBatch};
 
 use crate::config::{DType, ModelConfig};
 use crate::error::LoadError;
-use crate::sampler::{DeviceChoice, DeviceSampling};
+use crate::sampling::{DeviceSampling, RowChoice};
 use crate::weights::HostTensor;
 
 /// A step the device could not run (a failed launch or allocation, a device fault).
@@ -240,7 +240,7 @@ pub trait Device: Send + Sync + Sized + 'static {
     /// A parameter tensor in its checkpoint dtype.
     type Weight: Send + Sync;
     /// An f32 activation matrix `[rows, cols]`.
-    type Activation: Send;
+    type Activation: Send + Sync;
     /// The paged K/V cache of every layer.
     type Cache: Send;
     /// A [`StepPlan`] in device memory.
@@ -402,7 +402,7 @@ pub trait Device: Send + Sync + Sized + 'static {
         &self,
         logits: &Self::Activation,
         sampling: &DeviceSampling,
-    ) -> Result<Vec<DeviceChoice>, DeviceError> {
+    ) -> Result<Vec<RowChoice>, DeviceError> {
         let _ = (logits, sampling);
         Err(DeviceError { device: self.name(), message: "this device does not sample".into() })
     }

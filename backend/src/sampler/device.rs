@@ -1,5 +1,6 @@
-//! Token choice on the device: what a device that samples needs from the sampler
-//! ([`DeviceSampling`]), and how its answers ([`DeviceChoice`]) go back through the
+//! Token choice on the device: the sampler's state flattened into what a device that
+//! samples consumes ([`DeviceSampling`], the contract of `crate::sampling`), and how its
+//! answers ([`RowChoice`]) go back through the
 //! same bookkeeping as the host's (grammar commit and forced tokens, output counts).
 //!
 //! The sampler keeps every piece of per-sequence state on the host either way; for a
@@ -10,51 +11,12 @@
 
 use std::collections::HashMap;
 
-use rill_proto::{SamplingParams, SeqId, SeqStep, TokenId};
+use rill_proto::{SamplingParams, SeqId, SeqStep};
 
-use super::{Choice, MaskJob, Sampler, SeqState, watermark};
+use rayon::prelude::*;
 
-/// One sampling row: its sequence's parameters (the grammar is already a mask here)
-/// and its state flattened.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeviceRow {
-    /// The row of the step's logits to choose from.
-    pub logits_row: u32,
-    pub params: SamplingParams,
-    /// The watermark key of the previous token, when the watermark is on.
-    pub watermark_key: Option<u32>,
-    /// Position of the token being chosen (the random stream's counter).
-    pub position: u64,
-    /// Tokens so far (TGI's frequency penalty divides by it).
-    pub seq_len: u32,
-    /// This row's entries in [`DeviceSampling::seen`].
-    pub seen: std::ops::Range<u32>,
-    /// First word of this row's grammar mask in [`DeviceSampling::masks`].
-    pub mask: Option<u32>,
-    pub top_n: u32,
-}
-
-/// Everything a device needs to choose the step's tokens itself.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct DeviceSampling {
-    pub rows: Vec<DeviceRow>,
-    /// `(token, count in prompt and output, count in output)` for each row's seen
-    /// tokens, rows one after the other (only rows whose penalties need them).
-    pub seen: Vec<(u32, u32, u32)>,
-    /// Grammar masks, `vocab.div_ceil(32)` words each.
-    pub masks: Vec<u32>,
-    pub vocab: usize,
-    pub max_top_n: usize,
-}
-
-/// What the device chose for one row.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeviceChoice {
-    /// `None` when no token was allowed (every logit -∞ or NaN after the mask).
-    pub token: Option<TokenId>,
-    pub logprob: f32,
-    pub top: Vec<(TokenId, f32)>,
-}
+use super::{Choice, MaskJob, Sampler, SeqState};
+use crate::sampling::{DeviceRow, DeviceSampling, RowChoice};
 
 /// A device step in flight: the sampling rows' states and grammar matchers, held
 /// here until the device answers ([`Sampler::apply_device`]).
@@ -111,7 +73,7 @@ impl Sampler {
                 let p = &st.params;
                 row.params = SamplingParams { grammar: None, ..p.clone() };
                 row.seq_len = st.seen as u32;
-                row.watermark_key = st.last.filter(|_| p.watermark).map(watermark::key);
+                row.watermark_key = st.last_key.filter(|_| p.watermark);
                 let start = ds.seen.len() as u32;
                 let empty = HashMap::new();
                 let all = st.counts.as_ref().unwrap_or(&empty);
@@ -145,17 +107,17 @@ impl Sampler {
     pub fn apply_device(
         &mut self,
         step: DeviceStep,
-        choices: Option<Vec<DeviceChoice>>,
+        choices: Option<Vec<RowChoice>>,
     ) -> Vec<(SeqId, Result<Choice, String>)> {
         let DeviceStep { ids, states, masks, mut failed, leftover } = step;
         let mut out = Vec::with_capacity(ids.len() + failed.len());
         let mut choices = choices.map(Vec::into_iter);
         for ((id, state), job) in ids.into_iter().zip(states).zip(masks) {
             let choice = choices.as_mut().map(|c| match c.next() {
-                Some(DeviceChoice { token: Some(token), logprob, top }) => {
+                Some(RowChoice { token: Some(token), logprob, top }) => {
                     Ok(Choice { token, logprob, top, forced: Vec::new() })
                 }
-                Some(DeviceChoice { token: None, .. }) => {
+                Some(RowChoice { token: None, .. }) => {
                     Err("no token is allowed here (every logit is -inf or NaN)".to_string())
                 }
                 None => Err("the device returned too few choices".to_string()),
@@ -171,4 +133,39 @@ impl Sampler {
         out.append(&mut failed.drain(..).map(|(id, e)| (id, Err(e))).collect());
         out
     }
+}
+
+/// The host's implementation of the sampling contract over the flattened state a device
+/// receives: what a device that samples must return for `logits` (`[rows, vocab]`,
+/// row-major; each [`DeviceRow`] reads its `logits_row`). The test device samples with
+/// it, and the GPU kernel is checked against it (`kernels/emu/tests/sampling.rs`).
+pub fn sample_flat(logits: &[f32], s: &DeviceSampling) -> Vec<RowChoice> {
+    let (vocab, words) = (s.vocab, s.vocab.div_ceil(32));
+    s.rows
+        .par_iter()
+        .map(|d| {
+            let at = d.logits_row as usize * vocab;
+            let mut row = logits[at..at + vocab].to_vec();
+            let mask = d.mask.map(|m| &s.masks[m as usize..m as usize + words]);
+            let choice = if d.params.is_greedy() && mask.is_none() {
+                Ok(super::greedy(&mut row, d.top_n as usize))
+            } else {
+                let mut st = SeqState::new(SamplingParams { grammar: None, ..d.params.clone() });
+                st.seen = d.seq_len as usize;
+                st.last_key = d.watermark_key;
+                let seen = &s.seen[d.seen.start as usize..d.seen.end as usize];
+                if let Some(counts) = &mut st.counts {
+                    counts.extend(seen.iter().filter(|e| e.1 > 0).map(|e| (e.0, e.1)));
+                }
+                if let Some(generated) = &mut st.generated {
+                    generated.extend(seen.iter().filter(|e| e.2 > 0).map(|e| (e.0, e.2)));
+                }
+                super::choose(&mut st, &mut row, mask, d.position as usize, d.top_n as usize)
+            };
+            match choice {
+                Ok(c) => RowChoice { token: Some(c.token), logprob: c.logprob, top: c.top },
+                Err(_) => RowChoice { token: None, logprob: f32::NAN, top: Vec::new() },
+            }
+        })
+        .collect()
 }

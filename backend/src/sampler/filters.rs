@@ -67,11 +67,19 @@ fn weights(c: &[(u32, f32)], max: f32) -> Vec<f64> {
     w
 }
 
-/// The shortest prefix of `sorted` (in its order) whose probability, each token's
-/// weight `e^(l - max)` over `total`, reaches `mass`: token i stays while the
-/// tokens before it hold less than `mass` (HF's `cumulative <= 1 - p` removal seen
-/// from the other end). Keeps at least one token.
-fn prefix_with_mass(sorted: &mut Vec<(u32, f32)>, max: f32, total: f64, mass: f64) {
+/// The shortest prefix of `sorted` (ordered by `key`, ascending) whose probability,
+/// each token's weight `e^(l - max)` over `total`, reaches `mass`: token i stays while
+/// the tokens before it hold less than `mass` (HF's `cumulative <= 1 - p` removal seen
+/// from the other end), and so does every token whose key equals the last kept one's
+/// (ties at the cut stay, as the GPU's threshold keeps them: `crate::sampling`). Keeps at
+/// least one token.
+fn prefix_with_mass(
+    sorted: &mut Vec<(u32, f32)>,
+    max: f32,
+    total: f64,
+    mass: f64,
+    key: impl Fn(f32) -> f32,
+) {
     let mut before = 0.0;
     let mut keep = 0;
     for w in weights(sorted, max) {
@@ -81,7 +89,10 @@ fn prefix_with_mass(sorted: &mut Vec<(u32, f32)>, max: f32, total: f64, mass: f6
         before += w;
         keep += 1;
     }
-    sorted.truncate(keep.max(1));
+    let keep = keep.max(1);
+    let last = key(sorted[keep - 1].1);
+    let ties = sorted[keep..].iter().take_while(|&&(_, l)| key(l) == last).count();
+    sorted.truncate(keep + ties);
 }
 
 /// Hugging Face's `TopPLogitsWarper` (nucleus sampling).
@@ -91,7 +102,7 @@ pub fn top_p(dist: Dist, row: &[f32], sums: Option<&BlockSums>, p: f32) -> Dist 
         Dist::Cands(mut c) => {
             let m = c[0].1;
             let total: f64 = weights(&c, m).iter().sum();
-            prefix_with_mass(&mut c, m, total, p);
+            prefix_with_mass(&mut c, m, total, p, |l| -l);
             Dist::Cands(c)
         }
         Dist::Full => {
@@ -108,7 +119,7 @@ pub fn top_p(dist: Dist, row: &[f32], sums: Option<&BlockSums>, p: f32) -> Dist 
                 tau *= 2.0;
             }
             sort_desc(&mut c);
-            prefix_with_mass(&mut c, m, sums.total, p);
+            prefix_with_mass(&mut c, m, sums.total, p, |l| -l);
             Dist::Cands(c)
         }
     }
@@ -149,7 +160,7 @@ pub fn typical(dist: Dist, row: &[f32], mass: f32) -> Dist {
         }
     };
     c.sort_unstable_by(|a, b| key(a.1).total_cmp(&key(b.1)).then(a.0.cmp(&b.0)));
-    prefix_with_mass(&mut c, m, z, mass);
+    prefix_with_mass(&mut c, m, z, mass, key);
     sort_desc(&mut c);
     Dist::Cands(c)
 }
@@ -194,8 +205,8 @@ mod tests {
         for (p, want) in cases {
             assert_eq!(ids(&top_p(Dist::Full, &row, Some(&sums), p)), want, "p = {p}");
         }
-        // 0.8 needs a third token; the two at 0.125 tie and the lower id wins.
-        assert_eq!(ids(&top_p(Dist::Full, &row, Some(&sums), 0.8)), vec![2, 0, 1]);
+        // 0.8 needs a third token; the two at 0.125 tie and both stay (the GPU's rule).
+        assert_eq!(ids(&top_p(Dist::Full, &row, Some(&sums), 0.8)), vec![2, 0, 1, 3]);
         // A top_p so small it keeps one token.
         assert_eq!(ids(&top_p(Dist::Full, &row, Some(&sums), 1e-6)), vec![2]);
         // On candidates (after top-k) it renormalises over them: of {2, 0}, token 2
@@ -213,7 +224,7 @@ mod tests {
         order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
         for p in [0.1f32, 0.5, 0.9, 0.99] {
             let mut cum = 0.0;
-            let want: Vec<u32> = order
+            let mut want: Vec<u32> = order
                 .iter()
                 .take_while(|&&i| {
                     let keep = cum < p as f64;
@@ -222,6 +233,10 @@ mod tests {
                 })
                 .map(|&i| i as u32)
                 .collect();
+            // Every logit occurs about five times: the ties at the cut stay.
+            let last = row[*want.last().unwrap() as usize];
+            let ties = order[want.len()..].iter().take_while(|&&i| row[i] == last);
+            want.extend(ties.map(|&i| i as u32).collect::<Vec<_>>());
             let got = ids(&top_p(Dist::Full, &row, Some(&sums), p));
             assert_eq!(got.len(), want.len(), "p = {p}");
             assert_eq!(got, want, "p = {p}");
@@ -244,10 +259,16 @@ mod tests {
     }
 
     #[test]
-    fn equal_logits_keep_ties_in_token_order() {
+    fn ties_at_the_cut_stay() {
         let row = [2.0f32; 8];
         let sums = BlockSums::of(&row);
-        assert_eq!(ids(&top_p(Dist::Full, &row, Some(&sums), 0.3)), vec![0, 1, 2]);
-        assert_eq!(ids(&typical(Dist::Full, &row, 0.3)), vec![0, 1, 2]);
+        let all: Vec<u32> = (0..8).collect();
+        assert_eq!(ids(&top_p(Dist::Full, &row, Some(&sums), 0.3)), all);
+        assert_eq!(ids(&typical(Dist::Full, &row, 0.3)), all);
+        // Two tied below a clear maximum: both or neither.
+        let row = [0.0f32, 3.0, 1.0, 1.0, -2.0];
+        let sums = BlockSums::of(&row);
+        assert_eq!(ids(&top_p(Dist::Full, &row, Some(&sums), 0.9)), vec![1, 2, 3]);
+        assert_eq!(ids(&top_p(Dist::Full, &row, Some(&sums), 0.5)), vec![1]);
     }
 }

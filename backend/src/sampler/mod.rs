@@ -27,7 +27,8 @@ mod filters;
 mod row;
 pub mod watermark;
 
-pub use device::{DeviceChoice, DeviceRow, DeviceSampling, DeviceStep};
+pub use crate::sampling::uniform;
+pub use device::{DeviceStep, sample_flat};
 
 use std::collections::HashMap;
 
@@ -56,8 +57,8 @@ struct SeqState {
     counts: Option<HashMap<u32, u32>>,
     /// Occurrences in the output (OpenAI's penalties), when a penalty needs them.
     generated: Option<HashMap<u32, u32>>,
-    /// The token before the one to choose (watermark key).
-    last: Option<TokenId>,
+    /// The watermark key of the token before the one to choose.
+    last_key: Option<u32>,
     grammar: Option<Box<dyn ConstraintState>>,
 }
 
@@ -70,7 +71,7 @@ impl SeqState {
             counts: tgi.then(HashMap::new),
             generated: openai.then(HashMap::new),
             seen: 0,
-            last: None,
+            last_key: None,
             grammar,
             params,
         }
@@ -86,7 +87,7 @@ impl SeqState {
             }
         }
         self.seen = self.seen.max(end);
-        self.last = step.tokens.last().copied();
+        self.last_key = step.tokens.last().copied().map(watermark::key);
     }
 
     /// Count the tokens before a first step's `start_pos` that the step does not run
@@ -116,6 +117,13 @@ pub struct MaskJob {
     state: Box<dyn ConstraintState>,
     mask: Vec<u32>,
     result: Result<(), String>,
+}
+
+impl MaskJob {
+    /// The sequence whose mask this is.
+    pub fn id(&self) -> SeqId {
+        self.id
+    }
 }
 
 /// Fill every job's mask (on whatever thread calls it).
@@ -179,13 +187,12 @@ impl Sampler {
         }
     }
 
-    /// Whether a sequence that samples this step needs the host's processors (one the
-    /// device sampler lacks: `logit_bias`).
-    pub fn needs_host(&self, batch: &rill_proto::ForwardBatch) -> bool {
-        batch.seqs.iter().filter(|s| s.sample).any(|s| {
-            let params = self.states.get(&s.id).map(|st| &st.params);
-            params.is_some_and(|p| !p.logit_bias.is_empty())
-        })
+    /// Whether this sequence's row needs the host's processors (one a device sampler
+    /// lacks: `logit_bias`). It depends on the sequence alone, so where a row is sampled
+    /// never depends on its neighbours (and the contract makes it the same token anyway).
+    pub fn needs_host(&self, seq: &SeqStep) -> bool {
+        let params = self.states.get(&seq.id).map(|st| &st.params);
+        params.is_some_and(|p| !p.logit_bias.is_empty())
     }
 
     /// Take the grammar matchers of the sequences that sample this step, to
@@ -334,18 +341,6 @@ fn sanitize(row: &mut [f32]) {
     }
 }
 
-/// The random number in [0, 1) for the token at `pos` of the stream `seed`
-/// (splitmix64 of both: counter-based, so it depends on nothing else).
-pub fn uniform(seed: u64, pos: usize) -> f64 {
-    let mix = |mut z: u64| {
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    (mix(seed ^ mix(pos as u64)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}
-
 /// Every processor the sequence asked for, then the choice.
 ///
 /// The row is touched in place only where the processors need it. A grammar mask
@@ -372,9 +367,8 @@ fn choose(
         }
     }
     if p.watermark
-        && let Some(prev) = st.last
+        && let Some(key) = st.last_key
     {
-        let key = watermark::key(prev);
         match sparse {
             Some(m) => for_each_allowed(m, vocab, |t| {
                 if watermark::is_green(key, t as u32) {
@@ -471,16 +465,20 @@ fn finish(
             let total: f64 = weights.iter().sum();
             let i = match u {
                 None => 0,
+                // The inverse CDF in token-id order, as over a whole row.
                 Some(u) => {
                     let target = u * total;
+                    let mut by_id: Vec<usize> = (0..c.len()).collect();
+                    by_id.sort_unstable_by_key(|&i| c[i].0);
                     let mut cum = 0.0;
-                    weights
-                        .iter()
-                        .position(|&w| {
-                            cum += w;
+                    let last = by_id[by_id.len() - 1];
+                    by_id
+                        .into_iter()
+                        .find(|&i| {
+                            cum += weights[i];
                             cum > target
                         })
-                        .unwrap_or(c.len() - 1)
+                        .unwrap_or(last)
                 }
             };
             let log_z = m + total.ln() as f32;

@@ -15,32 +15,7 @@
 pub const BLOCK: usize = 1024;
 const LANES: usize = 64;
 
-/// `e^x` for `x ≤ 0` (the only range the sampler needs: logits minus their
-/// maximum), to a few parts in 10⁷ where it matters (x > -20); exactly 0 below
-/// -87 and for -∞; NaN stays NaN. `2^(x·log₂e)`: the integer part goes into the
-/// exponent field, the fraction through a degree-6 polynomial; every step is a
-/// plain add, multiply or fused multiply-add (exact in every build), and the
-/// rounding to an integer is the 1.5·2²³ trick (no `round`, a library call on
-/// baseline x86-64).
-#[inline(always)]
-pub fn exp_neg(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    let y = x * std::f32::consts::LOG2_E;
-    let yc = if y < -126.0 { -126.0 } else { y };
-    let t = yc + MAGIC;
-    let n = t - MAGIC;
-    let f = yc - n; // in [-0.5, 0.5]
-    // 2^f by its Taylor series to f⁶ (relative error < 2e-7 on [-0.5, 0.5]).
-    let mut p = 1.540_353e-4_f32;
-    p = p.mul_add(f, 1.333_355_8e-3);
-    p = p.mul_add(f, 9.618_129e-3);
-    p = p.mul_add(f, 5.550_411e-2);
-    p = p.mul_add(f, 2.402_265e-1);
-    p = p.mul_add(f, 6.931_472e-1);
-    p = p.mul_add(f, 1.0);
-    let scale = f32::from_bits(((t.to_bits() as i32 - MAGIC.to_bits() as i32 + 127) << 23) as u32);
-    if y < -126.0 { 0.0 } else { p * scale }
-}
+pub use crate::sampling::exp_neg;
 
 #[inline(always)]
 fn reduce_sum(a: &[f32; LANES]) -> f32 {

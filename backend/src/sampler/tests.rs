@@ -119,14 +119,14 @@ fn logit_bias_is_added_before_the_distribution_and_needs_the_host() {
     let biased = [1.0, -97.0, 10.5, -2.0];
     assert_eq!(c.token, TokenId(2));
     assert!(close(c.logprob, log_softmax(&biased)[2]));
-    // A device sampler lacks the bias: the step samples on the host.
+    // A device sampler lacks the bias: that row samples on the host.
     let mut s = Sampler::new(4);
     let batch = ForwardBatch { seqs: vec![step(3, &[0], 0, Some(p))], ..Default::default() };
     s.prepare(&batch);
-    assert!(s.needs_host(&batch));
+    assert!(s.needs_host(&batch.seqs[0]));
     let plain = ForwardBatch { seqs: vec![step(4, &[0], 0, Some(params()))], ..Default::default() };
     s.prepare(&plain);
-    assert!(!s.needs_host(&plain));
+    assert!(!s.needs_host(&plain.seqs[0]));
 }
 
 #[test]

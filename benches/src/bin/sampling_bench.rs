@@ -52,7 +52,7 @@ fn lane_sum(row: &[f32]) -> f32 {
 
 /// A deterministic N(0, σ²) sample (Box–Muller over splitmix64).
 fn gaussian(seed: u64, sigma: f32) -> f32 {
-    let u = |k: u64| rill_backend::sampler::uniform(seed, k as usize).max(1e-300);
+    let u = |k: u64| rill_backend::sampling::uniform(seed, k as usize).max(1e-300);
     let (a, b) = (u(1), u(2));
     ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32 * sigma
 }

@@ -1,9 +1,10 @@
 //! The CPU device with five knobs, to drive the runner's device paths without a GPU:
 //! `fail` makes the step fail as a device fault would (at `to_host`); `fail_attention`
 //! makes an op fail as a failed launch would; `on_device` makes the device
-//! choose tokens itself ([`Device::sample`]) with a host reference of the processors a
-//! greedy row can use (penalties, grammar mask, temperature), so the runner's and the
-//! sampler's device plumbing is tested against the host sampler; `pad_buckets` runs
+//! choose tokens itself ([`Device::sample`]) from the flattened state, with the host's
+//! implementation of the sampling contract (`sample_flat`; the GPU kernel is held to the
+//! same contract by `kernels/emu/tests/sampling.rs`), so the runner's and the sampler's
+//! device plumbing is tested against the host sampler; `pad_buckets` runs
 //! plain decode steps padded to a bucket, as the CUDA device's graphs do
 //! ([`Device::forward`], [`StepPlan::pad_decode`]); `memory` makes it a device with memory
 //! of its own ([`Device::memory_info`]), as a GPU is, and `events` logs what loading asks
@@ -14,10 +15,10 @@ use rill_backend::device::cuda::bucket_for;
 use rill_backend::device::{
     AttentionShape, Device, DeviceError, Forward, ForwardOutput, KvLayout, Precision, StepPlan,
 };
-use rill_backend::sampler::{DeviceChoice, DeviceSampling};
+use rill_backend::sampler::sample_flat;
+use rill_backend::sampling::{DeviceSampling, RowChoice};
 use rill_backend::weights::HostTensor;
 use rill_backend::{Cpu, LoadError};
-use rill_proto::TokenId;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -32,6 +33,8 @@ pub struct Wrapped {
     pad_buckets: Vec<usize>,
     /// Steps that ran padded.
     pub padded_steps: AtomicUsize,
+    /// Rows chosen by `sample` (on the "device").
+    pub sampled_rows: AtomicUsize,
     memory: Option<(usize, usize)>,
     /// `memory_info`, `kv_cache {blocks}`, `plan {rows}`, `replay {sizes:?}`, in order.
     pub events: Mutex<Vec<String>>,
@@ -49,6 +52,7 @@ impl Wrapped {
             on_device,
             pad_buckets: Vec::new(),
             padded_steps: AtomicUsize::new(0),
+            sampled_rows: AtomicUsize::new(0),
             memory: None,
             events: Mutex::default(),
             attention_precision: Mutex::default(),
@@ -67,48 +71,6 @@ impl Wrapped {
     /// Pad plain decode steps to the smallest of `buckets` (ascending) that holds them.
     pub fn padding(buckets: &[usize]) -> Self {
         Wrapped { pad_buckets: buckets.to_vec(), ..Wrapped::new(false) }
-    }
-}
-
-/// Greedy choice over one row with the processors a greedy row may use, in the
-/// sampler's order, from the flattened state the device receives.
-fn reference(row: &[f32], s: &DeviceSampling, r: usize) -> DeviceChoice {
-    let d = &s.rows[r];
-    let mut x = row.to_vec();
-    for &(t, all, out) in &s.seen[d.seen.start as usize..d.seen.end as usize] {
-        let v = &mut x[t as usize];
-        if d.params.repetition_penalty != 1.0 && all > 0 {
-            *v = if *v < 0.0 {
-                *v * d.params.repetition_penalty
-            } else {
-                *v / d.params.repetition_penalty
-            };
-        }
-        *v -= all as f32 * (d.params.frequency_penalty / d.seq_len.max(1) as f32);
-        if out > 0 {
-            *v -= d.params.presence_penalty + out as f32 * d.params.count_penalty;
-        }
-    }
-    if let Some(m) = d.mask {
-        for (t, v) in x.iter_mut().enumerate() {
-            if s.masks[m as usize + t / 32] >> (t % 32) & 1 == 0 {
-                *v = f32::NEG_INFINITY;
-            }
-        }
-    }
-    x.iter_mut().for_each(|v| *v /= d.params.temperature);
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        return DeviceChoice { token: None, logprob: f32::NAN, top: Vec::new() };
-    }
-    let lse = max as f64 + x.iter().map(|&v| (v as f64 - max as f64).exp()).sum::<f64>().ln();
-    let mut order: Vec<usize> = (0..x.len()).filter(|&t| x[t] > f32::NEG_INFINITY).collect();
-    order.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
-    let lp = |t: usize| (x[t] as f64 - lse) as f32;
-    DeviceChoice {
-        token: Some(TokenId(order[0] as u32)),
-        logprob: lp(order[0]),
-        top: order.iter().take(d.top_n as usize).map(|&t| (TokenId(t as u32), lp(t))).collect(),
     }
 }
 
@@ -248,15 +210,9 @@ impl Device for Wrapped {
     fn samples_tokens(&self) -> bool {
         self.on_device
     }
-    fn sample(&self, logits: &Mat, s: &DeviceSampling) -> Result<Vec<DeviceChoice>, DeviceError> {
-        let host = self.to_host(logits)?;
-        let vocab = s.vocab;
-        Ok((0..s.rows.len())
-            .map(|r| {
-                let row = s.rows[r].logits_row as usize;
-                reference(&host[row * vocab..(row + 1) * vocab], s, r)
-            })
-            .collect())
+    fn sample(&self, logits: &Mat, s: &DeviceSampling) -> Result<Vec<RowChoice>, DeviceError> {
+        self.sampled_rows.fetch_add(s.rows.len(), Ordering::Relaxed);
+        Ok(sample_flat(&self.to_host(logits)?, s))
     }
     fn to_host(&self, x: &Mat) -> Result<Vec<f32>, DeviceError> {
         if self.fail.load(Ordering::Relaxed) {

@@ -149,6 +149,7 @@ inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 inline float __int_as_float(int x) { return rill_emu::bits_as<float>(x); }
 inline float __uint_as_float(unsigned x) { return rill_emu::bits_as<float>(x); }
 inline unsigned __float_as_uint(float x) { return rill_emu::bits_as<unsigned>(x); }
+inline int __float_as_int(float x) { return rill_emu::bits_as<int>(x); }
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)a * b) >> 32); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 
@@ -158,6 +159,7 @@ inline int __ffs(int x) { return __builtin_ffs(x); }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
 

@@ -41,6 +41,7 @@ use rill_kernels::{AttentionMeta, KernelError, Kernels};
 
 pub use graphs::{DEFAULT_BUCKETS, bucket_for, parse_buckets};
 pub use memory::{CudaKvCache, CudaMat, CudaPlan, CudaWeight, WeightData};
+pub use sampling::kernel_params;
 
 use self::gemm::{Blas, LinearShape};
 use self::graphs::Graphs;
@@ -50,7 +51,7 @@ use super::{
 };
 use crate::config::ModelConfig;
 use crate::error::LoadError;
-use crate::sampler::{DeviceChoice, DeviceSampling};
+use crate::sampling::{DeviceSampling, RowChoice};
 use crate::weights::HostTensor;
 
 /// Why an op could not be enqueued.
@@ -537,7 +538,7 @@ impl Device for Cuda {
         &self,
         logits: &CudaMat,
         sampling: &DeviceSampling,
-    ) -> Result<Vec<DeviceChoice>, DeviceError> {
+    ) -> Result<Vec<RowChoice>, DeviceError> {
         self.sample_rows(logits, sampling).map_err(|e| self.error(format!("sampling: {e}")))
     }
 

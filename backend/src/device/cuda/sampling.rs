@@ -1,6 +1,6 @@
 //! Token choice on the GPU: the sampler's flattened state ([`DeviceSampling`]) becomes
 //! one `SampleParams` per row for `sampling.cu`, whose answers come back as
-//! [`DeviceChoice`]s. The logits never leave the device; what crosses is the
+//! [`RowChoice`]s. The logits never leave the device; what crosses is the
 //! parameters, the seen-token lists and grammar masks going up, and a token, a
 //! logprob and the top-n coming down per row.
 
@@ -9,44 +9,20 @@ use rill_proto::TokenId;
 
 use super::memory::upload;
 use super::{Cuda, CudaMat, OpError};
-use crate::sampler::{DeviceChoice, DeviceSampling};
+use crate::sampling::{DeviceSampling, RowChoice};
 
 impl Cuda {
     pub(super) fn sample_rows(
         &self,
         logits: &CudaMat,
         s: &DeviceSampling,
-    ) -> Result<Vec<DeviceChoice>, OpError> {
+    ) -> Result<Vec<RowChoice>, OpError> {
         let rows = s.rows.len();
         if rows == 0 {
             return Ok(Vec::new());
         }
         let data = logits.data.as_ref().ok_or(OpError::Missing)?;
-        let params: Vec<SampleParams> = s
-            .rows
-            .iter()
-            .map(|r| SampleParams {
-                temperature: r.params.temperature,
-                top_p: r.params.top_p,
-                typical_p: r.params.typical_p,
-                rep_penalty: r.params.repetition_penalty,
-                freq_penalty: r.params.frequency_penalty,
-                presence: r.params.presence_penalty,
-                count_penalty: r.params.count_penalty,
-                top_k: r.params.top_k,
-                seed: r.params.seed,
-                position: r.position,
-                flags: if r.params.samples() { SampleParams::DO_SAMPLE } else { 0 }
-                    | if r.watermark_key.is_some() { SampleParams::WATERMARK } else { 0 },
-                watermark_key: r.watermark_key.unwrap_or(0),
-                counts_off: r.seen.start,
-                counts_len: r.seen.end - r.seen.start,
-                seq_len: r.seq_len,
-                mask_off: r.mask.unwrap_or(SampleParams::NO_MASK),
-                top_n: r.top_n,
-                row: r.logits_row,
-            })
-            .collect();
+        let params = kernel_params(s);
         // One padding entry each, so no buffer is empty.
         let column = |f: fn(&(u32, u32, u32)) -> u32| -> Vec<u32> {
             s.seen.iter().map(f).chain([0]).collect()
@@ -84,7 +60,7 @@ impl Cuda {
         let top_logprob = stream.clone_dtoh(&top_logprob)?;
         stream.synchronize()?;
         Ok((0..rows)
-            .map(|r| DeviceChoice {
+            .map(|r| RowChoice {
                 token: (token[r] != u32::MAX).then_some(TokenId(token[r])),
                 logprob: logprob[r],
                 top: (0..s.rows[r].top_n as usize)
@@ -95,4 +71,33 @@ impl Cuda {
             })
             .collect())
     }
+}
+
+/// `sampling.cu`'s parameters for each row of the flattened state (what the GPU launches
+/// and what the emulated kernel tests launch).
+pub fn kernel_params(s: &DeviceSampling) -> Vec<SampleParams> {
+    s.rows
+        .iter()
+        .map(|r| SampleParams {
+            temperature: r.params.temperature,
+            top_p: r.params.top_p,
+            typical_p: r.params.typical_p,
+            rep_penalty: r.params.repetition_penalty,
+            freq_penalty: r.params.frequency_penalty,
+            presence: r.params.presence_penalty,
+            count_penalty: r.params.count_penalty,
+            top_k: r.params.top_k,
+            seed: r.params.seed,
+            position: r.position,
+            flags: if r.params.samples() { SampleParams::DO_SAMPLE } else { 0 }
+                | if r.watermark_key.is_some() { SampleParams::WATERMARK } else { 0 },
+            watermark_key: r.watermark_key.unwrap_or(0),
+            counts_off: r.seen.start,
+            counts_len: r.seen.end - r.seen.start,
+            seq_len: r.seq_len,
+            mask_off: r.mask.unwrap_or(SampleParams::NO_MASK),
+            top_n: r.top_n,
+            row: r.logits_row,
+        })
+        .collect()
 }
