@@ -313,10 +313,14 @@ impl AnyRunner {
         each!(self, r => r.device_name())
     }
 
-    /// The device in words, for the start-up log (`2 threads`, `NVIDIA H200 (sm_90)`).
+    /// The device in words, for the start-up log (`2 threads, Avx2 kernels`,
+    /// `NVIDIA H200 (sm_90)`).
     pub fn device_detail(&self) -> String {
         match self {
-            AnyRunner::Cpu(r) => format!("{} threads", r.device().threads()),
+            AnyRunner::Cpu(r) => {
+                let isa = crate::device::cpu::simd::isa();
+                format!("{} threads, {isa:?} kernels", r.device().threads())
+            }
             AnyRunner::Cuda(r) => {
                 let (major, minor) = r.device().compute_capability();
                 format!("{} (sm_{major}{minor})", r.device().gpu_name())

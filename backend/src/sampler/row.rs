@@ -68,14 +68,12 @@ enum Level {
 fn level() -> Level {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<Level> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        if crate::device::cpu::simd::has_avx512() {
-            Level::Avx512
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            Level::Avx2
-        } else {
-            Level::Base
-        }
+    // The CPU kernels' choice (`RILL_CPU_ISA` caps both).
+    use crate::device::cpu::simd::{Isa, isa};
+    *LEVEL.get_or_init(|| match isa() {
+        Isa::Avx512 => Level::Avx512,
+        Isa::Avx2 => Level::Avx2,
+        Isa::Scalar => Level::Base,
     })
 }
 

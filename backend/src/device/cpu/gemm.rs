@@ -5,6 +5,9 @@
 //! thread with the fixed-order dot product of [`super::simd`]; the result is
 //! bit-identical whatever `m`, the tile shapes or the thread count.
 //!
+//! Each instruction set ([`Isa`]) has its tile shapes (AVX-512: 1×8 and 4×6; AVX2, with
+//! half the registers' width and count: 1×4 and 2×3); the arithmetic is the same.
+//!
 //! - `m == 1` (batch-1 decode) is memory-bound: 1×8 tiles stream eight weight rows
 //!   at once, widening 16-bit weights in registers and prefetching 2 KiB ahead (into
 //!   the next tile's rows near a row's end), so the weights are read exactly once at
@@ -19,7 +22,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::simd::{self, Elem};
+use super::simd::{self, Elem, Isa, TileKernels};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{avx2::Avx2, avx512::Avx512};
 
 const DECODE_NR: usize = 8;
 const MR: usize = 4;
@@ -47,9 +52,25 @@ pub fn linear<E: Elem>(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    linear_with(simd::isa(), x, m, k, w, n, bias, out)
+}
+
+/// [`linear`] on `isa`'s kernels (at most the CPU's): the same bits on every one.
+#[allow(clippy::too_many_arguments)] // `linear`'s arguments and the path
+pub fn linear_with<E: Elem>(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[E],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     assert_eq!(x.len(), m * k, "x is not [m, k]");
     assert_eq!(w.len(), n * k, "w is not [n, k]");
     assert_eq!(out.len(), m * n, "out is not [m, n]");
+    assert!(isa <= Isa::detected(), "{isa:?} is not available here");
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "bias is not [n]");
     }
@@ -66,8 +87,9 @@ pub fn linear<E: Elem>(
         let cols = c * per..((c + 1) * per).min(n);
         let out = optr;
         // SAFETY: chunk `c` writes only columns `cols` of every row of `out`, and the
-        // column ranges of different chunks are disjoint; `out` outlives the scope.
-        unsafe { product.columns(out.0, cols) };
+        // column ranges of different chunks are disjoint; `out` outlives the scope; `isa`
+        // is present (checked above).
+        unsafe { product.columns(isa, out.0, cols) };
     });
 }
 
@@ -82,87 +104,120 @@ struct Product<'a, E> {
 }
 
 impl<E: Elem> Product<'_, E> {
-    /// Columns `cols` of the product, written to `out` (`[m, n]`).
+    /// Columns `cols` of the product, written to `out` (`[m, n]`), on `isa`'s kernels.
     ///
     /// # Safety
-    /// `out` must point to `m * n` writable f32s not otherwise accessed in `cols`.
-    unsafe fn columns(&self, out: *mut f32, cols: Range<usize>) {
+    /// `out` must point to `m * n` writable f32s not otherwise accessed in `cols`; `isa`
+    /// must be present.
+    unsafe fn columns(&self, isa: Isa, out: *mut f32, cols: Range<usize>) {
         let Product { x, m, k, w, n, bias } = *self;
         let store = |i: usize, j: usize, v: f32| {
             let v = v + bias.map_or(0.0, |b| b[j]);
             // SAFETY: `i < m`, `j` in `cols`: inside `out` and owned by this call.
             unsafe { *out.add(i * n + j) = v };
         };
-
-        #[cfg(target_arch = "x86_64")]
-        if simd::has_avx512() {
-            // SAFETY: AVX-512 is present; the tiles read rows inside `x` and `w`.
-            unsafe {
-                if m == 1 {
-                    self.decode_avx512(cols, &store);
-                } else {
-                    self.blocked_avx512(cols, &store);
+        // Tile shapes fit each set's registers: AVX-512 has 32 of 16 lanes, AVX2 16 of 8
+        // (an accumulator takes two).
+        match isa {
+            // SAFETY: (all four) the instruction set is present (the caller); the tiles
+            // read rows inside `x` and `w`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if m == 1 => unsafe { self.decode::<Avx512, DECODE_NR>(cols, &store) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.blocked::<Avx512, MR, NR>(cols, &store) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if m == 1 => unsafe { self.decode::<Avx2, 4>(cols, &store) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.blocked::<Avx2, 2, 3>(cols, &store) },
+            _ => {
+                for i in 0..m {
+                    for j in cols.clone() {
+                        let (xr, wr) = (&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+                        store(i, j, simd::dot_scalar(xr, wr));
+                    }
                 }
-            }
-            return;
-        }
-        for i in 0..m {
-            for j in cols.clone() {
-                store(i, j, simd::dot_scalar(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]));
             }
         }
     }
 
-    /// `m == 1`: 1×8 tiles, each weight row streamed once.
+    /// One tile of `R × C` dot products over the whole of `k`.
     ///
     /// # Safety
-    /// AVX-512 must be present; `cols ⊆ 0..n`.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn decode_avx512(&self, cols: Range<usize>, store: &impl Fn(usize, usize, f32)) {
-        use simd::tile_avx512 as tile;
-        let (xp, k) = (self.x.as_ptr(), self.k);
-        let wrow = |j: usize| self.w[j * k..].as_ptr();
+    /// `K`'s instruction set must be present; rows `i..i + R` of x and `j..j + C` of w exist.
+    unsafe fn tile<K: TileKernels, const R: usize, const C: usize>(
+        &self,
+        i: usize,
+        j: usize,
+    ) -> [[f32; C]; R] {
+        let k = self.k;
+        let mut o = [[0.0; C]; R];
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let mut acc = [[K::zero(); C]; R];
+            K::accumulate::<E, R, C>(
+                self.x[i * k..].as_ptr(),
+                k,
+                self.w[j * k..].as_ptr(),
+                k,
+                k,
+                &mut acc,
+            );
+            K::reduce(&acc, &mut o);
+        }
+        o
+    }
+
+    /// `m == 1`: 1×`D` tiles, each weight row streamed once.
+    ///
+    /// # Safety
+    /// `K`'s instruction set must be present; `cols ⊆ 0..n`.
+    unsafe fn decode<K: TileKernels, const D: usize>(
+        &self,
+        cols: Range<usize>,
+        store: &impl Fn(usize, usize, f32),
+    ) {
         let mut j = cols.start;
-        while j + DECODE_NR <= cols.end {
-            let mut o = [[0.0; DECODE_NR]; 1];
-            // SAFETY: rows `j..j + DECODE_NR` of w exist (loop bound); x is one row.
-            unsafe { tile::<E, 1, DECODE_NR>(xp, k, wrow(j), k, k, &mut o) };
+        while j + D <= cols.end {
+            // SAFETY: rows `j..j + D` of w exist (loop bound); x is one row.
+            let o = unsafe { self.tile::<K, 1, D>(0, j) };
             for (jj, v) in o[0].iter().enumerate() {
                 store(0, j + jj, *v);
             }
-            j += DECODE_NR;
+            j += D;
         }
         for j in j..cols.end {
-            let mut o = [[0.0; 1]; 1];
             // SAFETY: row `j` of w exists.
-            unsafe { tile::<E, 1, 1>(xp, k, wrow(j), k, k, &mut o) };
-            store(0, j, o[0][0]);
+            store(0, j, unsafe { self.tile::<K, 1, 1>(0, j) }[0][0]);
         }
     }
 
-    /// `m > 1`: m-blocks × 4×6 tiles × k-blocks (see the module doc).
+    /// `m > 1`: m-blocks × `R`×`C` tiles × k-blocks (see the module doc).
     ///
     /// # Safety
-    /// AVX-512 must be present; `cols ⊆ 0..n`.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn blocked_avx512(&self, cols: Range<usize>, store: &impl Fn(usize, usize, f32)) {
-        use simd::{accumulate_avx512 as accumulate, tile_avx512 as tile};
-        use std::arch::x86_64::_mm512_setzero_ps;
+    /// `K`'s instruction set must be present; `cols ⊆ 0..n`.
+    unsafe fn blocked<K: TileKernels, const R: usize, const C: usize>(
+        &self,
+        cols: Range<usize>,
+        store: &impl Fn(usize, usize, f32),
+    ) {
         let (m, k) = (self.m, self.k);
         let xp = self.x.as_ptr();
         let wrow = |j: usize| self.w[j * k..].as_ptr();
         // Rows per m-block: as many as fit the L2 budget, but no more than there are.
-        let mb = (X_BLOCK_BYTES / (k * 4)).max(MR).min(m.next_multiple_of(MR)) / MR * MR;
-        // SAFETY: AVX-512 is present (this function's contract).
-        let zero = unsafe { [[_mm512_setzero_ps(); NR]; MR] };
-        let mut acc_full = vec![zero; mb / MR];
-        let mut acc_one = vec![[zero[0]]; MR];
+        let mb = (X_BLOCK_BYTES / (k * 4)).max(R).min(m.next_multiple_of(R)) / R * R;
+        // SAFETY: the instruction set is present (this function's contract).
+        let zero = unsafe { [[K::zero(); C]; R] };
+        let mut acc_full = vec![zero; mb / R];
+        let mut acc_one = vec![[zero[0]]; R];
         for m0 in (0..m).step_by(mb) {
             let m1 = (m0 + mb).min(m);
-            let full = (m1 - m0) / MR;
-            let rest = m0 + full * MR..m1;
+            let full = (m1 - m0) / R;
+            let rest = m0 + full * R..m1;
             let mut j = cols.start;
-            while j + NR <= cols.end {
+            while j + C <= cols.end {
                 let pw = wrow(j);
                 acc_full[..full].fill(zero);
                 acc_one[..rest.len()].fill([zero[0]]);
@@ -170,46 +225,44 @@ impl<E: Elem> Product<'_, E> {
                 for k0 in (0..k).step_by(KC) {
                     let kl = KC.min(k - k0);
                     for (t, acc) in acc_full[..full].iter_mut().enumerate() {
-                        let i = m0 + t * MR;
-                        // SAFETY: rows `i..i + MR` of x and `j..j + NR` of w exist,
+                        let i = m0 + t * R;
+                        // SAFETY: rows `i..i + R` of x and `j..j + C` of w exist,
                         // and `k0 + kl <= k`.
                         unsafe {
-                            accumulate::<E, MR, NR>(xp.add(i * k + k0), k, pw.add(k0), k, kl, acc)
+                            K::accumulate::<E, R, C>(xp.add(i * k + k0), k, pw.add(k0), k, kl, acc)
                         };
                     }
                     for (acc, i) in acc_one.iter_mut().zip(rest.clone()) {
                         // SAFETY: as above, for the single row `i`.
                         unsafe {
-                            accumulate::<E, 1, NR>(xp.add(i * k + k0), k, pw.add(k0), k, kl, acc)
+                            K::accumulate::<E, 1, C>(xp.add(i * k + k0), k, pw.add(k0), k, kl, acc)
                         };
                     }
                 }
-                let mut o = [[0.0; NR]; MR];
+                let mut o = [[0.0; C]; R];
                 for (t, acc) in acc_full[..full].iter().enumerate() {
-                    // SAFETY: AVX-512 is present.
-                    unsafe { simd::reduce_tile_avx512(acc, &mut o) };
+                    // SAFETY: the instruction set is present.
+                    unsafe { K::reduce(acc, &mut o) };
                     for (ii, row) in o.iter().enumerate() {
                         for (jj, v) in row.iter().enumerate() {
-                            store(m0 + t * MR + ii, j + jj, *v);
+                            store(m0 + t * R + ii, j + jj, *v);
                         }
                     }
                 }
                 for (acc, i) in acc_one.iter().zip(rest.clone()) {
-                    let mut o = [[0.0; NR]; 1];
-                    // SAFETY: AVX-512 is present.
-                    unsafe { simd::reduce_tile_avx512(acc, &mut o) };
+                    let mut o = [[0.0; C]; 1];
+                    // SAFETY: the instruction set is present.
+                    unsafe { K::reduce(acc, &mut o) };
                     for (jj, v) in o[0].iter().enumerate() {
                         store(i, j + jj, *v);
                     }
                 }
-                j += NR;
+                j += C;
             }
             for j in j..cols.end {
                 for i in m0..m1 {
-                    let mut o = [[0.0; 1]; 1];
                     // SAFETY: row `i` of x and row `j` of w exist.
-                    unsafe { tile::<E, 1, 1>(xp.add(i * k), k, wrow(j), k, k, &mut o) };
-                    store(i, j, o[0][0]);
+                    store(i, j, unsafe { self.tile::<K, 1, 1>(i, j) }[0][0]);
                 }
             }
         }
@@ -219,8 +272,8 @@ impl<E: Elem> Product<'_, E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::cpu::simd::tests::data;
-    use half::bf16;
+    use crate::device::cpu::simd::tests::{data, every_isa};
+    use half::{bf16, f16};
 
     fn reference<E: Elem>(
         x: &[f32],
@@ -241,19 +294,25 @@ mod tests {
     }
 
     #[test]
-    fn every_shape_matches_the_scalar_reference_bit_for_bit() {
-        for (m, k, n) in
-            [(1, 64, 40), (1, 33, 9), (2, 64, 13), (5, 100, 17), (9, 48, 64), (37, 2048, 11)]
-        {
-            let x = data(m * k, 1);
-            let w = data(n * k, 2);
-            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-            let bias = data(n, 3);
-            let mut out = vec![0.0; m * n];
-            linear(&x, m, k, &w, n, Some(&bias), &mut out);
-            assert_eq!(out, reference(&x, m, k, &w, n, &bias), "f32 {m}x{k}x{n}");
-            linear(&x, m, k, &wb, n, Some(&bias), &mut out);
-            assert_eq!(out, reference(&x, m, k, &wb, n, &bias), "bf16 {m}x{k}x{n}");
+    fn every_shape_on_every_path_matches_the_scalar_reference_bit_for_bit() {
+        for isa in every_isa() {
+            for (m, k, n) in
+                [(1, 64, 40), (1, 33, 9), (2, 64, 13), (5, 100, 17), (9, 48, 64), (37, 2048, 11)]
+            {
+                let x = data(m * k, 1);
+                let w = data(n * k, 2);
+                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+                let bias = data(n, 3);
+                let mut out = vec![0.0; m * n];
+                let what = format!("{isa:?} {m}x{k}x{n}");
+                linear_with(isa, &x, m, k, &w, n, Some(&bias), &mut out);
+                assert_eq!(out, reference(&x, m, k, &w, n, &bias), "f32 {what}");
+                linear_with(isa, &x, m, k, &wb, n, Some(&bias), &mut out);
+                assert_eq!(out, reference(&x, m, k, &wb, n, &bias), "bf16 {what}");
+                linear_with(isa, &x, m, k, &wh, n, Some(&bias), &mut out);
+                assert_eq!(out, reference(&x, m, k, &wh, n, &bias), "f16 {what}");
+            }
         }
     }
 

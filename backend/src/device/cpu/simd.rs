@@ -8,11 +8,19 @@
 //! (the tile shape), how many threads ran, or how its prompt was chunked.
 //!
 //! 16-bit weights are widened exactly to f32 inside the loop (bf16: shift left 16;
-//! f16: `vcvtph2ps`), never converted as a whole matrix. The scalar fallback does the
-//! same arithmetic lane by lane with `mul_add` for machines without AVX-512.
+//! f16: `vcvtph2ps`), never converted as a whole matrix.
+//!
+//! The instruction set is chosen once at run time ([`isa`]): AVX-512 ([`avx512`], one
+//! `__m512` per accumulator), AVX2 with FMA and F16C ([`avx2`], two `__m256`), or the
+//! scalar reference ([`dot_scalar`], lane by lane with `mul_add`); `RILL_CPU_ISA=avx2`
+//! or `=scalar` caps it (tests run every path on any machine that has it). All three
+//! give the same bits.
 
 #[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
 use std::sync::OnceLock;
 
 use half::{bf16, f16};
@@ -58,24 +66,105 @@ impl Elem for f16 {
     }
 }
 
-/// Whether the AVX-512 kernels can run here (checked once).
-pub fn has_avx512() -> bool {
-    static AVX512: OnceLock<bool> = OnceLock::new();
-    *AVX512.get_or_init(|| {
+/// The instruction sets the CPU kernels have a path for, in increasing order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 with FMA and F16C.
+    Avx2,
+    /// AVX-512 F/BW/VL with FMA and F16C.
+    Avx512,
+}
+
+impl Isa {
+    /// The best this CPU has.
+    pub fn detected() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            std::env::var_os("RILL_NO_AVX512").is_none()
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("f16c")
-                && is_x86_feature_detected!("fma")
+            let has = |f: &[bool]| f.iter().all(|&b| b);
+            let (fma, f16c) = (is_x86_feature_detected!("fma"), is_x86_feature_detected!("f16c"));
+            if has(&[
+                is_x86_feature_detected!("avx512f"),
+                is_x86_feature_detected!("avx512bw"),
+                is_x86_feature_detected!("avx512vl"),
+                fma,
+                f16c,
+            ]) {
+                return Isa::Avx512;
+            }
+            if has(&[is_x86_feature_detected!("avx2"), fma, f16c]) {
+                return Isa::Avx2;
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
+        Isa::Scalar
+    }
+
+    /// `RILL_CPU_ISA`'s names (`avx512`, `avx2`, `scalar`).
+    pub fn parse(s: &str) -> Option<Isa> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "avx512" => Some(Isa::Avx512),
+            "avx2" => Some(Isa::Avx2),
+            "scalar" => Some(Isa::Scalar),
+            _ => None,
+        }
+    }
+}
+
+/// The kernels' instruction set: the best the CPU has, capped by `RILL_CPU_ISA`
+/// (never above what the CPU has; an unknown name is ignored with a warning). Chosen
+/// once per process.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let detected = Isa::detected();
+        let Ok(cap) = std::env::var("RILL_CPU_ISA") else { return detected };
+        match Isa::parse(&cap) {
+            Some(cap) => cap.min(detected),
+            None => {
+                tracing::warn!("RILL_CPU_ISA={cap} is not avx512, avx2 or scalar: ignored");
+                detected
+            }
         }
     })
+}
+
+/// Whether the AVX-512 kernels run here.
+pub fn has_avx512() -> bool {
+    isa() == Isa::Avx512
+}
+
+/// One instruction set's tile kernels, each dot product with the module's arithmetic.
+///
+/// # Safety
+/// Every method requires the implementor's instruction set to be present.
+pub trait TileKernels {
+    /// One dot product's 16 lanes.
+    type Acc: Copy;
+    /// # Safety
+    /// The instruction set must be present.
+    unsafe fn zero() -> Self::Acc;
+    /// Add the next `k` elements of each dot product of an `MR × NR` tile into `acc`
+    /// (see `avx512::accumulate`).
+    ///
+    /// # Safety
+    /// The instruction set must be present; `x` holds `MR` rows and `w` `NR` rows of `k`
+    /// readable elements at strides `ldx` and `ldw`.
+    unsafe fn accumulate<E: Elem, const MR: usize, const NR: usize>(
+        x: *const f32,
+        ldx: usize,
+        w: *const E,
+        ldw: usize,
+        k: usize,
+        acc: &mut [[Self::Acc; NR]; MR],
+    );
+    /// Sum each accumulator's lanes with [`reduce16`]'s order.
+    ///
+    /// # Safety
+    /// The instruction set must be present.
+    unsafe fn reduce<const MR: usize, const NR: usize>(
+        acc: &[[Self::Acc; NR]; MR],
+        out: &mut [[f32; NR]; MR],
+    );
 }
 
 /// The one lane-reduction order (see module doc).
@@ -113,172 +202,44 @@ pub fn dot_scalar<E: Elem>(x: &[f32], w: &[E]) -> f32 {
 
 /// `x · w` with the fixed order, on the fastest path available.
 pub fn dot<E: Elem>(x: &[f32], w: &[E]) -> f32 {
+    dot_with(isa(), x, w)
+}
+
+/// `x · w` on `isa`'s path (at most the CPU's).
+pub fn dot_with<E: Elem>(isa: Isa, x: &[f32], w: &[E]) -> f32 {
     assert_eq!(x.len(), w.len(), "dot of unequal lengths");
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        let mut out = [[0.0f32; 1]; 1];
-        // SAFETY: AVX-512 is present; both rows hold `x.len()` elements.
-        unsafe { tile_avx512::<E, 1, 1>(x.as_ptr(), 0, w.as_ptr(), 0, x.len(), &mut out) };
-        return out[0][0];
+    assert!(isa <= Isa::detected(), "{isa:?} is not available here");
+    let mut out = [[0.0f32; 1]; 1];
+    let (xp, wp, k) = (x.as_ptr(), w.as_ptr(), x.len());
+    match isa {
+        // SAFETY: the instruction set is present; both rows hold `k` elements.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::tile::<E, 1, 1>(xp, 0, wp, 0, k, &mut out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::tile::<E, 1, 1>(xp, 0, wp, 0, k, &mut out) },
+        _ => return dot_scalar(x, w),
     }
-    dot_scalar(x, w)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-unsafe fn load16<E: Elem>(p: *const E) -> __m512 {
-    // SAFETY: (all arms) the caller guarantees 16 readable elements at `p`.
-    unsafe {
-        match E::KIND {
-            Kind::F32 => _mm512_loadu_ps(p.cast()),
-            Kind::Bf16 => {
-                let h = _mm256_loadu_si256(p.cast());
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-            }
-            Kind::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-unsafe fn load16_masked<E: Elem>(p: *const E, mask: __mmask16) -> __m512 {
-    // SAFETY: (all arms) masked-off lanes are not read; the caller guarantees the rest.
-    unsafe {
-        match E::KIND {
-            Kind::F32 => _mm512_maskz_loadu_ps(mask, p.cast()),
-            Kind::Bf16 => {
-                let h = _mm256_maskz_loadu_epi16(mask, p.cast());
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-            }
-            Kind::F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast())),
-        }
-    }
-}
-
-/// `out[i][j] = dot(x row i, w row j)` for an `MR × NR` tile, rows `k` long,
-/// `ldx`/`ldw` elements apart.
-///
-/// # Safety
-/// AVX-512F/BW/VL, F16C and FMA must be available; `x` must hold `MR` rows and `w`
-/// `NR` rows of `k` readable elements at the given strides.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-pub unsafe fn tile_avx512<E: Elem, const MR: usize, const NR: usize>(
-    x: *const f32,
-    ldx: usize,
-    w: *const E,
-    ldw: usize,
-    k: usize,
-    out: &mut [[f32; NR]; MR],
-) {
-    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-    // SAFETY: forwarded from the caller.
-    unsafe { accumulate_avx512::<E, MR, NR>(x, ldx, w, ldw, k, &mut acc) };
-    reduce_tile_avx512(&acc, out);
-}
-
-/// Add the next `k` elements of each dot product of an `MR × NR` tile into `acc`.
-/// Splitting `k` into blocks that are multiples of 16 (all but the last) gives
-/// exactly the arithmetic of one call over the whole length.
-///
-/// # Safety
-/// As [`tile_avx512`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-pub unsafe fn accumulate_avx512<E: Elem, const MR: usize, const NR: usize>(
-    x: *const f32,
-    ldx: usize,
-    w: *const E,
-    ldw: usize,
-    k: usize,
-    acc: &mut [[__m512; NR]; MR],
-) {
-    let chunks = k / LANES;
-    // SAFETY: every pointer below stays inside the rows the caller vouched for
-    // (prefetches may point past them: they never fault).
-    unsafe {
-        for c in 0..chunks {
-            let off = c * LANES;
-            if MR == 1 && (c * LANES * size_of::<E>()).is_multiple_of(64) {
-                // Near a row's end, prefetch the start of the row NR further on
-                // (the next tile's), so its streams are warm when that tile begins.
-                let ahead = off + PREFETCH_BYTES / size_of::<E>();
-                let (row, at) = if ahead < k { (0, ahead) } else { (NR, ahead - k) };
-                for j in 0..NR {
-                    let target = w.wrapping_add((j + row) * ldw + at);
-                    _mm_prefetch::<_MM_HINT_T0>(target.cast());
-                }
-            }
-            let mut wv = [_mm512_setzero_ps(); NR];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = load16(w.add(j * ldw + off));
-            }
-            for (i, acc_row) in acc.iter_mut().enumerate() {
-                let xv = _mm512_loadu_ps(x.add(i * ldx + off));
-                for j in 0..NR {
-                    acc_row[j] = _mm512_fmadd_ps(xv, wv[j], acc_row[j]);
-                }
-            }
-        }
-        let rem = k % LANES;
-        if rem != 0 {
-            let off = chunks * LANES;
-            let mask: __mmask16 = (1u16 << rem) - 1;
-            let mut wv = [_mm512_setzero_ps(); NR];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = load16_masked(w.add(j * ldw + off), mask);
-            }
-            for (i, acc_row) in acc.iter_mut().enumerate() {
-                let xv = _mm512_maskz_loadu_ps(mask, x.add(i * ldx + off));
-                for j in 0..NR {
-                    acc_row[j] = _mm512_fmadd_ps(xv, wv[j], acc_row[j]);
-                }
-            }
-        }
-    }
-}
-
-/// Reduce every accumulator of a tile with [`reduce16`]'s order.
-///
-/// # Safety
-/// AVX-512F must be available.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-pub fn reduce_tile_avx512<const MR: usize, const NR: usize>(
-    acc: &[[__m512; NR]; MR],
-    out: &mut [[f32; NR]; MR],
-) {
-    for i in 0..MR {
-        for j in 0..NR {
-            out[i][j] = reduce16_avx512(acc[i][j]);
-        }
-    }
-}
-
-/// [`reduce16`] in registers: the same additions in the same order.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-fn reduce16_avx512(a: __m512) -> f32 {
-    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
-    let s8 = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
-    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
-    _mm_cvtss_f32(s1)
+    out[0][0]
 }
 
 /// Widen `src` into `dst` exactly (embedding rows).
 pub fn widen_into<E: Elem>(src: &[E], dst: &mut [f32]) {
+    widen_with(isa(), src, dst)
+}
+
+/// [`widen_into`] on `isa`'s path (at most the CPU's).
+pub fn widen_with<E: Elem>(isa: Isa, src: &[E], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "widen_into of unequal lengths");
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: AVX-512 is present and the lengths match.
-        unsafe { widen_avx512(src, dst) };
-        return;
+    assert!(isa <= Isa::detected(), "{isa:?} is not available here");
+    match isa {
+        // SAFETY: the instruction set is present and the lengths match.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => return unsafe { avx512::widen(src, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => return unsafe { avx2::widen(src, dst) },
+        _ => {}
     }
     match E::KIND {
         Kind::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
@@ -295,27 +256,6 @@ pub fn widen_into<E: Elem>(src: &[E], dst: &mut [f32]) {
     }
 }
 
-/// # Safety
-/// AVX-512 must be present; `src` and `dst` have equal lengths.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-unsafe fn widen_avx512<E: Elem>(src: &[E], dst: &mut [f32]) {
-    let n = src.len();
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    // SAFETY: every access is below `n` (the tail is masked).
-    unsafe {
-        let mut i = 0;
-        while i + LANES <= n {
-            _mm512_storeu_ps(d.add(i), load16(s.add(i)));
-            i += LANES;
-        }
-        if i < n {
-            let mask: __mmask16 = (1u16 << (n - i)) - 1;
-            _mm512_mask_storeu_ps(d.add(i), mask, load16_masked(s.add(i), mask));
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -328,27 +268,69 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// Every instruction set this CPU has (the tests of each path run where it exists;
+    /// the others say SKIP).
+    pub(crate) fn every_isa() -> Vec<Isa> {
+        let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+        let here: Vec<Isa> = all.into_iter().filter(|&i| i <= Isa::detected()).collect();
+        for missing in all.iter().filter(|i| !here.contains(i)) {
+            eprintln!("SKIP: {missing:?} kernels: this CPU lacks the instructions");
+        }
+        here
+    }
+
     #[test]
-    fn simd_dot_matches_scalar_reference_bit_for_bit() {
-        for k in [1, 15, 16, 17, 64, 100, 2048] {
-            let x = data(k, 1);
-            let w = data(k, 2);
-            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-            let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-            assert_eq!(dot(&x, &w).to_bits(), dot_scalar(&x, &w).to_bits(), "f32 k={k}");
-            assert_eq!(dot(&x, &wb).to_bits(), dot_scalar(&x, &wb).to_bits(), "bf16 k={k}");
-            assert_eq!(dot(&x, &wh).to_bits(), dot_scalar(&x, &wh).to_bits(), "f16 k={k}");
-            let exact: f64 = x.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
-            assert!((dot(&x, &w) as f64 - exact).abs() < 1e-4 * k as f64);
+    fn every_path_matches_the_scalar_reference_bit_for_bit() {
+        for isa in every_isa() {
+            for k in [1, 15, 16, 17, 64, 100, 2048] {
+                let x = data(k, 1);
+                let w = data(k, 2);
+                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+                let bits = |v: f32| v.to_bits();
+                assert_eq!(
+                    bits(dot_with(isa, &x, &w)),
+                    bits(dot_scalar(&x, &w)),
+                    "{isa:?} f32 {k}"
+                );
+                assert_eq!(
+                    bits(dot_with(isa, &x, &wb)),
+                    bits(dot_scalar(&x, &wb)),
+                    "{isa:?} bf16 {k}"
+                );
+                assert_eq!(
+                    bits(dot_with(isa, &x, &wh)),
+                    bits(dot_scalar(&x, &wh)),
+                    "{isa:?} f16 {k}"
+                );
+                let exact: f64 = x.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
+                assert!((dot_with(isa, &x, &w) as f64 - exact).abs() < 1e-4 * k as f64);
+            }
         }
     }
 
     #[test]
-    fn widening_is_exact() {
-        let w = data(100, 3);
-        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-        let mut out = vec![0.0; 100];
-        widen_into(&wb, &mut out);
-        assert!(out.iter().zip(&wb).all(|(a, b)| *a == b.to_f32()));
+    fn widening_is_exact_on_every_path() {
+        for isa in every_isa() {
+            for n in [1, 7, 8, 100] {
+                let w = data(n, 3);
+                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+                let mut out = vec![0.0; n];
+                widen_with(isa, &wb, &mut out);
+                assert!(out.iter().zip(&wb).all(|(a, b)| *a == b.to_f32()), "{isa:?} bf16");
+                widen_with(isa, &wh, &mut out);
+                assert!(out.iter().zip(&wh).all(|(a, b)| *a == b.to_f32()), "{isa:?} f16");
+            }
+        }
+    }
+
+    #[test]
+    fn the_isa_names_parse() {
+        assert_eq!(Isa::parse("AVX2"), Some(Isa::Avx2));
+        assert_eq!(Isa::parse("avx512"), Some(Isa::Avx512));
+        assert_eq!(Isa::parse("scalar"), Some(Isa::Scalar));
+        assert_eq!(Isa::parse("sse"), None);
+        assert!(isa() <= Isa::detected());
     }
 }

@@ -1,0 +1,216 @@
+//! The AVX2 kernels (with FMA and F16C), for x86 CPUs without AVX-512 (most desktop
+//! Intel parts since Alder Lake, AMD before Zen 4, older cloud instances): each 16-lane
+//! accumulator of the module's fixed arithmetic is two `__m256` (lanes 0–7, 8–15), one
+//! fused multiply-add each per chunk of 16, and the lanes are summed by
+//! [`super::reduce16`]'s tree, so every result is bit-identical to the AVX-512 and scalar
+//! paths. A row's last partial chunk is copied into a zero-padded block (AVX2 has no
+//! masked 16-bit loads).
+
+use std::arch::x86_64::*;
+
+use super::{Elem, Kind, LANES, PREFETCH_BYTES, TileKernels};
+
+/// The AVX2 tile kernels.
+#[derive(Debug)]
+pub struct Avx2;
+
+/// One 16-lane accumulator: lanes 0–7 and 8–15.
+pub type Acc = (__m256, __m256);
+
+impl TileKernels for Avx2 {
+    type Acc = Acc;
+    #[inline(always)]
+    unsafe fn zero() -> Acc {
+        // SAFETY: the caller vouches for AVX2.
+        unsafe { (_mm256_setzero_ps(), _mm256_setzero_ps()) }
+    }
+    #[inline(always)]
+    unsafe fn accumulate<E: Elem, const MR: usize, const NR: usize>(
+        x: *const f32,
+        ldx: usize,
+        w: *const E,
+        ldw: usize,
+        k: usize,
+        acc: &mut [[Acc; NR]; MR],
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { accumulate::<E, MR, NR>(x, ldx, w, ldw, k, acc) }
+    }
+    #[inline(always)]
+    unsafe fn reduce<const MR: usize, const NR: usize>(
+        acc: &[[Acc; NR]; MR],
+        out: &mut [[f32; NR]; MR],
+    ) {
+        for i in 0..MR {
+            for j in 0..NR {
+                // SAFETY: the caller vouches for AVX2.
+                out[i][j] = unsafe { reduce16(acc[i][j]) };
+            }
+        }
+    }
+}
+
+/// Eight elements at `p`, widened exactly.
+///
+/// # Safety
+/// AVX2 and F16C must be present; 8 elements readable at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8<E: Elem>(p: *const E) -> __m256 {
+    // SAFETY: (all arms) the caller guarantees 8 readable elements at `p`.
+    unsafe {
+        match E::KIND {
+            Kind::F32 => _mm256_loadu_ps(p.cast()),
+            Kind::Bf16 => {
+                let h = _mm_loadu_si128(p.cast());
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            }
+            Kind::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+        }
+    }
+}
+
+/// Sixteen elements at `p` as lanes 0–7 and 8–15.
+///
+/// # Safety
+/// As [`load8`], for 16 elements.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load16<E: Elem>(p: *const E) -> Acc {
+    // SAFETY: forwarded from the caller.
+    unsafe { (load8(p), load8(p.add(8))) }
+}
+
+/// The first `n < 16` elements at `p`, zero-padded to 16.
+///
+/// # Safety
+/// As [`load8`], for `n` elements.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load16_partial<E: Elem>(p: *const E, n: usize) -> Acc {
+    let mut block = [E::zeroed(); LANES];
+    // SAFETY: `n` elements are readable at `p` (the caller), and `n < LANES`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(p, block.as_mut_ptr(), n);
+        load16(block.as_ptr())
+    }
+}
+
+/// `acc += x · w`, lane by lane, with one fused multiply-add per half.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fmadd16(x: Acc, w: Acc, acc: Acc) -> Acc {
+    (_mm256_fmadd_ps(x.0, w.0, acc.0), _mm256_fmadd_ps(x.1, w.1, acc.1))
+}
+
+/// `out[i][j] = dot(x row i, w row j)` for an `MR × NR` tile (see `avx512::tile`).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `x` must hold `MR` rows and `w` `NR` rows of
+/// `k` readable elements at the given strides.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile<E: Elem, const MR: usize, const NR: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const E,
+    ldw: usize,
+    k: usize,
+    out: &mut [[f32; NR]; MR],
+) {
+    // SAFETY: AVX2 is present (this function's contract) and the rest is forwarded.
+    unsafe {
+        let mut acc = [[<Avx2 as TileKernels>::zero(); NR]; MR];
+        accumulate::<E, MR, NR>(x, ldx, w, ldw, k, &mut acc);
+        <Avx2 as TileKernels>::reduce(&acc, out);
+    }
+}
+
+/// Add the next `k` elements of each dot product of an `MR × NR` tile into `acc`;
+/// splitting `k` into blocks that are multiples of 16 (all but the last) gives exactly
+/// the arithmetic of one call over the whole length.
+///
+/// # Safety
+/// As [`tile`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn accumulate<E: Elem, const MR: usize, const NR: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const E,
+    ldw: usize,
+    k: usize,
+    acc: &mut [[Acc; NR]; MR],
+) {
+    let chunks = k / LANES;
+    // SAFETY: every pointer below stays inside the rows the caller vouched for
+    // (prefetches may point past them: they never fault).
+    unsafe {
+        for c in 0..chunks {
+            let off = c * LANES;
+            if MR == 1 && (c * LANES * size_of::<E>()).is_multiple_of(64) {
+                // As on AVX-512: near a row's end, warm the next tile's rows.
+                let ahead = off + PREFETCH_BYTES / size_of::<E>();
+                let (row, at) = if ahead < k { (0, ahead) } else { (NR, ahead - k) };
+                for j in 0..NR {
+                    let target = w.wrapping_add((j + row) * ldw + at);
+                    _mm_prefetch::<_MM_HINT_T0>(target.cast());
+                }
+            }
+            let mut wv = [<Avx2 as TileKernels>::zero(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = load16(w.add(j * ldw + off));
+            }
+            for (i, acc_row) in acc.iter_mut().enumerate() {
+                let xv = load16(x.add(i * ldx + off));
+                for j in 0..NR {
+                    acc_row[j] = fmadd16(xv, wv[j], acc_row[j]);
+                }
+            }
+        }
+        let rem = k % LANES;
+        if rem != 0 {
+            let off = chunks * LANES;
+            let mut wv = [<Avx2 as TileKernels>::zero(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = load16_partial(w.add(j * ldw + off), rem);
+            }
+            for (i, acc_row) in acc.iter_mut().enumerate() {
+                let xv = load16_partial(x.add(i * ldx + off), rem);
+                for j in 0..NR {
+                    acc_row[j] = fmadd16(xv, wv[j], acc_row[j]);
+                }
+            }
+        }
+    }
+}
+
+/// [`super::reduce16`] in registers: the same additions in the same order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce16(a: Acc) -> f32 {
+    let s8 = _mm256_add_ps(a.0, a.1);
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+    _mm_cvtss_f32(s1)
+}
+
+/// Widen `src` into `dst` exactly.
+///
+/// # Safety
+/// AVX2 and F16C must be present; `src` and `dst` have equal lengths.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn widen<E: Elem>(src: &[E], dst: &mut [f32]) {
+    let n = src.len();
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: every access is below `n`.
+    unsafe {
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(d.add(i), load8(s.add(i)));
+            i += 8;
+        }
+        for j in i..n {
+            *d.add(j) = (*s.add(j)).widen();
+        }
+    }
+}
