@@ -81,25 +81,59 @@ unsafe fn sum_words_avx512(words: &[u64]) -> u64 {
     _mm512_reduce_add_epi64(total) as u64
 }
 
-/// Peak f32 FLOP/s (2 per FMA) with independent AVX-512 FMA chains on every thread,
-/// or `None` without AVX-512.
+/// Peak f32 FLOP/s (2 per FMA) with independent FMA chains of the widest vectors the CPU
+/// has (AVX-512, else AVX2) on every thread, or `None` without either.
 pub fn peak_fma_flops() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    {
+        // The widest FMA this CPU has: 16 lanes with AVX-512, 8 with AVX2.
+        let lanes: u64 = if is_x86_feature_detected!("avx512f") {
+            16
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            8
+        } else {
+            return None;
+        };
         let iters = 20_000_000u64;
         let threads = rayon::current_num_threads();
         let t = Instant::now();
         let sink: f32 = (0..threads)
             .into_par_iter()
-            // SAFETY: AVX-512F was detected above.
-            .map(|i| unsafe { fma_chains(iters, i as f32) })
+            // SAFETY: (both) the instruction set was detected above.
+            .map(|i| unsafe {
+                if lanes == 16 {
+                    fma_chains(iters, i as f32)
+                } else {
+                    fma_chains_avx2(iters, i as f32)
+                }
+            })
             .sum();
         let secs = t.elapsed().as_secs_f64();
         std::hint::black_box(sink);
-        // 12 chains × 16 lanes × 2 flops per iteration.
-        return Some((threads as u64 * iters * 12 * 16 * 2) as f64 / secs);
+        // 12 chains × lanes × 2 flops per iteration.
+        Some((threads as u64 * iters * 12 * lanes * 2) as f64 / secs)
     }
+    #[cfg(not(target_arch = "x86_64"))]
     None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains_avx2(iters: u64, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    let mut acc = [_mm256_set1_ps(seed); 12];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    let mut out = [0.0f32; 8];
+    let total = acc.iter().fold(_mm256_setzero_ps(), |s, v| _mm256_add_ps(s, *v));
+    // SAFETY: `out` holds 8 f32s.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), total) };
+    out.iter().sum()
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -172,7 +172,7 @@ fn the_cpu_takes_the_host_default_and_explicit_sizes() {
 #[test]
 fn precision_is_chosen_at_load_and_f32_models_are_always_exact() {
     use rill_backend::Precision::{Exact, Fast};
-    use rill_proto::{BlockId, ForwardBatch, SeqId, SeqStep, TokenId};
+    use rill_proto::ForwardBatch;
 
     for (name, asked, got) in [
         ("llama", Fast, Exact),
@@ -184,18 +184,7 @@ fn precision_is_chosen_at_load_and_f32_models_are_always_exact() {
         let c = ModelDir::open(&dir).unwrap().config;
         let opts = RunnerOptions { precision: asked, ..RunnerOptions::default() };
         let mut runner = Runner::load(&dir, &c, Wrapped::new(false), &opts).unwrap();
-        let seq = SeqStep {
-            id: SeqId(0),
-            tokens: vec![TokenId(1), TokenId(2)],
-            start_pos: 0,
-            block_table: vec![BlockId(0)],
-            sample: true,
-            top_n: 0,
-            logprob_targets: Vec::new(),
-            sampling: None,
-            prefix: Vec::new(),
-            hidden: false,
-        };
+        let seq = crate::step_errors::seq(0, &[1, 2], 0, &[0]);
         runner.step(&ForwardBatch { seqs: vec![seq], ..Default::default() }).unwrap();
         let ran = *runner.device().attention_precision.lock().unwrap();
         assert_eq!(ran, Some(got), "{name} at {asked:?}");

@@ -9,7 +9,8 @@ use rill_proto::{BlockId, ForwardBatch, SeqId, SeqStep, TokenId};
 use crate::harness;
 use crate::wrapped::Wrapped;
 
-fn seq(id: u64, tokens: &[u32], start_pos: usize, blocks: &[u32]) -> SeqStep {
+/// A sampling step of sequence `id` (no parameters: greedy), for the tests of this binary.
+pub(crate) fn seq(id: u64, tokens: &[u32], start_pos: usize, blocks: &[u32]) -> SeqStep {
     SeqStep {
         id: SeqId(id),
         tokens: tokens.iter().copied().map(TokenId).collect(),
