@@ -232,14 +232,16 @@ impl<D: Device> Runner<D> {
             first_row.push(rows);
             rows += seq.logprob_targets.len() + usize::from(seq.sample);
         }
-        let sampled = |s: &rill_proto::SeqStep| s.sample;
-        let (device_rows, host_rows): (Vec<_>, Vec<_>) = batch
+        // Every sampling sequence with its sampled row, in batch order.
+        let sampling: Vec<(&rill_proto::SeqStep, usize)> = batch
             .seqs
             .iter()
             .zip(&first_row)
-            .filter(|(s, _)| sampled(s))
+            .filter(|(s, _)| s.sample)
             .map(|(s, &r)| (s, r + s.logprob_targets.len()))
-            .partition(|(s, _)| on_device && !self.sampler.needs_host(s));
+            .collect();
+        let (device_rows, host_rows): (Vec<_>, Vec<_>) =
+            sampling.iter().copied().partition(|(s, _)| on_device && !self.sampler.needs_host(s));
         let host_needs_logits = batch.return_logits
             || !host_rows.is_empty()
             || batch.seqs.iter().any(|s| !s.logprob_targets.is_empty());
@@ -280,13 +282,7 @@ impl<D: Device> Runner<D> {
         let raw = |r: usize, l: &[f32]| {
             batch.return_logits.then(|| l[r * vocab..(r + 1) * vocab].to_vec())
         };
-        let raw_logits: Vec<_> = batch
-            .seqs
-            .iter()
-            .zip(&first_row)
-            .filter(|(s, _)| sampled(s))
-            .map(|(s, &r)| raw(r + s.logprob_targets.len(), &host_logits))
-            .collect();
+        let raw_logits: Vec<_> = sampling.iter().map(|&(_, r)| raw(r, &host_logits)).collect();
         for (seq, &r) in batch.seqs.iter().zip(&first_row) {
             if !seq.logprob_targets.is_empty() {
                 let row = |j: usize| &host_logits[(r + j) * vocab..(r + j + 1) * vocab];
@@ -298,17 +294,19 @@ impl<D: Device> Runner<D> {
                 out.prompt_logprobs.push((seq.id, lps.collect()));
             }
         }
-        // Host rows are processed in place, each its own slice of the host copy.
-        let mut slices: std::collections::HashMap<usize, &mut [f32]> =
-            host_logits.chunks_exact_mut(vocab.max(1)).enumerate().collect();
+        // Host rows are processed in place, each its own slice of the host copy (their
+        // rows ascend, so one walk over the copy finds them all).
+        let mut rows = host_logits.chunks_exact_mut(vocab).enumerate();
         let to_sample: Vec<_> = host_rows
             .iter()
-            .map(|&(s, r)| (s, slices.remove(&r).expect("one logits row per sampling sequence")))
+            .map(|&(s, r)| {
+                let row = rows.find(|(i, _)| *i == r).map(|(_, row)| row);
+                (s, row.expect("one logits row per sampling sequence"))
+            })
             .collect();
         let (device, sampler) = (&self.device, &mut self.sampler);
         choices.extend(device.run(|| sampler.sample(to_sample, jobs)));
-        let sampling_seqs = batch.seqs.iter().filter(|s| sampled(s));
-        for (seq, logits) in sampling_seqs.zip(raw_logits) {
+        for (&(seq, _), logits) in sampling.iter().zip(raw_logits) {
             if let Some(choice) = choices.remove(&seq.id) {
                 record(out, seq.id, choice, logits);
             }

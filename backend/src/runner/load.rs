@@ -21,7 +21,7 @@ use std::path::Path;
 
 use rill_proto::{BLOCK_SIZE, BlockId, ForwardBatch, SeqId, SeqStep, StepOutput, TokenId};
 
-use super::{LoadFormat, Runner, StepStats};
+use super::{LoadFormat, Runner};
 use crate::config::ModelConfig;
 use crate::device::cuda::DEFAULT_BUCKETS;
 use crate::device::{Device, KvLayout, Precision, StepPlan};
@@ -326,10 +326,6 @@ impl AnyRunner {
                 format!("{} (sm_{major}{minor})", r.device().gpu_name())
             }
         }
-    }
-
-    pub fn last_step_stats(&self) -> StepStats {
-        each!(self, r => r.last_step_stats())
     }
 }
 

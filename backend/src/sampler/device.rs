@@ -73,7 +73,7 @@ impl Sampler {
                 let p = &st.params;
                 row.params = SamplingParams { grammar: None, ..p.clone() };
                 row.seq_len = st.seen as u32;
-                row.watermark_key = st.last_key.filter(|_| p.watermark);
+                row.watermark_key = st.last_key;
                 let start = ds.seen.len() as u32;
                 let empty = HashMap::new();
                 let all = st.counts.as_ref().unwrap_or(&empty);

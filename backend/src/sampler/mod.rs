@@ -27,7 +27,6 @@ mod filters;
 mod row;
 pub mod watermark;
 
-pub use crate::sampling::uniform;
 pub use device::{DeviceStep, sample_flat};
 
 use std::collections::HashMap;
@@ -35,6 +34,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 use rill_proto::{ConstraintState, SamplingParams, SeqId, SeqStep, TokenId};
 
+use crate::sampling::uniform;
 use filters::Dist;
 use row::BlockSums;
 
@@ -57,7 +57,7 @@ struct SeqState {
     counts: Option<HashMap<u32, u32>>,
     /// Occurrences in the output (OpenAI's penalties), when a penalty needs them.
     generated: Option<HashMap<u32, u32>>,
-    /// The watermark key of the token before the one to choose.
+    /// The watermark key of the token before the one to choose (with the watermark on).
     last_key: Option<u32>,
     grammar: Option<Box<dyn ConstraintState>>,
 }
@@ -87,7 +87,9 @@ impl SeqState {
             }
         }
         self.seen = self.seen.max(end);
-        self.last_key = step.tokens.last().copied().map(watermark::key);
+        if self.params.watermark {
+            self.last_key = step.tokens.last().copied().map(watermark::key);
+        }
     }
 
     /// Count the tokens before a first step's `start_pos` that the step does not run

@@ -203,7 +203,8 @@ fn measure(s: &Setup, device: DeviceChoice) -> Result<serde_json::Value> {
     let opts = RunnerOptions {
         kv_cache: KvCacheSize::Tokens(blocks_per_seq * max_batch * BLOCK_SIZE),
         load_format: LoadFormat::Dummy(s.dtype),
-        // The prefill measurement is one chunk.
+        // The largest step it runs: the prefill measurement (one chunk) or a 4096-token
+        // chunk of the decodes' prompts.
         max_step_tokens: Some(args.prompt.max(4096)),
         ..RunnerOptions::default()
     };

@@ -9,19 +9,19 @@ mod reference;
 #[path = "../../tests/common/sampling.rs"]
 mod sampling;
 
-use rill_backend::device::cuda::kernel_params;
+use rill_backend::device::cuda::{kernel_params, row_choices};
 use rill_backend::sampler::sample_flat;
 use rill_backend::sampling::{DeviceRow, DeviceSampling, RowChoice};
 use rill_kernels::sampling::sample_config;
 use rill_kernels_emu::{DevBuf, launch};
-use rill_proto::{SamplingParams, TokenId};
+use rill_proto::SamplingParams;
 use sampling::{self as cases, Launch, Out, Sampler};
 
 /// The emulator as a [`Sampler`].
 struct Emu;
 
 /// Launch `sample_rows` on `logits` for a flattened step, as the CUDA device does
-/// (`kernel_params`), and read the answers back as the device does.
+/// (`kernel_params`), and read the answers back as the device does (`row_choices`).
 fn emulate(logits: &[f32], s: &DeviceSampling) -> Vec<RowChoice> {
     let l = Launch {
         logits,
@@ -32,17 +32,7 @@ fn emulate(logits: &[f32], s: &DeviceSampling) -> Vec<RowChoice> {
         max_top_n: s.max_top_n.max(1),
     };
     let out = Emu.sample(&l);
-    let n = l.max_top_n;
-    (0..s.rows.len())
-        .map(|r| RowChoice {
-            token: (out.token[r] != u32::MAX).then_some(TokenId(out.token[r])),
-            logprob: out.logprob[r],
-            top: (r * n..r * n + s.rows[r].top_n as usize)
-                .filter(|&i| out.top[i] != u32::MAX)
-                .map(|i| (TokenId(out.top[i]), out.top_logprob[i]))
-                .collect(),
-        })
-        .collect()
+    row_choices(s, &out.token, &out.logprob, &out.top, &out.top_logprob, l.max_top_n)
 }
 
 impl Sampler for Emu {

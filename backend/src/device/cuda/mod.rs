@@ -14,8 +14,8 @@
 //! Ops map one to one onto kernel launchers: embedding gather, RMSNorm, RoPE, K/V write
 //! by slot, paged attention (the decode kernel when every sequence runs one row, else the
 //! prefill kernel; prefill is exact f32 at `Precision::Exact` and for an f32 model, and
-//! bf16 tensor cores for a 16-bit model at `Precision::Fast`), SiLU-and-mul, column split, residual add, row gather;
-//! linear layers are cuBLAS ([`gemm`]) with the bias added by a kernel.
+//! bf16 tensor cores for a 16-bit model at `Precision::Fast`), SiLU-and-mul, column
+//! split, residual add, row gather; linear layers are cuBLAS ([`gemm`]) with the bias added by a kernel.
 //!
 //! Every [`Device`] op returns its failure (a failed launch or allocation, named with
 //! what was being done and the GPU), `Llama::forward` stops the step there with `?`,
@@ -41,7 +41,7 @@ use rill_kernels::{AttentionMeta, KernelError, Kernels};
 
 pub use graphs::{DEFAULT_BUCKETS, bucket_for, parse_buckets};
 pub use memory::{CudaKvCache, CudaMat, CudaPlan, CudaWeight, WeightData};
-pub use sampling::kernel_params;
+pub use sampling::{kernel_params, row_choices};
 
 use self::gemm::{Blas, LinearShape};
 use self::graphs::Graphs;

@@ -59,18 +59,32 @@ impl Cuda {
         let top = stream.clone_dtoh(&top)?;
         let top_logprob = stream.clone_dtoh(&top_logprob)?;
         stream.synchronize()?;
-        Ok((0..rows)
-            .map(|r| RowChoice {
-                token: (token[r] != u32::MAX).then_some(TokenId(token[r])),
-                logprob: logprob[r],
-                top: (0..s.rows[r].top_n as usize)
-                    .map(|i| r * max_top_n + i)
-                    .filter(|&i| top[i] != u32::MAX)
-                    .map(|i| (TokenId(top[i]), top_logprob[i]))
-                    .collect(),
-            })
-            .collect())
+        Ok(row_choices(s, &token, &logprob, &top, &top_logprob, max_top_n))
     }
+}
+
+/// `sampling.cu`'s answers read back as one [`RowChoice`] per row: a token (`u32::MAX`:
+/// none allowed), its logprob, and each row's `top_n` of its `max_top_n` alternatives
+/// (`u32::MAX`: fewer exist).
+pub fn row_choices(
+    s: &DeviceSampling,
+    token: &[u32],
+    logprob: &[f32],
+    top: &[u32],
+    top_logprob: &[f32],
+    max_top_n: usize,
+) -> Vec<RowChoice> {
+    (0..s.rows.len())
+        .map(|r| RowChoice {
+            token: (token[r] != u32::MAX).then_some(TokenId(token[r])),
+            logprob: logprob[r],
+            top: (0..s.rows[r].top_n as usize)
+                .map(|i| r * max_top_n + i)
+                .filter(|&i| top[i] != u32::MAX)
+                .map(|i| (TokenId(top[i]), top_logprob[i]))
+                .collect(),
+        })
+        .collect()
 }
 
 /// `sampling.cu`'s parameters for each row of the flattened state (what the GPU launches
