@@ -155,14 +155,12 @@ pub unsafe fn accumulate<E: Elem, const MR: usize, const NR: usize>(
                     _mm_prefetch::<_MM_HINT_T0>(target.cast());
                 }
             }
-            let mut wv = [<Avx2 as TileKernels>::zero(); NR];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = load16(w.add(j * ldw + off));
-            }
-            for (i, acc_row) in acc.iter_mut().enumerate() {
-                let xv = load16(x.add(i * ldx + off));
-                for j in 0..NR {
-                    acc_row[j] = fmadd16(xv, wv[j], acc_row[j]);
+            // One weight row widened at a time, against every x row: the accumulators
+            // (up to 12 registers) leave room for it and an x chunk.
+            for j in 0..NR {
+                let wv = load16(w.add(j * ldw + off));
+                for (i, acc_row) in acc.iter_mut().enumerate() {
+                    acc_row[j] = fmadd16(load16(x.add(i * ldx + off)), wv, acc_row[j]);
                 }
             }
         }
