@@ -1,8 +1,8 @@
 //! Micro-benchmark of the CPU linear kernel on Llama-1B-sized matrices.
 //!
-//! `cargo run --release -p rill-benches --example gemv -- [m]` streams sixteen
-//! 8192×2048 bf16 and eight f32 weight matrices (512 MiB each way, far beyond
-//! cache) through `gemm::linear` with `m` activation rows, and prints the weight
+//! `cargo run --release -p rill-benches --example gemv -- [m] [k] [n]` streams sixteen
+//! n×k bf16 and eight f32 weight matrices (default 8192×2048: 512 MiB each way, far
+//! beyond cache) through `gemm::linear` with `m` activation rows, and prints the weight
 //! bytes/s (the figure that matters at m = 1) and GFLOP/s (at larger m).
 
 use std::time::Instant;
@@ -11,8 +11,10 @@ use half::bf16;
 use rill_backend::device::cpu::gemm;
 
 fn main() {
-    let m: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1);
-    let (k, n) = (2048usize, 8192usize);
+    let arg = |i: usize, default: usize| {
+        std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(default)
+    };
+    let (m, k, n) = (arg(1, 1), arg(2, 2048), arg(3, 8192));
     let value = |i: usize, l: usize| ((i * 7 + l) % 13) as f32 * 0.01;
     let bf: Vec<Vec<bf16>> =
         (0..16).map(|l| (0..n * k).map(|i| bf16::from_f32(value(i, l))).collect()).collect();

@@ -3,8 +3,10 @@
 //!
 //! Closed loop (`--clients N`: N clients, each sending its next request when the
 //! last one ends) or open loop (`--rate R`: Poisson arrivals at R requests/s).
-//! Every request streams from `/generate_stream` with `ignore_eos` so it generates
-//! exactly `--max-new-tokens`. Reports requests/s, generated tokens/s, time to first
+//! Every request streams with `ignore_eos` so it generates exactly `--max-new-tokens`:
+//! from TGI's `/generate_stream` (`--api tgi`, the default) or, greedy, from OpenAI's
+//! `/v1/completions` (`--api openai`, which any OpenAI-compatible server such as
+//! llama.cpp's or vLLM's answers: the peer harness drives both engines with it). Reports requests/s, generated tokens/s, time to first
 //! token and inter-token latency (p50/p90/p99), end-to-end latency, errors and (from the
 //! server's `/metrics`, where it has them) the prefix cache's hit rate; `--json` writes
 //! the same for scripts.
@@ -51,6 +53,16 @@ enum Workload {
     Soak,
 }
 
+/// Which API the requests use.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Api {
+    /// TGI's `/generate_stream` and `/tokenize`.
+    Tgi,
+    /// OpenAI's streaming `/v1/completions` (greedy, `ignore_eos`, usage in the last
+    /// chunk); prompt lengths from its `usage.prompt_tokens`.
+    Openai,
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(name = "rill-bench", about = "Load generator for Rill (and any TGI-compatible server)")]
 struct Args {
@@ -61,6 +73,12 @@ struct Args {
     baseline_url: Option<String>,
     #[arg(long, value_enum, default_value_t = Workload::Unique)]
     workload: Workload,
+    /// The API to drive (the soak always uses TGI's).
+    #[arg(long, value_enum, default_value_t = Api::Tgi)]
+    api: Api,
+    /// The `model` of OpenAI requests (default: the first of the server's `/v1/models`).
+    #[arg(long)]
+    model: Option<String>,
     /// The shared system prompt's length (`shared-prefix`).
     #[arg(long, default_value_t = 1500)]
     prefix_tokens: usize,
@@ -112,14 +130,38 @@ struct Sample {
     error: Option<String>,
 }
 
-async fn one_request(client: &reqwest::Client, url: &str, args: &Args, prompt: &str) -> Sample {
-    let body = json!({
-        "inputs": prompt,
-        "parameters": {"max_new_tokens": args.max_new_tokens, "ignore_eos": true},
-    });
+/// The endpoint and body of one streamed request for `prompt` in the chosen API.
+fn request_for(target: &Target, args: &Args, prompt: &str) -> (String, Value) {
+    match &target.model {
+        None => (
+            format!("{}/generate_stream", target.url),
+            json!({
+                "inputs": prompt,
+                "parameters": {"max_new_tokens": args.max_new_tokens, "ignore_eos": true},
+            }),
+        ),
+        Some(model) => (
+            format!("{}/v1/completions", target.url),
+            json!({
+                "model": model, "prompt": prompt, "max_tokens": args.max_new_tokens,
+                "temperature": 0.0, "ignore_eos": true, "stream": true,
+                "stream_options": {"include_usage": true},
+            }),
+        ),
+    }
+}
+
+async fn one_request(
+    client: &reqwest::Client,
+    target: &Target,
+    args: &Args,
+    prompt: &str,
+) -> Sample {
+    let (endpoint, body) = request_for(target, args, prompt);
     let start = Instant::now();
     let mut sample = Sample::default();
-    let response = match client.post(format!("{url}/generate_stream")).json(&body).send().await {
+    let mut usage_tokens = None;
+    let response = match client.post(endpoint).json(&body).send().await {
         Ok(r) => r,
         Err(e) => {
             sample.error = Some(e.to_string());
@@ -145,24 +187,83 @@ async fn one_request(client: &reqwest::Client, url: &str, args: &Args, prompt: &
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         for data in take_sse_data(&mut buffer) {
             let now = Instant::now();
+            if data == "[DONE]" {
+                continue;
+            }
             let parsed: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
             if parsed.get("error").is_some() {
                 sample.error = Some(parsed["error"].to_string());
+                continue;
+            }
+            if let Some(n) = parsed["usage"]["completion_tokens"].as_u64() {
+                usage_tokens = Some(n as usize);
+            }
+            // An OpenAI chunk with no choice carries only the usage.
+            let openai_text = parsed["choices"][0]["text"].as_str();
+            if target.model.is_some() && openai_text.is_none() {
                 continue;
             }
             match sample.ttft {
                 None => sample.ttft = Some(now - start),
                 Some(_) => sample.itls.push(now - last),
             }
-            if let Some(text) = parsed["generated_text"].as_str() {
-                sample.text = text.to_string();
+            match openai_text {
+                Some(text) => sample.text.push_str(text),
+                None => {
+                    if let Some(text) = parsed["generated_text"].as_str() {
+                        sample.text = text.to_string();
+                    }
+                }
             }
             last = now;
             sample.tokens += 1;
         }
     }
+    // A server may send a token's text in the next chunk (an incomplete UTF-8 sequence):
+    // the usage, where it comes, counts every token.
+    sample.tokens = usage_tokens.unwrap_or(sample.tokens);
     sample.latency = start.elapsed();
     sample
+}
+
+/// A server under test: its URL and, for the OpenAI API, the model to name.
+struct Target {
+    url: String,
+    model: Option<String>,
+}
+
+impl Target {
+    async fn new(client: &reqwest::Client, url: &str, args: &Args) -> Result<Target> {
+        let model = match (args.api, &args.model) {
+            (Api::Tgi, _) => None,
+            (Api::Openai, Some(m)) => Some(m.clone()),
+            (Api::Openai, None) => {
+                let models: Value =
+                    client.get(format!("{url}/v1/models")).send().await?.json().await?;
+                Some(
+                    models["data"][0]["id"]
+                        .as_str()
+                        .context("/v1/models named no model")?
+                        .to_string(),
+                )
+            }
+        };
+        Ok(Target { url: url.to_string(), model })
+    }
+
+    /// How many tokens `text` is on this server's tokenizer.
+    async fn count(&self, client: &reqwest::Client, text: &str) -> Result<usize> {
+        let Some(model) = &self.model else { return count(client, &self.url, text).await };
+        let r: Value = client
+            .post(format!("{}/v1/completions", self.url))
+            .json(&json!({"model": model, "prompt": text, "max_tokens": 1}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let n = r["usage"]["prompt_tokens"].as_u64().context("no usage.prompt_tokens")?;
+        Ok(n as usize)
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -182,8 +283,8 @@ struct Words {
 }
 
 impl Words {
-    async fn measure(client: &reqwest::Client, url: &str) -> Result<Words> {
-        let n = count(client, url, &text(200)).await?;
+    async fn measure(client: &reqwest::Client, target: &Target) -> Result<Words> {
+        let n = target.count(client, &text(200)).await?;
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         Ok(Words { per_word: n as f64 / 200.0, run: format!("Run {:x}.", nanos.as_nanos()) })
     }
@@ -267,7 +368,8 @@ fn prompt_for(args: &Args, words: &Words, i: usize) -> String {
 }
 
 async fn run(client: &reqwest::Client, url: &str, args: &Args) -> Result<Report> {
-    let words = Arc::new(Words::measure(client, url).await?);
+    let target = Arc::new(Target::new(client, url, args).await?);
+    let words = Arc::new(Words::measure(client, &target).await?);
     let total = args.requests.unwrap_or(if args.rate.is_some() { 32 } else { 4 * args.clients });
     let samples = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let before = cache_counters(client, url).await;
@@ -276,9 +378,9 @@ async fn run(client: &reqwest::Client, url: &str, args: &Args) -> Result<Report>
     if args.workload == Workload::MultiTurn {
         let tasks: Vec<_> = (0..args.clients)
             .map(|c| {
-                let (client, url, args, words, samples) = (
+                let (client, target, args, words, samples) = (
                     client.clone(),
-                    url.to_string(),
+                    Arc::clone(&target),
                     args.clone(),
                     Arc::clone(&words),
                     Arc::clone(&samples),
@@ -290,7 +392,7 @@ async fn run(client: &reqwest::Client, url: &str, args: &Args) -> Result<Report>
                             "User {turn}: {}\nAssistant:",
                             words.about(args.prompt_tokens)
                         ));
-                        let s = one_request(&client, &url, &args, &conversation).await;
+                        let s = one_request(&client, &target, &args, &conversation).await;
                         conversation.push_str(&s.text);
                         conversation.push('\n');
                         samples.lock().await.push(s);
@@ -305,10 +407,10 @@ async fn run(client: &reqwest::Client, url: &str, args: &Args) -> Result<Report>
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         for i in 0..total {
             let prompt = prompt_for(args, &words, i);
-            let (client, url, args, samples) =
-                (client.clone(), url.to_string(), args.clone(), Arc::clone(&samples));
+            let (client, target, args, samples) =
+                (client.clone(), Arc::clone(&target), args.clone(), Arc::clone(&samples));
             tasks.push(tokio::spawn(async move {
-                let s = one_request(&client, &url, &args, &prompt).await;
+                let s = one_request(&client, &target, &args, &prompt).await;
                 samples.lock().await.push(s);
             }));
             seed ^= seed << 13;
@@ -322,9 +424,9 @@ async fn run(client: &reqwest::Client, url: &str, args: &Args) -> Result<Report>
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let tasks: Vec<_> = (0..args.clients)
             .map(|_| {
-                let (client, url, args, words, samples, next) = (
+                let (client, target, args, words, samples, next) = (
                     client.clone(),
-                    url.to_string(),
+                    Arc::clone(&target),
                     args.clone(),
                     Arc::clone(&words),
                     Arc::clone(&samples),
@@ -337,7 +439,7 @@ async fn run(client: &reqwest::Client, url: &str, args: &Args) -> Result<Report>
                             break;
                         }
                         let prompt = prompt_for(&args, &words, i);
-                        let s = one_request(&client, &url, &args, &prompt).await;
+                        let s = one_request(&client, &target, &args, &prompt).await;
                         samples.lock().await.push(s);
                     }
                 })
@@ -459,7 +561,10 @@ async fn main() -> Result<()> {
     if args.clients == 0 || args.max_new_tokens == 0 || args.turns == 0 {
         bail!("--clients, --turns and --max-new-tokens must be positive");
     }
-    let client = reqwest::Client::new();
+    // A new connection per request: some servers (llama.cpp's) close a connection after a
+    // stream, and a request sent on a pooled connection the server has just closed fails.
+    // On loopback a connect costs well under a millisecond.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
     if args.workload == Workload::Soak {
         return soak::run(&client, &args).await;
     }

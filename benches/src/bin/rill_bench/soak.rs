@@ -24,7 +24,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::{Args, Words, scrape, take_sse_data};
+use super::{Args, Target, Words, scrape, take_sse_data};
 
 /// The kinds of request, sent in this order by each client.
 const KINDS: [&str; 8] = [
@@ -265,7 +265,8 @@ struct Tally {
 pub async fn run(http: &reqwest::Client, args: &Args) -> Result<()> {
     let url = &args.url;
     ready(http, url).await?;
-    let words = Arc::new(Words::measure(http, url).await?);
+    let tgi = Target { url: url.to_string(), model: None };
+    let words = Arc::new(Words::measure(http, &tgi).await?);
     let models: Value = http.get(format!("{url}/v1/models")).send().await?.json().await?;
     let model = models["data"][0]["id"].as_str().context("no model in /v1/models")?.to_string();
     let client =
