@@ -77,7 +77,10 @@ def checkpoint(config, out):
     for i in range(vocab_size):
         if i not in taken:
             vocab[f"\u0120w{i}"] = i  # byte-level "Ġ" is a space: " w1234"
-    (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
+    text = json.dumps(tok, ensure_ascii=False)
+    path = out / "tokenizer.json"
+    if not path.exists() or path.read_text() != text:  # unchanged: the GGUF stays current
+        path.write_text(text)
 
 
 def convert(llama_cpp, ckpt, gguf):
