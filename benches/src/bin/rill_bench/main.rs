@@ -32,7 +32,10 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+mod api;
 mod soak;
+
+use api::{Target, request_for};
 
 /// What the prompts look like.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,27 +133,6 @@ struct Sample {
     error: Option<String>,
 }
 
-/// The endpoint and body of one streamed request for `prompt` in the chosen API.
-fn request_for(target: &Target, args: &Args, prompt: &str) -> (String, Value) {
-    match &target.model {
-        None => (
-            format!("{}/generate_stream", target.url),
-            json!({
-                "inputs": prompt,
-                "parameters": {"max_new_tokens": args.max_new_tokens, "ignore_eos": true},
-            }),
-        ),
-        Some(model) => (
-            format!("{}/v1/completions", target.url),
-            json!({
-                "model": model, "prompt": prompt, "max_tokens": args.max_new_tokens,
-                "temperature": 0.0, "ignore_eos": true, "stream": true,
-                "stream_options": {"include_usage": true},
-            }),
-        ),
-    }
-}
-
 async fn one_request(
     client: &reqwest::Client,
     target: &Target,
@@ -224,46 +206,6 @@ async fn one_request(
     sample.tokens = usage_tokens.unwrap_or(sample.tokens);
     sample.latency = start.elapsed();
     sample
-}
-
-/// A server under test: its URL and, for the OpenAI API, the model to name.
-struct Target {
-    url: String,
-    model: Option<String>,
-}
-
-impl Target {
-    async fn new(client: &reqwest::Client, url: &str, args: &Args) -> Result<Target> {
-        let model = match (args.api, &args.model) {
-            (Api::Tgi, _) => None,
-            (Api::Openai, Some(m)) => Some(m.clone()),
-            (Api::Openai, None) => {
-                let models: Value =
-                    client.get(format!("{url}/v1/models")).send().await?.json().await?;
-                Some(
-                    models["data"][0]["id"]
-                        .as_str()
-                        .context("/v1/models named no model")?
-                        .to_string(),
-                )
-            }
-        };
-        Ok(Target { url: url.to_string(), model })
-    }
-
-    /// How many tokens `text` is on this server's tokenizer.
-    async fn count(&self, client: &reqwest::Client, text: &str) -> Result<usize> {
-        let Some(model) = &self.model else { return count(client, &self.url, text).await };
-        let r: Value = client
-            .post(format!("{}/v1/completions", self.url))
-            .json(&json!({"model": model, "prompt": text, "max_tokens": 1}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let n = r["usage"]["prompt_tokens"].as_u64().context("no usage.prompt_tokens")?;
-        Ok(n as usize)
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
