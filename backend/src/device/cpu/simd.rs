@@ -72,7 +72,7 @@ pub enum Isa {
     Scalar,
     /// AVX2 with FMA and F16C.
     Avx2,
-    /// AVX-512 F/BW/VL with FMA and F16C.
+    /// AVX-512 F/BW/VL with AVX2, FMA and F16C.
     Avx512,
 }
 
@@ -84,6 +84,7 @@ impl Isa {
             let has = |f: &[bool]| f.iter().all(|&b| b);
             let (fma, f16c) = (is_x86_feature_detected!("fma"), is_x86_feature_detected!("f16c"));
             if has(&[
+                is_x86_feature_detected!("avx2"),
                 is_x86_feature_detected!("avx512f"),
                 is_x86_feature_detected!("avx512bw"),
                 is_x86_feature_detected!("avx512vl"),
@@ -221,6 +222,70 @@ pub fn dot_with<E: Elem>(isa: Isa, x: &[f32], w: &[E]) -> f32 {
         _ => return dot_scalar(x, w),
     }
     out[0][0]
+}
+
+/// `out[j] = x · w[j * ldw..][..x.len()]` for every `j < out.len()`: the dot products of
+/// `x` with rows of `w` that lie `ldw` apart (attention's keys within a cache block),
+/// each with the fixed order, in tiles of several rows on the vector paths.
+pub fn dots_strided(isa: Isa, x: &[f32], w: &[f32], ldw: usize, out: &mut [f32]) {
+    let (k, n) = (x.len(), out.len());
+    if n == 0 {
+        return;
+    }
+    assert!(ldw >= k && w.len() >= (n - 1) * ldw + k, "w does not hold {n} rows {ldw} apart");
+    assert!(isa <= Isa::detected(), "{isa:?} is not available here");
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    let mut j = 0;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            while j + 8 <= n {
+                let mut o = [[0.0; 8]];
+                // SAFETY: AVX-512 is present (checked above); rows `j..j + 8` of `w` exist
+                // (the loop bound and the length check).
+                unsafe { avx512::tile::<f32, 1, 8>(xp, 0, wp.add(j * ldw), ldw, k, &mut o) };
+                out[j..j + 8].copy_from_slice(&o[0]);
+                j += 8;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            while j + 4 <= n {
+                let mut o = [[0.0; 4]];
+                // SAFETY: as above, for AVX2 and rows `j..j + 4`.
+                unsafe { avx2::tile::<f32, 1, 4>(xp, 0, wp.add(j * ldw), ldw, k, &mut o) };
+                out[j..j + 4].copy_from_slice(&o[0]);
+                j += 4;
+            }
+        }
+        _ => {}
+    }
+    for (j, o) in out.iter_mut().enumerate().skip(j) {
+        *o = dot_with(isa, x, &w[j * ldw..j * ldw + k]);
+    }
+}
+
+/// `o[d] += weights[j] * v[j * ldv + d]` for each `j` in turn: attention's weighted sum of
+/// value rows `ldv` apart, a rounded product then a rounded sum per element (no fused
+/// multiply-add), so every path gives the bits of the scalar loop.
+pub fn weighted_rows(isa: Isa, weights: &[f32], v: &[f32], ldv: usize, o: &mut [f32]) {
+    let (d, n) = (o.len(), weights.len());
+    if n == 0 {
+        return;
+    }
+    assert!(ldv >= d && v.len() >= (n - 1) * ldv + d, "v does not hold {n} rows {ldv} apart");
+    assert!(isa <= Isa::detected(), "{isa:?} is not available here");
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: AVX2 is present (AVX-512 implies it: see `Isa::detected`); the rows
+        // are inside `v` (checked above).
+        return unsafe { avx2::weighted_rows(weights, v.as_ptr(), ldv, o) };
+    }
+    for (j, &wt) in weights.iter().enumerate() {
+        for (o, v) in o.iter_mut().zip(&v[j * ldv..j * ldv + d]) {
+            *o += wt * v;
+        }
+    }
 }
 
 /// Widen `src` into `dst` exactly (embedding rows).

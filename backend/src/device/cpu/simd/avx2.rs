@@ -181,6 +181,36 @@ pub unsafe fn accumulate<E: Elem, const MR: usize, const NR: usize>(
     }
 }
 
+/// [`super::weighted_rows`]: eight elements of `o` at a time held in a register while
+/// every row is added in turn (`_mm256_mul_ps` then `_mm256_add_ps`, the scalar loop's
+/// two roundings); the last `o.len() % 8` elements as the scalar loop.
+///
+/// # Safety
+/// AVX2 must be present; `v` holds `weights.len()` rows of `o.len()` elements `ldv` apart.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn weighted_rows(weights: &[f32], v: *const f32, ldv: usize, o: &mut [f32]) {
+    let d = o.len();
+    let op = o.as_mut_ptr();
+    // SAFETY: every access is inside `o` or the rows of `v` (the caller).
+    unsafe {
+        let mut c = 0;
+        while c + 8 <= d {
+            let mut acc = _mm256_loadu_ps(op.add(c));
+            for (j, &wt) in weights.iter().enumerate() {
+                let prod = _mm256_mul_ps(_mm256_set1_ps(wt), _mm256_loadu_ps(v.add(j * ldv + c)));
+                acc = _mm256_add_ps(acc, prod);
+            }
+            _mm256_storeu_ps(op.add(c), acc);
+            c += 8;
+        }
+        for c in c..d {
+            for (j, &wt) in weights.iter().enumerate() {
+                *op.add(c) += wt * *v.add(j * ldv + c);
+            }
+        }
+    }
+}
+
 /// [`super::reduce16`] in registers: the same additions in the same order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
