@@ -115,18 +115,20 @@ def cpu_model():
 def summary(work, out):
     """Every figure of the run beside its llama.cpp counterpart, with the ratio."""
     work = Path(work)
-    eb = json.loads((work / "engine-bench.json").read_text())
-    lb = json.loads((work / "llama-bench.json").read_text())
-    (res,) = eb["results"]
-    rill_decode = next(d["tok_s"] for d in res["decode"] if d["batch"] == 1)
-    rill_prefill = res["prefill_tok_s"]
-    # llama-bench: one record per test; n_gen > 0 is the decode test, n_prompt > 0 prefill.
-    peer_decode = next(r["avg_ts"] for r in lb if r["n_gen"] > 0 and r["n_prompt"] == 0)
-    peer_prefill = next(r["avg_ts"] for r in lb if r["n_prompt"] > 0 and r["n_gen"] == 0)
-    rows = [
-        ("decode batch 1 (tok/s)", rill_decode, peer_decode),
-        (f"prefill {res['prefill_tokens']} (tok/s)", rill_prefill, peer_prefill),
-    ]
+    rows = []
+    eb = lb = rill_decode = None
+    if (work / "engine-bench.json").exists():  # the engine stage ran
+        eb = json.loads((work / "engine-bench.json").read_text())
+        lb = json.loads((work / "llama-bench.json").read_text())
+        (res,) = eb["results"]
+        rill_decode = next(d["tok_s"] for d in res["decode"] if d["batch"] == 1)
+        # llama-bench: one record per test; n_gen > 0 is decode, n_prompt > 0 prefill.
+        peer_decode = next(r["avg_ts"] for r in lb if r["n_gen"] > 0 and r["n_prompt"] == 0)
+        peer_prefill = next(r["avg_ts"] for r in lb if r["n_prompt"] > 0 and r["n_gen"] == 0)
+        rows += [
+            ("decode batch 1 (tok/s)", rill_decode, peer_decode),
+            (f"prefill {res['prefill_tokens']} (tok/s)", res["prefill_tok_s"], peer_prefill),
+        ]
     servers = []
     for c in sorted(int(p.stem.split("-c")[-1]) for p in work.glob("server-rill-c*.json")):
         r = json.loads((work / f"server-rill-c{c}.json").read_text())
@@ -141,22 +143,24 @@ def summary(work, out):
     one = next((s["rill"] for s in servers if s["clients"] == 1), None)
     # One client's decode rate: tokens after the first over the time after the first.
     one_decode = 1e3 / one["itl"]["p50_ms"] if one else None
+    if not rows:
+        sys.exit(f"no figures in {work}: no stage ran")
 
     width = max(len(r[0]) for r in rows)
-    print(f"\nCPU: {cpu_model()}   threads: {eb['threads']}   {eb['machine']}")
+    print(f"\nCPU: {cpu_model()}" + (f"   threads: {eb['threads']}   {eb['machine']}" if eb else ""))
     print(f"{'':<{width}}  {'Rill':>9}  {'llama.cpp':>9}  ratio")
     for name, a, b in rows:
         lower_better = "lower is better" in name
         ratio = (b / a) if lower_better else (a / b)
         print(f"{name:<{width}}  {a:9.1f}  {b:9.1f}  {ratio:5.2f}x")
-    if one_decode:
+    if one_decode and rill_decode:
         print(f"Rill 1-client decode (1/ITL p50) {one_decode:.1f} tok/s = "
               f"{one_decode / rill_decode:.2f}x engine-bench batch 1")
     report = {
         "cpu": cpu_model(),
-        "machine": eb["machine"],
-        "bandwidth_bytes_s": eb["bandwidth_bytes_s"],
-        "fma_peak_flop_s": eb["fma_peak_flop_s"],
+        "machine": eb and eb["machine"],
+        "bandwidth_bytes_s": eb and eb["bandwidth_bytes_s"],
+        "fma_peak_flop_s": eb and eb["fma_peak_flop_s"],
         "llama_cpp_python_version": os.environ.get("LLAMA_CPP_PYTHON_VERSION"),
         "rill_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                                       text=True).stdout.strip(),
@@ -165,7 +169,8 @@ def summary(work, out):
              "ratio": (b / a) if "lower is better" in n else (a / b)}
             for n, a, b in rows
         ],
-        "server_one_client_decode_vs_engine_bench": one_decode / rill_decode if one_decode else None,
+        "server_one_client_decode_vs_engine_bench": (
+            one_decode / rill_decode if one_decode and rill_decode else None),
         "engine_bench": eb,
         "llama_bench": lb,
         "servers": servers,

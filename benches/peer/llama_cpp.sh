@@ -67,6 +67,9 @@ log "Rill (release build)"
 cargo build --release -q -p rill-router -p rill-benches --bin rill --bin engine-bench \
     --bin rill-bench
 
+# The summary reads what this invocation measures, never an earlier run's figures.
+rm -f "$WORK"/engine-bench.json "$WORK"/llama-bench.json "$WORK"/server-*.json
+
 if [[ " $STAGES " == *" engine "* ]]; then
     log "engine-bench vs llama-bench (batch-1 decode of 32 tokens, 512-token prefill)"
     target/release/engine-bench --config "$CONFIG" --dtype bf16 --batch 16 --prompt 512 \
