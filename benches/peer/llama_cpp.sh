@@ -19,7 +19,8 @@
 # build). Work files go to target/peer (the build, the venv, ~4.5 GB of weights) and are
 # reused by later runs. THREADS (default: every core), CLIENTS (default "1 4 16"),
 # REQUESTS_PER_CLIENT (default 4) and LLAMA_CPP_PYTHON_VERSION can be set; STAGES
-# (default "engine servers") reruns one part, keeping the other's last figures.
+# (default "engine servers") runs one part only, and the report then holds only its
+# figures (never an earlier run's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
