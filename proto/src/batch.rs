@@ -43,6 +43,29 @@ pub struct SeqStep {
 }
 
 impl SeqStep {
+    /// A step of `tokens` from `start_pos` over `block_table` that chooses the next token
+    /// with the sequence's parameters (greedy when it has none) and asks for nothing
+    /// else; other steps set their fields over it (`SeqStep { top_n: 2, ..base }`).
+    pub fn new(
+        id: SeqId,
+        tokens: Vec<TokenId>,
+        start_pos: usize,
+        block_table: Vec<BlockId>,
+    ) -> SeqStep {
+        SeqStep {
+            id,
+            tokens,
+            start_pos,
+            block_table,
+            sample: true,
+            top_n: 0,
+            logprob_targets: Vec::new(),
+            sampling: None,
+            prefix: Vec::new(),
+            hidden: false,
+        }
+    }
+
     /// One past the last position written by this step.
     pub fn end_pos(&self) -> usize {
         self.start_pos + self.tokens.len()

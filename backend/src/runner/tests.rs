@@ -40,19 +40,16 @@ fn oracle(model: &str, name: &str) -> Vec<f32> {
 
 /// A step of sequence `id` over `prompt[start..end]` with blocks `id * 16..`.
 fn step(id: u64, prompt: &[u32], start: usize, end: usize, hidden: bool) -> SeqStep {
+    let blocks = (0..end.div_ceil(BLOCK_SIZE) as u32).map(|b| BlockId(id as u32 * 16 + b));
     SeqStep {
-        id: SeqId(id),
-        tokens: prompt[start..end].iter().copied().map(TokenId).collect(),
-        start_pos: start,
-        block_table: (0..end.div_ceil(BLOCK_SIZE) as u32)
-            .map(|b| BlockId(id as u32 * 16 + b))
-            .collect(),
         sample: !hidden && end == prompt.len(),
-        top_n: 0,
-        logprob_targets: Vec::new(),
-        sampling: None,
-        prefix: Vec::new(),
         hidden,
+        ..SeqStep::new(
+            SeqId(id),
+            prompt[start..end].iter().copied().map(TokenId).collect(),
+            start,
+            blocks.collect(),
+        )
     }
 }
 

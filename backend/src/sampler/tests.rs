@@ -8,18 +8,8 @@ fn params() -> SamplingParams {
 }
 
 fn step(id: u64, tokens: &[u32], start_pos: usize, p: Option<SamplingParams>) -> SeqStep {
-    SeqStep {
-        id: SeqId(id),
-        tokens: tokens.iter().copied().map(TokenId).collect(),
-        start_pos,
-        block_table: Vec::new(),
-        sample: true,
-        top_n: 0,
-        logprob_targets: Vec::new(),
-        sampling: p.map(Box::new),
-        prefix: Vec::new(),
-        hidden: false,
-    }
+    let tokens = tokens.iter().copied().map(TokenId).collect();
+    SeqStep { sampling: p.map(Box::new), ..SeqStep::new(SeqId(id), tokens, start_pos, Vec::new()) }
 }
 
 /// Run one sampling step for a single sequence.

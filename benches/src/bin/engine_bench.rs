@@ -78,20 +78,12 @@ impl Bench {
     fn seq(&self, id: usize, tokens: Vec<u32>, start_pos: usize) -> SeqStep {
         let end = start_pos + tokens.len();
         let first = id * self.blocks_per_seq;
-        SeqStep {
-            id: SeqId(id as u64),
-            tokens: tokens.into_iter().map(|t| TokenId(t % self.vocab)).collect(),
+        SeqStep::new(
+            SeqId(id as u64),
+            tokens.into_iter().map(|t| TokenId(t % self.vocab)).collect(),
             start_pos,
-            block_table: (first..first + end.div_ceil(BLOCK_SIZE))
-                .map(|b| BlockId(b as u32))
-                .collect(),
-            sample: true,
-            top_n: 0,
-            logprob_targets: Vec::new(),
-            sampling: None,
-            prefix: Vec::new(),
-            hidden: false,
-        }
+            (first..first + end.div_ceil(BLOCK_SIZE)).map(|b| BlockId(b as u32)).collect(),
+        )
     }
 
     fn step(&mut self, seqs: Vec<SeqStep>) -> Result<Vec<u32>> {

@@ -134,16 +134,9 @@ fn main() -> Result<()> {
         // First step: the history as one prefill chunk, parameters attached.
         let steps: Vec<SeqStep> = (0..batch)
             .map(|i| SeqStep {
-                id: SeqId(i as u64),
-                tokens: history(i),
-                start_pos: 0,
-                block_table: Vec::new(),
-                sample: true,
                 top_n: c.top_n,
-                logprob_targets: Vec::new(),
                 sampling: Some(Box::new(SamplingParams { seed: i as u64, ..c.params.clone() })),
-                prefix: Vec::new(),
-                hidden: false,
+                ..SeqStep::new(SeqId(i as u64), history(i), 0, Vec::new())
             })
             .collect();
         sampler.prepare(&ForwardBatch { seqs: steps.clone(), ..Default::default() });

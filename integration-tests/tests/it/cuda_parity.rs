@@ -172,21 +172,14 @@ fn batch(seqs: &[(usize, usize)], tables: &[Vec<u32>]) -> ForwardBatch {
         .iter()
         .zip(tables)
         .enumerate()
-        .map(|(i, (&(start_pos, len), table))| SeqStep {
-            id: SeqId(i as u64),
-            tokens: vec![TokenId(0); len],
-            start_pos,
-            block_table: table[..(start_pos + len).div_ceil(BLOCK_SIZE)]
-                .iter()
-                .copied()
-                .map(BlockId)
-                .collect(),
-            sample: true,
-            top_n: 0,
-            logprob_targets: Vec::new(),
-            sampling: None,
-            prefix: Vec::new(),
-            hidden: false,
+        .map(|(i, (&(start_pos, len), table))| {
+            let blocks = &table[..(start_pos + len).div_ceil(BLOCK_SIZE)];
+            SeqStep::new(
+                SeqId(i as u64),
+                vec![TokenId(0); len],
+                start_pos,
+                blocks.iter().copied().map(BlockId).collect(),
+            )
         })
         .collect();
     ForwardBatch { seqs, ..Default::default() }
@@ -390,32 +383,27 @@ fn model_matches<D: Device>(name: &str, dtype: Option<DType>, dev: D, tol: f32) 
             // first half of the second prompt on the first step.
             let end = if (i, step) == (1, 0) { split } else { seq.len() };
             batch.seqs.push(SeqStep {
-                id: SeqId(i as u64),
-                tokens: seq[cached[i]..end].iter().copied().map(TokenId).collect(),
-                start_pos: cached[i],
-                block_table: (i as u32 * 16..i as u32 * 16 + 16).map(BlockId).collect(),
                 sample: end == seq.len(),
-                top_n: 0,
-                logprob_targets: Vec::new(),
-                sampling: None,
-                prefix: Vec::new(),
-                hidden: false,
+                ..SeqStep::new(
+                    SeqId(i as u64),
+                    seq[cached[i]..end].iter().copied().map(TokenId).collect(),
+                    cached[i],
+                    (i as u32 * 16..i as u32 * 16 + 16).map(BlockId).collect(),
+                )
             });
         }
         let at = 8 * step;
         if at < embedding.len() {
             let end = (at + 8).min(embedding.len());
             batch.seqs.push(SeqStep {
-                id: SeqId(9),
-                tokens: embedding[at..end].iter().copied().map(TokenId).collect(),
-                start_pos: at,
-                block_table: (32..48).map(BlockId).collect(),
                 sample: false,
-                top_n: 0,
-                logprob_targets: Vec::new(),
-                sampling: None,
-                prefix: Vec::new(),
                 hidden: true,
+                ..SeqStep::new(
+                    SeqId(9),
+                    embedding[at..end].iter().copied().map(TokenId).collect(),
+                    at,
+                    (32..48).map(BlockId).collect(),
+                )
             });
         }
         let want = cpu.step(&batch).unwrap();

@@ -42,16 +42,13 @@ fn run<D: Device>(device: D, replay: &[usize]) -> (Vec<StepOutput>, Runner<D>) {
                 continue;
             }
             batch.seqs.push(SeqStep {
-                id: SeqId(i as u64),
-                tokens: next[i].iter().copied().map(TokenId).collect(),
-                start_pos: pos[i],
-                block_table: (i as u32 * 4..(i as u32 + 1) * 4).map(BlockId).collect(),
-                sample: true,
                 top_n: 2,
-                logprob_targets: Vec::new(),
-                sampling: None,
-                prefix: Vec::new(),
-                hidden: false,
+                ..SeqStep::new(
+                    SeqId(i as u64),
+                    next[i].iter().copied().map(TokenId).collect(),
+                    pos[i],
+                    (i as u32 * 4..(i as u32 + 1) * 4).map(BlockId).collect(),
+                )
             });
         }
         if step == 8 {

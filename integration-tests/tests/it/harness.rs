@@ -101,16 +101,13 @@ pub fn run(runner: &mut Runner<Cpu>, jobs: &[Job]) -> Vec<Outcome> {
             };
             let end = l.cached + tokens.len();
             batch.seqs.push(SeqStep {
-                id: SeqId(i as u64),
-                tokens: tokens.into_iter().map(TokenId).collect(),
-                start_pos: l.cached,
-                block_table: l.blocks[..end.div_ceil(BLOCK_SIZE)].to_vec(),
                 sample,
-                top_n: 0,
-                logprob_targets: Vec::new(),
-                sampling: None,
-                prefix: Vec::new(),
-                hidden: false,
+                ..SeqStep::new(
+                    SeqId(i as u64),
+                    tokens.into_iter().map(TokenId).collect(),
+                    l.cached,
+                    l.blocks[..end.div_ceil(BLOCK_SIZE)].to_vec(),
+                )
             });
             l.cached = end;
             members.push(i);

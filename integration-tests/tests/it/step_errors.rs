@@ -11,18 +11,12 @@ use crate::wrapped::Wrapped;
 
 /// A sampling step of sequence `id` (no parameters: greedy), for the tests of this binary.
 pub(crate) fn seq(id: u64, tokens: &[u32], start_pos: usize, blocks: &[u32]) -> SeqStep {
-    SeqStep {
-        id: SeqId(id),
-        tokens: tokens.iter().copied().map(TokenId).collect(),
+    SeqStep::new(
+        SeqId(id),
+        tokens.iter().copied().map(TokenId).collect(),
         start_pos,
-        block_table: blocks.iter().copied().map(BlockId).collect(),
-        sample: true,
-        top_n: 0,
-        logprob_targets: Vec::new(),
-        sampling: None,
-        prefix: Vec::new(),
-        hidden: false,
-    }
+        blocks.iter().copied().map(BlockId).collect(),
+    )
 }
 
 /// `s` as the first step after a cached prefix, with penalties that count it.

@@ -141,18 +141,12 @@ mod tests {
     }
 
     fn seq(id: u64, start: usize, len: usize, blocks: &[u32]) -> SeqStep {
-        SeqStep {
-            id: SeqId(id),
-            tokens: vec![TokenId(0); len],
-            start_pos: start,
-            block_table: blocks.iter().copied().map(BlockId).collect(),
-            sample: true,
-            top_n: 0,
-            logprob_targets: Vec::new(),
-            sampling: None,
-            prefix: Vec::new(),
-            hidden: false,
-        }
+        SeqStep::new(
+            SeqId(id),
+            vec![TokenId(0); len],
+            start,
+            blocks.iter().copied().map(BlockId).collect(),
+        )
     }
 
     #[test]

@@ -49,13 +49,6 @@ pub fn overlap(
                     next[i].clone()
                 };
                 SeqStep {
-                    id: SeqId(i as u64),
-                    start_pos: pos[i],
-                    tokens,
-                    block_table: table(i),
-                    sample: true,
-                    top_n: 0,
-                    logprob_targets: Vec::new(),
                     sampling: (step == 0).then(|| {
                         Box::new(SamplingParams {
                             do_sample: true,
@@ -64,8 +57,7 @@ pub fn overlap(
                             ..Default::default()
                         })
                     }),
-                    prefix: Vec::new(),
-                    hidden: false,
+                    ..SeqStep::new(SeqId(i as u64), tokens, pos[i], table(i))
                 }
             })
             .collect();
