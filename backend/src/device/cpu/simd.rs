@@ -77,8 +77,13 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best this CPU has.
+    /// The best this CPU has (probed once: the kernels' entry points check it per call).
     pub fn detected() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(Isa::probe)
+    }
+
+    fn probe() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let has = |f: &[bool]| f.iter().all(|&b| b);
@@ -234,35 +239,65 @@ pub fn dots_strided(isa: Isa, x: &[f32], w: &[f32], ldw: usize, out: &mut [f32])
     }
     assert!(ldw >= k && w.len() >= (n - 1) * ldw + k, "w does not hold {n} rows {ldw} apart");
     assert!(isa <= Isa::detected(), "{isa:?} is not available here");
-    let (xp, wp) = (x.as_ptr(), w.as_ptr());
-    let mut j = 0;
     match isa {
+        // SAFETY: (both arms) the instruction set is present (checked above) and `w` holds
+        // the rows (checked above).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            while j + 8 <= n {
-                let mut o = [[0.0; 8]];
-                // SAFETY: AVX-512 is present (checked above); rows `j..j + 8` of `w` exist
-                // (the loop bound and the length check).
-                unsafe { avx512::tile::<f32, 1, 8>(xp, 0, wp.add(j * ldw), ldw, k, &mut o) };
-                out[j..j + 8].copy_from_slice(&o[0]);
-                j += 8;
+        Isa::Avx512 => unsafe { strided_tiles::<avx512::Avx512, 8>(x, w, ldw, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { strided_tiles::<avx2::Avx2, 4>(x, w, ldw, out) },
+        _ => {
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = dot_scalar(x, &w[j * ldw..j * ldw + k]);
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            while j + 4 <= n {
-                let mut o = [[0.0; 4]];
-                // SAFETY: as above, for AVX2 and rows `j..j + 4`.
-                unsafe { avx2::tile::<f32, 1, 4>(xp, 0, wp.add(j * ldw), ldw, k, &mut o) };
-                out[j..j + 4].copy_from_slice(&o[0]);
-                j += 4;
-            }
-        }
-        _ => {}
+    }
+}
+
+/// [`dots_strided`] on `K`'s kernels: `N` rows per tile, then the rest one at a time.
+///
+/// # Safety
+/// `K`'s instruction set must be present; `w` holds `out.len()` rows of `x.len()`
+/// elements `ldw` apart.
+unsafe fn strided_tiles<K: TileKernels, const N: usize>(
+    x: &[f32],
+    w: &[f32],
+    ldw: usize,
+    out: &mut [f32],
+) {
+    let mut j = 0;
+    while j + N <= out.len() {
+        // SAFETY: the set is present; rows `j..j + N` of `w` exist (the loop bound).
+        let o = unsafe { strided_tile::<K, N>(x, w, j, ldw) };
+        out[j..j + N].copy_from_slice(&o);
+        j += N;
     }
     for (j, o) in out.iter_mut().enumerate().skip(j) {
-        *o = dot_with(isa, x, &w[j * ldw..j * ldw + k]);
+        // SAFETY: as above, for row `j`.
+        [*o] = unsafe { strided_tile::<K, 1>(x, w, j, ldw) };
     }
+}
+
+/// The dot products of `x` with rows `j..j + N` of `w` (`ldw` apart).
+///
+/// # Safety
+/// `K`'s instruction set must be present; those rows of `x.len()` elements exist.
+#[inline(always)]
+unsafe fn strided_tile<K: TileKernels, const N: usize>(
+    x: &[f32],
+    w: &[f32],
+    j: usize,
+    ldw: usize,
+) -> [f32; N] {
+    let mut o = [[0.0; N]];
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let mut acc = [[K::zero(); N]];
+        K::accumulate::<f32, 1, N>(x.as_ptr(), 0, w.as_ptr().add(j * ldw), ldw, x.len(), &mut acc);
+        K::reduce(&acc, &mut o);
+    }
+    o[0]
 }
 
 /// `o[d] += weights[j] * v[j * ldv + d]` for each `j` in turn: attention's weighted sum of
