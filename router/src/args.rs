@@ -15,7 +15,8 @@ pub enum DeviceArg {
 pub enum PrecisionArg {
     /// f32 arithmetic everywhere: transformers in f32, bit for bit on the CPU.
     Exact,
-    /// A 16-bit model computes in its dtype where the device can (a GPU's tensor cores).
+    /// A 16-bit model computes in its dtype where the device can: a GPU's tensor cores;
+    /// on the CPU, linear layers on activations rounded to the weights' dtype.
     Fast,
 }
 

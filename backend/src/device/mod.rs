@@ -207,8 +207,11 @@ pub enum Precision {
     Exact,
     /// A 16-bit model computes as PyTorch computes it in its checkpoint's dtype, where the
     /// device has the instructions: the CUDA device's prefill attention rounds its operands
-    /// to bf16 for the tensor cores, as its GEMMs do. The CPU computes exactly in either
-    /// mode today. An f32 model is computed exactly in either mode.
+    /// to bf16 for the tensor cores, as its GEMMs do. The CPU's linear layers round their
+    /// input to the weights' dtype and sum each output as one FMA chain over weights laid
+    /// out in panels (`cpu::panels`: about twice the prefill speed); its attention, norms
+    /// and residual stream stay f32. Either way every row's arithmetic is the same
+    /// whatever its batch or chunking. An f32 model is computed exactly in either mode.
     #[default]
     Fast,
 }
@@ -254,6 +257,17 @@ pub trait Device: Send + Sync + Sized + 'static {
     }
     /// Move a host tensor onto the device, keeping its dtype.
     fn weight(&self, tensor: HostTensor) -> Result<Self::Weight, LoadError>;
+    /// Move a linear layer's `[out_features, in_features]` weight onto the device for
+    /// [`Device::linear`] at `precision` (and [`Device::embed`], for a tied LM head's
+    /// table): a device may lay it out for its kernels. The default is [`Device::weight`].
+    fn linear_weight(
+        &self,
+        tensor: HostTensor,
+        precision: Precision,
+    ) -> Result<Self::Weight, LoadError> {
+        let _ = precision;
+        self.weight(tensor)
+    }
     fn activation(&self, rows: usize, cols: usize) -> Self::Activation;
     fn kv_cache(&self, layout: KvLayout) -> Result<Self::Cache, LoadError>;
     fn plan(&self, plan: &StepPlan) -> Result<Self::Plan, DeviceError>;

@@ -51,6 +51,8 @@ impl<D: Device> std::fmt::Debug for Llama<D> {
 struct Loader<'a, D: Device> {
     source: &'a dyn WeightSource,
     device: &'a D,
+    /// What the linear layers are laid out for ([`Device::linear_weight`]).
+    precision: Precision,
     /// A 16-bit weight matrix was loaded: the model is a bf16/f16 model.
     half: Cell<bool>,
 }
@@ -58,6 +60,14 @@ struct Loader<'a, D: Device> {
 impl<D: Device> Loader<'_, D> {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<D::Weight, LoadError> {
         self.device.weight(self.source.load(name, shape)?)
+    }
+
+    /// A matrix [`Device::linear`] multiplies by (an LM head, or a tied embedding table).
+    fn matrix(&self, tensor: HostTensor) -> Result<D::Weight, LoadError> {
+        if tensor.data.dtype() != DType::F32 {
+            self.half.set(true);
+        }
+        self.device.linear_weight(tensor, self.precision)
     }
 
     /// One projection: `{prefix}.weight` `[out, inp]` and, with `bias`, `{prefix}.bias`.
@@ -91,10 +101,10 @@ impl<D: Device> Loader<'_, D> {
                 1 => tensors.remove(0),
                 _ => HostTensor::concat_rows(&format!("{name}.{suffix}"), tensors)?,
             };
-            if tensor.shape.len() == 2 && tensor.data.dtype() != DType::F32 {
-                self.half.set(true);
+            match tensor.shape.len() {
+                2 => self.matrix(tensor),
+                _ => self.device.weight(tensor),
             }
-            self.device.weight(tensor)
         };
         Ok(Linear {
             weight: load("weight", |out, inp| vec![out, inp])?,
@@ -113,7 +123,7 @@ impl<D: Device> Llama<D> {
         precision: Precision,
     ) -> Result<Self, LoadError> {
         let c = config;
-        let ld = Loader { source, device, half: Cell::new(false) };
+        let ld = Loader { source, device, precision, half: Cell::new(false) };
         let (h, q_dim, kv_dim) =
             (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let mut layers = (0..c.num_layers)
@@ -163,13 +173,19 @@ impl<D: Device> Llama<D> {
         }
         // Some tied checkpoints still ship `lm_head.weight`; use it when present.
         let lm_head = if !c.tie_word_embeddings || source.contains("lm_head.weight") {
-            Some(ld.tensor("lm_head.weight", &[c.vocab_size, h])?)
+            Some(ld.matrix(source.load("lm_head.weight", &[c.vocab_size, h])?)?)
         } else {
             None
         };
+        // A tied table is the LM head too: laid out for `linear` (`embed` reads it either way).
+        let embed = source.load("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed = match lm_head {
+            Some(_) => device.weight(embed)?,
+            None => ld.matrix(embed)?,
+        };
         Ok(Llama {
             config: c.clone(),
-            embed: ld.tensor("model.embed_tokens.weight", &[c.vocab_size, h])?,
+            embed,
             layers,
             norm: ld.tensor("model.norm.weight", &[h])?,
             lm_head,

@@ -13,7 +13,8 @@
 //! graphs off, so their gain is measured too.
 //!
 //! ```text
-//! cargo run --release -p rill-benches --bin engine-bench -- [--dtype bf16,f32] [--json out.json]
+//! cargo run --release -p rill-benches --bin engine-bench -- [--dtype bf16,f32] \
+//!     [--precision fast|exact] [--json out.json]
 //! engine-bench --device cuda --config benches/models/llama-3-8b/config.json --dtype bf16 \
 //!     --batch 64,256 --prompt 2048 --json out.json
 //! ```
@@ -25,7 +26,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use rill_backend::device::KvLayout;
 use rill_backend::{
-    AnyRunner, Cuda, DType, DeviceChoice, KvCacheSize, LoadFormat, ModelConfig, RunnerOptions,
+    AnyRunner, Cuda, DType, DeviceChoice, KvCacheSize, LoadFormat, ModelConfig, Precision,
+    RunnerOptions,
 };
 use rill_benches::machine;
 use rill_proto::{BLOCK_SIZE, BlockId, ForwardBatch, SeqId, SeqStep, TokenId};
@@ -36,6 +38,13 @@ enum DeviceArg {
     Cuda,
 }
 
+/// The server's `--precision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PrecisionArg {
+    Fast,
+    Exact,
+}
+
 #[derive(Parser, Debug)]
 struct Args {
     /// A model's config.json (weights are random: `--load-format dummy`).
@@ -43,6 +52,9 @@ struct Args {
     config: PathBuf,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// How a 16-bit model computes (the server's `--precision`; an f32 model is exact).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fast)]
+    precision: PrecisionArg,
     /// Weight dtypes to measure, comma-separated (bf16, f16, f32).
     #[arg(long, default_value = "bf16,f32", value_delimiter = ',')]
     dtype: Vec<String>,
@@ -201,6 +213,10 @@ fn measure(s: &Setup, device: DeviceChoice) -> Result<serde_json::Value> {
         // The largest step it runs: the prefill measurement (one chunk) or a 4096-token
         // chunk of the decodes' prompts.
         max_step_tokens: Some(args.prompt.max(4096)),
+        precision: match args.precision {
+            PrecisionArg::Fast => Precision::Fast,
+            PrecisionArg::Exact => Precision::Exact,
+        },
         ..RunnerOptions::default()
     };
     let dir = args.config.parent().unwrap_or(&args.config);
@@ -327,6 +343,7 @@ fn main() -> Result<()> {
             "machine": machine,
             "config": args.config,
             "device": format!("{:?}", args.device).to_lowercase(),
+            "precision": format!("{:?}", args.precision).to_lowercase(),
             "threads": rayon::current_num_threads(),
             "bandwidth_bytes_s": roofs.bandwidth,
             "bandwidth_probes": roofs.probes,

@@ -4,14 +4,21 @@
 
 use std::path::Path;
 
-use rill_backend::{Cpu, KvCacheSize, ModelDir, Runner, RunnerOptions};
+use rill_backend::{Cpu, KvCacheSize, ModelDir, Precision, Runner, RunnerOptions};
 use rill_proto::{BLOCK_SIZE, BlockId, ForwardBatch, SeqId, SeqStep, TokenId};
 
 pub const BLOCKS_PER_SEQ: usize = 16;
 
+/// The model in `dir` on the CPU, computing exactly (transformers in f32).
 pub fn load(dir: &Path) -> (ModelDir, Runner<Cpu>) {
+    load_with(dir, Precision::Exact)
+}
+
+/// The model in `dir` on the CPU at `precision`.
+pub fn load_with(dir: &Path, precision: Precision) -> (ModelDir, Runner<Cpu>) {
     let model = ModelDir::open(dir).unwrap_or_else(|e| panic!("{e}"));
-    let opts = RunnerOptions { kv_cache: KvCacheSize::Bytes(64 << 20), ..Default::default() };
+    let opts =
+        RunnerOptions { kv_cache: KvCacheSize::Bytes(64 << 20), precision, ..Default::default() };
     let runner =
         Runner::load(dir, &model.config, Cpu::new(), &opts).unwrap_or_else(|e| panic!("{e}"));
     (model, runner)

@@ -92,6 +92,9 @@ impl Device for Wrapped {
     fn weight(&self, t: HostTensor) -> Result<W, LoadError> {
         self.cpu.weight(t)
     }
+    fn linear_weight(&self, t: HostTensor, precision: Precision) -> Result<W, LoadError> {
+        self.cpu.linear_weight(t, precision)
+    }
     fn activation(&self, rows: usize, cols: usize) -> Mat {
         self.cpu.activation(rows, cols)
     }

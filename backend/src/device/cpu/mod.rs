@@ -8,19 +8,61 @@
 //! vectors (norms, biases) widened to f32 once at load;
 //! activations are [`Mat`]s; the KV cache is [`CpuKvCache`], f32 so that cached
 //! keys are exactly the keys just computed (chunked prefill and whole-prompt
-//! prefill then agree to the bit). Linear layers go through [`gemm`], attention
-//! through [`attention`]; everything here is deterministic and batch-invariant.
+//! prefill then agree to the bit). Linear layers go through [`gemm`] (the exact
+//! precision, and f32 models) or [`panels`] (the fast precision on a 16-bit model, whose
+//! linear weights are laid out in panels at load), attention through [`attention`];
+//! everything here is deterministic and batch-invariant.
 
 mod attention;
 pub mod gemm;
+pub mod panels;
 pub mod simd;
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{AttentionShape, Device, DeviceError, KvLayout, StepPlan};
+use self::panels::Panels;
+use super::{AttentionShape, Device, DeviceError, KvLayout, Precision, StepPlan};
 use crate::error::LoadError;
 use crate::weights::{HostTensor, TensorData};
+
+/// A weight on the CPU: the loader's tensor as it is (vectors widened to f32), or, for
+/// the fast precision, a 16-bit linear weight laid out in [`Panels`].
+#[derive(Debug)]
+pub enum CpuWeight {
+    Tensor(HostTensor),
+    Bf16(Panels<bf16>),
+    F16(Panels<f16>),
+}
+
+impl CpuWeight {
+    /// The tensor as loaded (a vector, or an exact-precision or f32 matrix).
+    fn tensor(&self) -> &HostTensor {
+        match self {
+            CpuWeight::Tensor(t) => t,
+            // The model hands panels only to `linear` and `embed`.
+            CpuWeight::Bf16(_) | CpuWeight::F16(_) => panic!("a linear weight used as a vector"),
+        }
+    }
+}
+
+thread_local! {
+    /// The fast precision's rounded activations (reused: a prefill's are megabytes).
+    static ROUNDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `out = round(x) · wᵀ (+ bias)` on panels (see [`panels`]).
+fn panel_linear<E: simd::Elem>(x: &Mat, w: &Panels<E>, bias: Option<&[f32]>, out: &mut [f32]) {
+    ROUNDED.with(|cell| {
+        // Reentrant only if a pool thread ran another linear inside this one's; then
+        // round into a fresh buffer.
+        let mut fresh = Vec::new();
+        let mut held = cell.try_borrow_mut();
+        let buf = held.as_deref_mut().unwrap_or(&mut fresh);
+        panels::round_into::<E>(&x.data, buf);
+        panels::linear(buf, x.rows, w, bias, out);
+    })
+}
 
 /// A row-major f32 matrix.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -102,6 +144,20 @@ fn rms_norm_row(r: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// `out[r] = table[plan.tokens[r]]` from a tied LM head's panels.
+fn panel_rows<E: simd::Elem>(
+    table: &Panels<E>,
+    plan: &StepPlan,
+    out: &mut Mat,
+) -> Result<(), DeviceError> {
+    let h = table.k();
+    debug_assert_eq!((out.rows, out.cols), (plan.rows(), h));
+    for (row, &tok) in out.data.chunks_exact_mut(h).zip(&plan.tokens) {
+        table.row_into(tok as usize, row);
+    }
+    Ok(())
+}
+
 /// `out[i] = x[rows[i]]`
 fn gather_rows(x: &Mat, rows: &[u32], out: &mut Mat) {
     *out = Mat::zeros(rows.len(), x.cols);
@@ -112,15 +168,15 @@ fn gather_rows(x: &Mat, rows: &[u32], out: &mut Mat) {
 
 /// A vector parameter (norm weight, bias) as f32. [`Cpu::weight`] widens these once
 /// at load, so on the per-token path this borrows.
-fn vector_f32(t: &HostTensor) -> std::borrow::Cow<'_, [f32]> {
-    match &t.data {
+fn vector_f32(w: &CpuWeight) -> std::borrow::Cow<'_, [f32]> {
+    match &w.tensor().data {
         TensorData::F32(s) => std::borrow::Cow::Borrowed(s.as_slice()),
         other => std::borrow::Cow::Owned(other.to_f32()),
     }
 }
 
 impl Device for Cpu {
-    type Weight = HostTensor;
+    type Weight = CpuWeight;
     type Activation = Mat;
     type Cache = CpuKvCache;
     type Plan = StepPlan;
@@ -133,14 +189,30 @@ impl Device for Cpu {
         self.pool.install(work)
     }
 
-    fn weight(&self, tensor: HostTensor) -> Result<HostTensor, LoadError> {
+    fn weight(&self, tensor: HostTensor) -> Result<CpuWeight, LoadError> {
         // Matrices stay in their dtype (widened inside the kernels); vectors are tiny
         // and read whole on every op, so widen them once here.
         if tensor.shape.len() == 1 && tensor.data.dtype() != crate::config::DType::F32 {
             let data = TensorData::F32(crate::weights::Storage::Owned(tensor.data.to_f32()));
-            return Ok(HostTensor { data, ..tensor });
+            return Ok(CpuWeight::Tensor(HostTensor { data, ..tensor }));
         }
-        Ok(tensor)
+        Ok(CpuWeight::Tensor(tensor))
+    }
+
+    fn linear_weight(
+        &self,
+        tensor: HostTensor,
+        precision: Precision,
+    ) -> Result<CpuWeight, LoadError> {
+        if precision == Precision::Exact || tensor.shape.len() != 2 {
+            return self.weight(tensor);
+        }
+        let (n, k) = (tensor.shape[0], tensor.shape[1]);
+        self.pool.install(|| match &tensor.data {
+            TensorData::F32(_) => self.weight(tensor),
+            TensorData::Bf16(s) => Ok(CpuWeight::Bf16(Panels::pack(s.as_slice(), n, k))),
+            TensorData::F16(s) => Ok(CpuWeight::F16(Panels::pack(s.as_slice(), n, k))),
+        })
     }
 
     fn activation(&self, rows: usize, cols: usize) -> Mat {
@@ -155,7 +227,12 @@ impl Device for Cpu {
         Ok(plan.clone())
     }
 
-    fn embed(&self, table: &HostTensor, plan: &StepPlan, out: &mut Mat) -> Result<(), DeviceError> {
+    fn embed(&self, table: &CpuWeight, plan: &StepPlan, out: &mut Mat) -> Result<(), DeviceError> {
+        let table = match table {
+            CpuWeight::Tensor(t) => t,
+            CpuWeight::Bf16(p) => return panel_rows(p, plan, out),
+            CpuWeight::F16(p) => return panel_rows(p, plan, out),
+        };
         let h = table.shape[1];
         debug_assert_eq!((out.rows, out.cols), (plan.rows(), h));
         for (row, &tok) in out.data.chunks_exact_mut(h).zip(&plan.tokens) {
@@ -172,16 +249,31 @@ impl Device for Cpu {
     fn linear(
         &self,
         x: &Mat,
-        w: &HostTensor,
-        bias: Option<&HostTensor>,
+        w: &CpuWeight,
+        bias: Option<&CpuWeight>,
         out: &mut Mat,
     ) -> Result<(), DeviceError> {
-        let (n, k) = (w.shape[0], w.shape[1]);
+        let (n, k) = match w {
+            CpuWeight::Tensor(t) => (t.shape[0], t.shape[1]),
+            CpuWeight::Bf16(p) => (p.n(), p.k()),
+            CpuWeight::F16(p) => (p.n(), p.k()),
+        };
         debug_assert_eq!(x.cols, k);
         *out = Mat { data: std::mem::take(&mut out.data), rows: x.rows, cols: n };
         out.data.resize(x.rows * n, 0.0);
         let bias = bias.map(vector_f32);
         let b = bias.as_deref();
+        let w = match w {
+            CpuWeight::Tensor(t) => t,
+            CpuWeight::Bf16(p) => {
+                panel_linear(x, p, b, &mut out.data);
+                return Ok(());
+            }
+            CpuWeight::F16(p) => {
+                panel_linear(x, p, b, &mut out.data);
+                return Ok(());
+            }
+        };
         match &w.data {
             TensorData::F32(s) => {
                 gemm::linear(&x.data, x.rows, k, s.as_slice(), n, b, &mut out.data)
@@ -199,7 +291,7 @@ impl Device for Cpu {
     fn rms_norm(
         &self,
         x: &Mat,
-        weight: &HostTensor,
+        weight: &CpuWeight,
         eps: f32,
         out: &mut Mat,
     ) -> Result<(), DeviceError> {
@@ -216,7 +308,7 @@ impl Device for Cpu {
         &self,
         x: &mut Mat,
         y: &Mat,
-        weight: &HostTensor,
+        weight: &CpuWeight,
         eps: f32,
         out: &mut Mat,
     ) -> Result<(), DeviceError> {

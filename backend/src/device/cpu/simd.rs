@@ -40,6 +40,8 @@ pub enum Kind {
 pub trait Elem: bytemuck::Pod + Send + Sync {
     const KIND: Kind;
     fn widen(self) -> f32;
+    /// The nearest element to `v` (ties to even; NaN stays NaN).
+    fn narrow(v: f32) -> Self;
 }
 
 impl Elem for f32 {
@@ -47,6 +49,10 @@ impl Elem for f32 {
     #[inline(always)]
     fn widen(self) -> f32 {
         self
+    }
+    #[inline(always)]
+    fn narrow(v: f32) -> f32 {
+        v
     }
 }
 
@@ -56,6 +62,10 @@ impl Elem for bf16 {
     fn widen(self) -> f32 {
         self.to_f32()
     }
+    #[inline(always)]
+    fn narrow(v: f32) -> bf16 {
+        bf16::from_f32(v)
+    }
 }
 
 impl Elem for f16 {
@@ -63,6 +73,10 @@ impl Elem for f16 {
     #[inline(always)]
     fn widen(self) -> f32 {
         self.to_f32()
+    }
+    #[inline(always)]
+    fn narrow(v: f32) -> f16 {
+        f16::from_f32(v)
     }
 }
 

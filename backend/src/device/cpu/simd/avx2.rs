@@ -242,3 +242,99 @@ pub unsafe fn widen<E: Elem>(src: &[E], dst: &mut [f32]) {
         }
     }
 }
+
+/// One row of a weight panel (`super::super::panels`): 16 weights for 16 output columns,
+/// widened exactly into columns 0–7 and 8–15. A bf16 panel row interleaves the halves
+/// (slot `2c` holds column `c`, slot `2c + 1` column `c + 8`), so one 256-bit load
+/// widens with a shift and a mask, and no shuffle.
+///
+/// # Safety
+/// AVX2 and F16C must be present; 16 elements readable at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_row<E: Elem>(p: *const E) -> Acc {
+    // SAFETY: (all arms) the caller guarantees 16 readable elements at `p`.
+    unsafe {
+        match E::KIND {
+            Kind::F32 => (_mm256_loadu_ps(p.cast()), _mm256_loadu_ps(p.add(8).cast())),
+            Kind::Bf16 => {
+                let v = _mm256_loadu_si256(p.cast());
+                let high = _mm256_and_si256(v, _mm256_set1_epi32(0xffff_0000_u32 as i32));
+                (_mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)), _mm256_castsi256_ps(high))
+            }
+            Kind::F16 => (
+                _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(8).cast())),
+            ),
+        }
+    }
+}
+
+/// Where a panel tile's results go: row `i` of the tile at `out + i * ldo`, its panels'
+/// columns in order, `cols` of them valid (the rest are a last panel's padding), each
+/// plus `bias[c]` if given.
+#[derive(Clone, Copy, Debug)]
+pub struct PanelOut {
+    pub out: *mut f32,
+    pub ldo: usize,
+    pub cols: usize,
+    pub bias: Option<*const f32>,
+}
+
+/// The fast precision's `MR × 16·NP` tile (`super::super::panels`): for each `kk < k` in
+/// order, the panels' row `kk` against `x[i][kk]` broadcast, one fused multiply-add per
+/// output, so each output is the one FMA chain over `k` whatever the tile shape.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be present; `x` holds `MR` rows of `k` f32 `ldx` apart, `w`
+/// `NP` panels of `k × 16` elements `ldp` apart, and `out` `MR` rows of `o.cols`
+/// writable f32 `o.ldo` apart (and `o.bias` that many f32).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn panel_tile<E: Elem, const MR: usize, const NP: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const E,
+    ldp: usize,
+    k: usize,
+    o: PanelOut,
+) {
+    let zero = _mm256_setzero_ps();
+    let mut acc = [[(zero, zero); NP]; MR];
+    // SAFETY: every access is inside the rows and panels the caller vouched for.
+    unsafe {
+        for kk in 0..k {
+            for p in 0..NP {
+                let (lo, hi) = panel_row(w.add(p * ldp + kk * 16));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_broadcast_ss(&*x.add(i * ldx + kk));
+                    row[p] = (_mm256_fmadd_ps(xv, lo, row[p].0), _mm256_fmadd_ps(xv, hi, row[p].1));
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (p, &(lo, hi)) in row.iter().enumerate() {
+                let at = p * 16;
+                if at >= o.cols {
+                    break;
+                }
+                let dst = o.out.add(i * o.ldo + at);
+                if at + 16 <= o.cols {
+                    let (mut lo, mut hi) = (lo, hi);
+                    if let Some(b) = o.bias {
+                        lo = _mm256_add_ps(lo, _mm256_loadu_ps(b.add(at)));
+                        hi = _mm256_add_ps(hi, _mm256_loadu_ps(b.add(at + 8)));
+                    }
+                    _mm256_storeu_ps(dst, lo);
+                    _mm256_storeu_ps(dst.add(8), hi);
+                } else {
+                    let mut lanes = [0.0f32; 16];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+                    for (c, &v) in lanes.iter().enumerate().take(o.cols - at) {
+                        *dst.add(c) = o.bias.map_or(v, |b| v + *b.add(at + c));
+                    }
+                }
+            }
+        }
+    }
+}
