@@ -21,8 +21,11 @@ fn main() {
     let bf: Vec<Vec<bf16>> =
         (0..16).map(|l| (0..n * k).map(|i| bf16::from_f32(value(i, l))).collect()).collect();
     let f: Vec<Vec<f32>> = (0..8).map(|l| (0..n * k).map(|i| value(i, l)).collect()).collect();
+    let t = Instant::now();
     let packed: Vec<panels::Panels<bf16>> =
         bf.iter().map(|w| panels::Panels::pack(w, n, k)).collect();
+    let pack_s = t.elapsed().as_secs_f64();
+    println!("laid out in panels at {:.1} GB/s", (16 * n * k * 2) as f64 / pack_s / 1e9);
     let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32).collect();
     let mut out = vec![0.0; m * n];
     for _ in 0..5 {

@@ -129,6 +129,15 @@ def summary(work, out):
             ("decode batch 1 (tok/s)", rill_decode, peer_decode),
             (f"prefill {res['prefill_tokens']} (tok/s)", res["prefill_tok_s"], peer_prefill),
         ]
+        exact_path = work / "engine-bench-exact.json"
+        if exact_path.exists():
+            (exact,) = json.loads(exact_path.read_text())["results"]
+            rows += [
+                ("exact precision: decode batch 1 (tok/s)",
+                 next(d["tok_s"] for d in exact["decode"] if d["batch"] == 1), peer_decode),
+                (f"exact precision: prefill {exact['prefill_tokens']} (tok/s)",
+                 exact["prefill_tok_s"], peer_prefill),
+            ]
     servers = []
     for c in sorted(int(p.stem.split("-c")[-1]) for p in work.glob("server-rill-c*.json")):
         r = json.loads((work / f"server-rill-c{c}.json").read_text())
@@ -172,6 +181,8 @@ def summary(work, out):
         "server_one_client_decode_vs_engine_bench": (
             one_decode / rill_decode if one_decode and rill_decode else None),
         "engine_bench": eb,
+        "engine_bench_exact": (json.loads((work / "engine-bench-exact.json").read_text())
+                               if (work / "engine-bench-exact.json").exists() else None),
         "llama_bench": lb,
         "servers": servers,
     }

@@ -8,7 +8,8 @@
 #    tree; cmake and ninja from PyPI; -DGGML_NATIVE=ON, as a user building it would),
 # 2. writes a random bf16 checkpoint of benches/models/llama-1.1b's shape and converts it
 #    with llama.cpp's own convert_hf_to_gguf.py (bf16),
-# 3. runs llama-bench against engine-bench (batch-1 decode, 512-token prefill),
+# 3. runs llama-bench against engine-bench (batch-1 decode, 512-token prefill; Rill in
+#    its default fast precision, and again in the exact one),
 # 4. runs llama-server and Rill's server, one after the other, on those weights under
 #    the same rill-bench workload (OpenAI /v1/completions streaming: 1, 4 and 16
 #    clients, a fixed ~64-token prompt, 64 new tokens, EOS ignored),
@@ -69,12 +70,17 @@ cargo build --release -q -p rill-router -p rill-benches --bin rill --bin engine-
     --bin rill-bench
 
 # The summary reads what this invocation measures, never an earlier run's figures.
-rm -f "$WORK"/engine-bench.json "$WORK"/llama-bench.json "$WORK"/server-*.json
+rm -f "$WORK"/engine-bench*.json "$WORK"/llama-bench.json "$WORK"/server-*.json
 
 if [[ " $STAGES " == *" engine "* ]]; then
     log "engine-bench vs llama-bench (batch-1 decode of 32 tokens, 512-token prefill)"
-    target/release/engine-bench --config "$CONFIG" --dtype bf16 --batch 16 --prompt 512 \
-        --steps 32 --reps 3 --json "$WORK/engine-bench.json"
+    # The server's default precision (fast), then the exact one (transformers in f32).
+    for precision in fast exact; do
+        suffix=${precision/fast/}
+        target/release/engine-bench --config "$CONFIG" --dtype bf16 --batch 16 --prompt 512 \
+            --steps 32 --reps 3 --precision "$precision" \
+            --json "$WORK/engine-bench${suffix:+-$suffix}.json"
+    done
     "$BUILD/bin/llama-bench" -m "$GGUF" -t "$THREADS" -p 512 -n 32 -r 3 -o json \
         >"$WORK/llama-bench.json"
 fi

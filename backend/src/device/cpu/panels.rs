@@ -66,13 +66,20 @@ impl<E: Elem> Panels<E> {
     /// Lay out the row-major `[n, k]` matrix `w` (in parallel, on the current rayon pool).
     pub fn pack(w: &[E], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "w is not [n, k]");
-        let mut data = vec![E::zeroed(); n.div_ceil(WIDTH) * k * WIDTH];
+        // Zeroed pages come from the OS as they are first written.
+        let mut data: Vec<E> = bytemuck::zeroed_vec(n.div_ceil(WIDTH) * k * WIDTH);
         if k > 0 {
             data.par_chunks_mut(k * WIDTH).enumerate().for_each(|(p, panel)| {
-                for c in 0..WIDTH.min(n - p * WIDTH) {
-                    let (row, s) = (&w[(p * WIDTH + c) * k..][..k], slot::<E>(c));
-                    for (kk, &v) in row.iter().enumerate() {
-                        panel[kk * WIDTH + s] = v;
+                let cols = WIDTH.min(n - p * WIDTH);
+                let rows: Vec<&[E]> = (0..cols).map(|c| &w[(p * WIDTH + c) * k..][..k]).collect();
+                // Eight k at a time: a short read of each row, one 256-byte block written.
+                for (kb, block) in panel.chunks_mut(8 * WIDTH).enumerate() {
+                    let k0 = kb * 8;
+                    for (c, row) in rows.iter().enumerate() {
+                        let s = slot::<E>(c);
+                        for (t, &v) in row[k0..(k0 + 8).min(k)].iter().enumerate() {
+                            block[t * WIDTH + s] = v;
+                        }
                     }
                 }
             });
