@@ -9,7 +9,7 @@
 //! 16 weights `w[16p + c][kk]`, 32 contiguous bytes (zero past `n`). The kernel is an
 //! outer product: for each `kk`, one panel row is widened into two registers and
 //! multiplied into every row of the tile with `x̃[i][kk]` broadcast. A 6-row tile does 12
-//! FMAs per panel row for one 256-bit load, two widening ops and six broadcasts, where
+//! FMAs per panel row for two 256-bit loads, two masks and six broadcasts, where
 //! the exact precision's dot-product tiles (lanes along `k`, a lane-sum tree) need a load
 //! of `x` and a widened load of `w` for every few FMAs. Each output is still the same
 //! chain whatever the tile shape, the batch, the thread count or the prompt's chunking,
@@ -30,6 +30,8 @@ use super::simd::{self, Elem, Isa, Kind};
 
 /// Output columns per panel.
 pub const WIDTH: usize = 16;
+/// Elements before the first panel: a kernel may read one element before a panel row.
+const LEAD: usize = WIDTH;
 /// Batch-1 decode: panels per tile (four 32-byte weight streams, eight accumulators).
 const DECODE_PANELS: usize = 4;
 /// Rows per tile from six rows (prefill chunks, large batches): 12 accumulators.
@@ -67,9 +69,9 @@ impl<E: Elem> Panels<E> {
     pub fn pack(w: &[E], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "w is not [n, k]");
         // Zeroed pages come from the OS as they are first written.
-        let mut data: Vec<E> = bytemuck::zeroed_vec(n.div_ceil(WIDTH) * k * WIDTH);
+        let mut data: Vec<E> = bytemuck::zeroed_vec(LEAD + n.div_ceil(WIDTH) * k * WIDTH);
         if k > 0 {
-            data.par_chunks_mut(k * WIDTH).enumerate().for_each(|(p, panel)| {
+            data[LEAD..].par_chunks_mut(k * WIDTH).enumerate().for_each(|(p, panel)| {
                 let cols = WIDTH.min(n - p * WIDTH);
                 let rows: Vec<&[E]> = (0..cols).map(|c| &w[(p * WIDTH + c) * k..][..k]).collect();
                 // Eight k at a time: a short read of each row, one 256-byte block written.
@@ -99,7 +101,7 @@ impl<E: Elem> Panels<E> {
 
     /// Weight `w[j][kk]`.
     fn at(&self, j: usize, kk: usize) -> E {
-        self.data[(j / WIDTH * self.k + kk) * WIDTH + slot::<E>(j % WIDTH)]
+        self.data[LEAD + (j / WIDTH * self.k + kk) * WIDTH + slot::<E>(j % WIDTH)]
     }
 
     /// Row `j` of the matrix, widened (an embedding lookup in a tied LM head's table).
@@ -287,7 +289,7 @@ impl<E: Elem> Product<'_, E> {
                 cols: (n - at).min(NP * WIDTH),
                 bias: self.bias.map(|b| b.as_ptr().add(at)),
             };
-            let w = self.w.data.as_ptr().add(p * k * WIDTH);
+            let w = self.w.data.as_ptr().add(LEAD + p * k * WIDTH);
             avx2::panel_tile::<E, R, NP>(self.x.as_ptr().add(i * k), k, w, k * WIDTH, k, o);
         }
     }

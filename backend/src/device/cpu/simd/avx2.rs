@@ -245,11 +245,14 @@ pub unsafe fn widen<E: Elem>(src: &[E], dst: &mut [f32]) {
 
 /// One row of a weight panel (`super::super::panels`): 16 weights for 16 output columns,
 /// widened exactly into columns 0–7 and 8–15. A bf16 panel row interleaves the halves
-/// (slot `2c` holds column `c`, slot `2c + 1` column `c + 8`), so one 256-bit load
-/// widens with a shift and a mask, and no shuffle.
+/// (slot `2c` holds column `c`, slot `2c + 1` column `c + 8`): columns 8–15 are the high
+/// halves of the row's 32-bit words, and columns 0–7 those of the same 32 bytes read one
+/// element earlier, so each widens with one mask (no shift or shuffle, which would take
+/// an FMA port).
 ///
 /// # Safety
-/// AVX2 and F16C must be present; 16 elements readable at `p`.
+/// AVX2 and F16C must be present; 16 elements readable at `p`, and a bf16 row's one
+/// before it.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn panel_row<E: Elem>(p: *const E) -> Acc {
@@ -258,9 +261,10 @@ unsafe fn panel_row<E: Elem>(p: *const E) -> Acc {
         match E::KIND {
             Kind::F32 => (_mm256_loadu_ps(p.cast()), _mm256_loadu_ps(p.add(8).cast())),
             Kind::Bf16 => {
-                let v = _mm256_loadu_si256(p.cast());
-                let high = _mm256_and_si256(v, _mm256_set1_epi32(0xffff_0000_u32 as i32));
-                (_mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)), _mm256_castsi256_ps(high))
+                let mask = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+                let even = _mm256_and_si256(_mm256_loadu_si256(p.sub(1).cast()), mask);
+                let odd = _mm256_and_si256(_mm256_loadu_si256(p.cast()), mask);
+                (_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd))
             }
             Kind::F16 => (
                 _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
