@@ -186,9 +186,11 @@ pub fn peak_fma_flops() -> Option<f64> {
         };
         let iters = 20_000_000u64;
         let threads = rayon::current_num_threads();
-        // Best of three: a shared VM's neighbours can steal a whole run's cycles.
+        // Best of nine, ~40 ms each, spread out: a shared VM's neighbours can steal a core
+        // for longer than one run (three back to back were not enough: a 2-core EPYC VM once reported half its
+        // peak, and a prefill at 133% of it).
         let mut best = f64::MAX;
-        for _ in 0..3 {
+        for _ in 0..9 {
             let t = Instant::now();
             let sink: f32 = (0..threads)
                 .into_par_iter()
@@ -203,6 +205,7 @@ pub fn peak_fma_flops() -> Option<f64> {
                 .sum();
             best = best.min(t.elapsed().as_secs_f64());
             std::hint::black_box(sink);
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         // 12 chains × lanes × 2 flops per iteration.
         Some((threads as u64 * iters * 12 * lanes * 2) as f64 / best)
