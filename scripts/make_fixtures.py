@@ -154,8 +154,13 @@ def record_reference(directory: str, model, tok: Tokenizer, compute_dtype: torch
             )
         tensors[f"prompt{i}.logits"] = logits.contiguous()
         records.append({"text": text, "ids": ids, "greedy": out[0, len(ids):].tolist()})
-    save_file(tensors, os.path.join(directory, "reference.safetensors"))
-    with open(os.path.join(directory, "reference.json"), "w") as f:
+    write_recorded(directory, "reference", tensors, records, compute_dtype)
+
+
+def write_recorded(directory: str, stem: str, tensors, records, compute_dtype: torch.dtype) -> None:
+    """`{stem}.safetensors` (the tensors) and `{stem}.json` (versions, dtype, prompts)."""
+    save_file(tensors, os.path.join(directory, f"{stem}.safetensors"))
+    with open(os.path.join(directory, f"{stem}.json"), "w") as f:
         json.dump(
             {
                 "transformers": transformers.__version__,

@@ -23,10 +23,10 @@ import os
 import sys
 
 import torch
-from safetensors.torch import save_file
-
-import transformers
 from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_fixtures import write_recorded  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 FIXTURES = os.path.join(ROOT, "integration-tests", "fixtures")
@@ -66,18 +66,7 @@ def record(model_dir: str, out_dir: str) -> None:
             tensors[f"prompt{i}.native"] = native(input_ids=seq).logits[0].float().contiguous()
             tensors[f"prompt{i}.f32"] = f32(input_ids=seq).logits[0].contiguous()
         records.append({"ids": ids, "greedy": out[0, len(ids):].tolist()})
-    save_file(tensors, os.path.join(out_dir, "native.safetensors"))
-    with open(os.path.join(out_dir, "native.json"), "w") as f:
-        json.dump(
-            {
-                "transformers": transformers.__version__,
-                "torch": torch.__version__,
-                "compute_dtype": str(dtype).removeprefix("torch."),
-                "prompts": records,
-            },
-            f,
-            indent=1,
-        )
+    write_recorded(out_dir, "native", tensors, records, dtype)
 
 
 def main() -> int:

@@ -6,6 +6,7 @@
 //! sequence's logits must be bit-identical however its prompt is chunked and whatever
 //! else shares its batch.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rill_backend::Precision;
@@ -26,30 +27,33 @@ struct RefPrompt {
     logits: Vec<Vec<f32>>,
 }
 
-fn reference(dir: &Path) -> Vec<RefPrompt> {
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
-    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+/// A recorded reference: the prompts of `{stem}.json`, and the matrices of
+/// `{stem}.safetensors` by name, as rows.
+fn recorded(dir: &Path, stem: &str) -> (Vec<Value>, HashMap<String, Vec<Vec<f32>>>) {
+    let json = std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap();
+    let meta: Value = serde_json::from_str(&json).unwrap();
+    let bytes = std::fs::read(dir.join(format!("{stem}.safetensors"))).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let ids = |v: &Value| {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>()
-    };
-    meta["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let t = st.tensor(&format!("prompt{i}.logits")).unwrap();
-            let vocab = t.shape()[1];
-            let flat: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
-            RefPrompt {
-                text: p["text"].as_str().unwrap().to_string(),
-                ids: ids(&p["ids"]),
-                greedy: ids(&p["greedy"]),
-                logits: flat.chunks(vocab).map(<[f32]>::to_vec).collect(),
-            }
+    let matrices = st.tensors().into_iter().map(|(name, t)| {
+        let flat: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+        (name, flat.chunks(t.shape()[1]).map(<[f32]>::to_vec).collect())
+    });
+    (meta["prompts"].as_array().unwrap().clone(), matrices.collect())
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn reference(dir: &Path) -> Vec<RefPrompt> {
+    let (prompts, mut matrices) = recorded(dir, "reference");
+    let mut take = |name: String| matrices.remove(&name).unwrap();
+    (prompts.iter().enumerate())
+        .map(|(i, p)| RefPrompt {
+            text: p["text"].as_str().unwrap().to_string(),
+            ids: ids(&p["ids"]),
+            greedy: ids(&p["greedy"]),
+            logits: take(format!("prompt{i}.logits")),
         })
         .collect()
 }
@@ -146,25 +150,14 @@ struct NativePrompt {
 }
 
 fn native_reference(dir: &Path) -> Vec<NativePrompt> {
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("native.json")).unwrap()).unwrap();
-    let bytes = std::fs::read(dir.join("native.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let rows = |name: String| {
-        let t = st.tensor(&name).unwrap();
-        let flat: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
-        flat.chunks(t.shape()[1]).map(<[f32]>::to_vec).collect::<Vec<_>>()
-    };
-    let ids = |v: &Value| {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>()
-    };
-    let prompts = meta["prompts"].as_array().unwrap();
-    (0..prompts.len())
-        .map(|i| NativePrompt {
-            ids: ids(&prompts[i]["ids"]),
-            greedy: ids(&prompts[i]["greedy"]),
-            native: rows(format!("prompt{i}.native")),
-            f32: rows(format!("prompt{i}.f32")),
+    let (prompts, mut matrices) = recorded(dir, "native");
+    let mut take = |name: String| matrices.remove(&name).unwrap();
+    (prompts.iter().enumerate())
+        .map(|(i, p)| NativePrompt {
+            ids: ids(&p["ids"]),
+            greedy: ids(&p["greedy"]),
+            native: take(format!("prompt{i}.native")),
+            f32: take(format!("prompt{i}.f32")),
         })
         .collect()
 }

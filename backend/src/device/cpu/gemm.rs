@@ -47,10 +47,46 @@ const AVX2_X_BLOCK_BYTES: usize = 64 << 10;
 /// A raw output pointer shared by threads that write disjoint columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: threads write disjoint elements (disjoint column ranges); see `linear`.
+// SAFETY: threads write disjoint elements (disjoint column ranges); see `split_columns`.
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
+
+/// Check the shapes of `out [m, n] = x [m, k] · wᵀ + bias [n]` on `isa` (the weights are
+/// the caller's to check); whether there is anything to compute.
+pub(super) fn check_shapes(
+    isa: Isa,
+    (x, m, k): (&[f32], usize, usize),
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &[f32],
+) -> bool {
+    assert_eq!(x.len(), m * k, "x is not [m, k]");
+    assert_eq!(out.len(), m * n, "out is not [m, n]");
+    assert!(isa <= Isa::detected(), "{isa:?} is not available here");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "bias is not [n]");
+    }
+    m > 0 && n > 0
+}
+
+/// Run `columns(out, units)` on the pool over `0..units` column units, in chunks of a
+/// multiple of `multiple` units, enough of them to balance the threads. `columns` gets
+/// `out`'s pointer and must write only its own units' columns (chunks are disjoint).
+pub(super) fn split_columns(
+    out: &mut [f32],
+    units: usize,
+    multiple: usize,
+    columns: impl Fn(*mut f32, Range<usize>) + Sync,
+) {
+    let threads = rayon::current_num_threads().max(1);
+    let per = units.div_ceil(threads * 4).next_multiple_of(multiple).max(multiple);
+    let optr = OutPtr(out.as_mut_ptr());
+    (0..units.div_ceil(per)).into_par_iter().for_each(|c| {
+        let out = optr;
+        columns(out.0, c * per..((c + 1) * per).min(units));
+    });
+}
 
 /// `out[i * n + j] = Σ_k x[i * k + kk] * w[j * k + kk] + bias[j]`.
 pub fn linear<E: Elem>(
@@ -77,29 +113,16 @@ pub fn linear_with<E: Elem>(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    assert_eq!(x.len(), m * k, "x is not [m, k]");
     assert_eq!(w.len(), n * k, "w is not [n, k]");
-    assert_eq!(out.len(), m * n, "out is not [m, n]");
-    assert!(isa <= Isa::detected(), "{isa:?} is not available here");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "bias is not [n]");
-    }
-    if m == 0 || n == 0 {
+    if !check_shapes(isa, (x, m, k), n, bias, out) {
         return;
     }
-    // Enough chunks to balance threads; each a multiple of the widest tile.
-    let threads = rayon::current_num_threads().max(1);
-    let per = n.div_ceil(threads * 4).next_multiple_of(DECODE_NR).max(DECODE_NR);
-    let chunks = n.div_ceil(per);
-    let optr = OutPtr(out.as_mut_ptr());
     let product = Product { x, m, k, w, n, bias };
-    (0..chunks).into_par_iter().for_each(|c| {
-        let cols = c * per..((c + 1) * per).min(n);
-        let out = optr;
-        // SAFETY: chunk `c` writes only columns `cols` of every row of `out`, and the
-        // column ranges of different chunks are disjoint; `out` outlives the scope; `isa`
-        // is present (checked above).
-        unsafe { product.columns(isa, out.0, cols) };
+    // Chunks of a multiple of the widest tile.
+    split_columns(out, n, DECODE_NR, |out, cols| {
+        // SAFETY: this chunk writes only columns `cols` of every row of `out`, disjoint
+        // from every other chunk's; `out` outlives the call; `isa` is present (checked).
+        unsafe { product.columns(isa, out, cols) };
     });
 }
 

@@ -24,6 +24,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::gemm::{check_shapes, split_columns};
 #[cfg(target_arch = "x86_64")]
 use super::simd::avx2::{self, PanelOut};
 use super::simd::{self, Elem, Isa, Kind};
@@ -127,14 +128,6 @@ pub fn chain<E: Elem>(x: &[f32], w: &Panels<E>, j: usize) -> f32 {
     x.iter().enumerate().fold(0.0, |acc, (kk, &a)| a.mul_add(w.at(j, kk).widen(), acc))
 }
 
-/// A raw output pointer shared by threads that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: threads write disjoint elements (disjoint panels' columns); see `linear_with`.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-
 /// `out[i * n + j] = chain(x[i], w, j) + bias[j]`; `x` is `[m, k]`, already rounded
 /// ([`round_into`]).
 pub fn linear<E: Elem>(x: &[f32], m: usize, w: &Panels<E>, bias: Option<&[f32]>, out: &mut [f32]) {
@@ -150,27 +143,15 @@ pub fn linear_with<E: Elem>(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let (n, k) = (w.n, w.k);
-    assert_eq!(x.len(), m * k, "x is not [m, k]");
-    assert_eq!(out.len(), m * n, "out is not [m, n]");
-    assert!(isa <= Isa::detected(), "{isa:?} is not available here");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "bias is not [n]");
-    }
-    if m == 0 || n == 0 {
+    if !check_shapes(isa, (x, m, w.k), w.n, bias, out) {
         return;
     }
-    let panels = n.div_ceil(WIDTH);
-    // Enough chunks to balance threads; each a multiple of the decode tile.
-    let threads = rayon::current_num_threads().max(1);
-    let per = panels.div_ceil(threads * 4).next_multiple_of(DECODE_PANELS);
-    let optr = OutPtr(out.as_mut_ptr());
     let product = Product { x, m, w, bias };
-    (0..panels.div_ceil(per)).into_par_iter().for_each(|c| {
-        let out = optr;
-        // SAFETY: chunk `c` writes only the columns of panels `c * per..`, disjoint from
-        // every other chunk's; `out` outlives the scope; `isa` is present (checked above).
-        unsafe { product.panels(isa, out.0, c * per..((c + 1) * per).min(panels)) };
+    // Chunks of a multiple of the decode tile's panels.
+    split_columns(out, w.n.div_ceil(WIDTH), DECODE_PANELS, |out, ps| {
+        // SAFETY: this chunk writes only the columns of panels `ps`, disjoint from every
+        // other chunk's; `out` outlives the call; `isa` is present (checked).
+        unsafe { product.panels(isa, out, ps) };
     });
 }
 
