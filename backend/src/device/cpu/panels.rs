@@ -55,8 +55,8 @@ impl<E> std::fmt::Debug for Panels<E> {
 }
 
 /// Where column `c` of a panel sits in each of its 16-element rows: in order, except that
-/// bf16 interleaves columns `c` and `c + 8` (what the AVX2 kernel's shift-and-mask
-/// widening reads).
+/// bf16 interleaves columns `c` and `c + 8` (what the AVX2 kernel's masked widening
+/// reads: `simd::avx2::panel_row`).
 fn slot<E: Elem>(c: usize) -> usize {
     match E::KIND {
         Kind::Bf16 if c < 8 => 2 * c,
