@@ -144,17 +144,22 @@ def record_reference(directory: str, model, tok: Tokenizer, compute_dtype: torch
         input_ids = torch.tensor([ids])
         with torch.no_grad():
             logits = model(input_ids=input_ids).logits[0].float()
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                pad_token_id=0,
-            )
+            out = greedy(model, input_ids)
         tensors[f"prompt{i}.logits"] = logits.contiguous()
         records.append({"text": text, "ids": ids, "greedy": out[0, len(ids):].tolist()})
     write_recorded(directory, "reference", tensors, records, compute_dtype)
+
+
+def greedy(model, input_ids):
+    """The prompt and its NEW_TOKENS-token greedy continuation (EOS not stopping it)."""
+    return model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        pad_token_id=0,
+    )
 
 
 def write_recorded(directory: str, stem: str, tensors, records, compute_dtype: torch.dtype) -> None:

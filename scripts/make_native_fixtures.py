@@ -26,11 +26,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import write_recorded  # noqa: E402
+from make_fixtures import NEW_TOKENS, greedy, write_recorded  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 FIXTURES = os.path.join(ROOT, "integration-tests", "fixtures")
-NEW_TOKENS = 16
 
 # (checkpoint directory, directory of its reference.json, where native.* goes)
 MODELS = [
@@ -54,14 +53,7 @@ def record(model_dir: str, out_dir: str) -> None:
     for i, ids in enumerate(prompts):
         input_ids = torch.tensor([ids])
         with torch.no_grad():
-            out = native.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                pad_token_id=0,
-            )
+            out = greedy(native, input_ids)
             seq = out[:, : len(ids) + NEW_TOKENS]
             tensors[f"prompt{i}.native"] = native(input_ids=seq).logits[0].float().contiguous()
             tensors[f"prompt{i}.f32"] = f32(input_ids=seq).logits[0].contiguous()
