@@ -51,8 +51,21 @@ thread_local! {
     static ROUNDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// `out` as a `[rows, cols]` matrix, reusing its allocation.
+fn resized(out: &mut Mat, rows: usize, cols: usize) -> &mut [f32] {
+    *out = Mat { data: std::mem::take(&mut out.data), rows, cols };
+    out.data.resize(rows * cols, 0.0);
+    &mut out.data
+}
+
 /// `out = round(x) · wᵀ (+ bias)` on panels (see [`panels`]).
-fn panel_linear<E: simd::Elem>(x: &Mat, w: &Panels<E>, bias: Option<&[f32]>, out: &mut [f32]) {
+fn panel_linear<E: simd::Elem>(
+    x: &Mat,
+    w: &Panels<E>,
+    bias: Option<&[f32]>,
+    out: &mut Mat,
+) -> Result<(), DeviceError> {
+    let out = resized(out, x.rows, w.n());
     ROUNDED.with(|cell| {
         // Reentrant only if a pool thread ran another linear inside this one's; then
         // round into a fresh buffer.
@@ -61,7 +74,8 @@ fn panel_linear<E: simd::Elem>(x: &Mat, w: &Panels<E>, bias: Option<&[f32]>, out
         let buf = held.as_deref_mut().unwrap_or(&mut fresh);
         panels::round_into::<E>(&x.data, buf);
         panels::linear(buf, x.rows, w, bias, out);
-    })
+    });
+    Ok(())
 }
 
 /// A row-major f32 matrix.
@@ -253,37 +267,20 @@ impl Device for Cpu {
         bias: Option<&CpuWeight>,
         out: &mut Mat,
     ) -> Result<(), DeviceError> {
-        let (n, k) = match w {
-            CpuWeight::Tensor(t) => (t.shape[0], t.shape[1]),
-            CpuWeight::Bf16(p) => (p.n(), p.k()),
-            CpuWeight::F16(p) => (p.n(), p.k()),
-        };
-        debug_assert_eq!(x.cols, k);
-        *out = Mat { data: std::mem::take(&mut out.data), rows: x.rows, cols: n };
-        out.data.resize(x.rows * n, 0.0);
         let bias = bias.map(vector_f32);
         let b = bias.as_deref();
         let w = match w {
             CpuWeight::Tensor(t) => t,
-            CpuWeight::Bf16(p) => {
-                panel_linear(x, p, b, &mut out.data);
-                return Ok(());
-            }
-            CpuWeight::F16(p) => {
-                panel_linear(x, p, b, &mut out.data);
-                return Ok(());
-            }
+            CpuWeight::Bf16(p) => return panel_linear(x, p, b, out),
+            CpuWeight::F16(p) => return panel_linear(x, p, b, out),
         };
+        let (n, k) = (w.shape[0], w.shape[1]);
+        debug_assert_eq!(x.cols, k);
+        let out = resized(out, x.rows, n);
         match &w.data {
-            TensorData::F32(s) => {
-                gemm::linear(&x.data, x.rows, k, s.as_slice(), n, b, &mut out.data)
-            }
-            TensorData::Bf16(s) => {
-                gemm::linear(&x.data, x.rows, k, s.as_slice(), n, b, &mut out.data)
-            }
-            TensorData::F16(s) => {
-                gemm::linear(&x.data, x.rows, k, s.as_slice(), n, b, &mut out.data)
-            }
+            TensorData::F32(s) => gemm::linear(&x.data, x.rows, k, s.as_slice(), n, b, out),
+            TensorData::Bf16(s) => gemm::linear(&x.data, x.rows, k, s.as_slice(), n, b, out),
+            TensorData::F16(s) => gemm::linear(&x.data, x.rows, k, s.as_slice(), n, b, out),
         }
         Ok(())
     }
